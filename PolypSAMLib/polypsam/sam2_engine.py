@@ -1,0 +1,165 @@
+"""The in-process SAM2 engine: Meta's ``sam2`` package running in this Python process.
+
+2-D segmentation uses ``SAM2ImagePredictor`` unchanged (its transforms resize, normalise and
+map masks back). An LRU of predictors keyed by the preprocessed image keeps embeddings, so a new
+box on an image that was already encoded runs only the prompt encoder and mask decoder.
+Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
+:mod:`polypsam.video`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import __version__
+from .checkpoints import ResolvedCheckpoint, resolve_checkpoint
+from .engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult
+from .errors import InvalidInputError
+from .geometry import Box
+from .preprocess import Intensity, to_model_rgb
+from .sam2_model import build_model, select_device
+
+
+class SAM2Engine:
+    """SAM2 in this process; implements :class:`polypsam.engine.Engine`."""
+
+    def __init__(
+        self,
+        checkpoint: ResolvedCheckpoint,
+        *,
+        device: str | None = None,
+        image_size: int | None = None,
+        embedding_cache_size: int = 4,
+    ) -> None:
+        self._checkpoint = checkpoint
+        self._device = select_device(device)
+        self._image_size = int(image_size or checkpoint.image_size)
+        self._model = build_model(
+            checkpoint.config, checkpoint.path, self._device, image_size=self._image_size
+        )
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache_size = max(1, embedding_cache_size)
+        self._lock = threading.RLock()
+        self.encoder_runs = 0  # number of image encodings; lets callers/tests see cache hits
+
+    @classmethod
+    def from_name(
+        cls,
+        model: str = "sam2.1_hiera_tiny",
+        *,
+        config: str | None = None,
+        device: str | None = None,
+        image_size: int | None = None,
+        download: bool = False,
+    ) -> "SAM2Engine":
+        """Engine for a registry model name or a custom ``.pt`` (then ``config`` is required)."""
+        resolved = resolve_checkpoint(model, config=config, download=download)
+        return cls(resolved, device=device, image_size=image_size)
+
+    @property
+    def model(self):
+        """The underlying ``SAM2VideoPredictor`` (a ``SAM2Base``)."""
+        return self._model
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine="sam2-inprocess",
+            model=self._checkpoint.model,
+            config=self._checkpoint.config,
+            checkpoint=str(self._checkpoint.path),
+            checkpoint_sha256=self._checkpoint.sha256,
+            image_size=self._image_size,
+            device=str(self._device),
+            polypsam_version=__version__,
+        )
+
+    # -- 2-D ---------------------------------------------------------------------------------
+    def segment_2d(
+        self,
+        image: np.ndarray,
+        boxes: Sequence[Box],
+        *,
+        intensity: Intensity | None = None,
+    ) -> list[MaskResult]:
+        import torch
+
+        rgb = to_model_rgb(image, intensity)
+        height, width = rgb.shape[:2]
+        boxes = [Box.from_sequence(b) if not isinstance(b, Box) else b for b in boxes]
+        if not boxes:
+            raise InvalidInputError("at least one box is needed")
+        for box in boxes:
+            box.validate(width, height)
+        with self._lock, torch.inference_mode():
+            predictor = self._predictor_for(rgb)
+            results = []
+            for box in boxes:
+                masks, scores, _ = predictor.predict(box=box.as_xyxy(), multimask_output=False)
+                results.append(MaskResult(mask=masks[0] > 0, score=float(scores[0]), box=box))
+        return results
+
+    def _predictor_for(self, rgb: np.ndarray):
+        """A ``SAM2ImagePredictor`` with ``rgb`` already encoded (cached by content)."""
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        key = hashlib.blake2b(rgb.tobytes(), digest_size=16)
+        key.update(repr(rgb.shape).encode())
+        digest = key.hexdigest()
+        if digest in self._cache:
+            self._cache.move_to_end(digest)
+            return self._cache[digest]
+        predictor = SAM2ImagePredictor(self._model)
+        size = self._image_size
+        # SAM2ImagePredictor hard-codes the 1024 feature sizes; set them for this image size.
+        predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+        predictor.set_image(rgb)
+        self.encoder_runs += 1
+        self._cache[digest] = predictor
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return predictor
+
+    # -- sequences ---------------------------------------------------------------------------
+    def track(
+        self,
+        frames: FrameSource,
+        prompts: Sequence[FramePrompt],
+        *,
+        start_frame: int,
+        reverse: bool = False,
+        max_frames: int | None = None,
+        intensity: Intensity | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[FrameMasks]:
+        from .video import track_frames
+
+        with self._lock:
+            yield from track_frames(
+                self._model,
+                frames,
+                prompts,
+                start_frame=start_frame,
+                reverse=reverse,
+                max_frames=max_frames,
+                intensity=intensity,
+                cancel=cancel,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._model = None
+
+
+def engine_from_files(
+    checkpoint: str | Path, config: str, *, device: str | None = None, image_size: int | None = None
+) -> SAM2Engine:
+    """Engine from an explicit checkpoint file and config (SHA256 computed, not checked)."""
+    return SAM2Engine.from_name(str(checkpoint), config=config, device=device, image_size=image_size)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up .venv/ at the repository root (idempotent), then optionally run a job:
+#   bash scripts/setup.sh          # set up only
+#   bash scripts/setup.sh demo     # set up, then segment a sample frame (writes out/)
+#   bash scripts/setup.sh test     # set up, then run the test suite
+# Pins: torch/torchvision are pinned because an unpinned torch pulls several GB of CUDA wheels;
+# sam2's sdist is built without its CUDA extension and without build isolation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${POLYPSAM_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+STAMP=.venv/.polypsam-setup-v1
+
+if [ ! -f "$STAMP" ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  echo "[setup] installing $TORCH_SPEC"
+  .venv/bin/pip install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import torch, torchvision" # fail loudly if the pinned install failed
+  echo "[setup] installing sam2 1.1.0 (no CUDA extension) and the library"
+  SAM2_BUILD_CUDA=0 .venv/bin/pip install -q --no-deps --no-build-isolation sam2==1.1.0 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/pip install -q hydra-core iopath tqdm pillow numpy SimpleITK platformdirs \
+      fastapi uvicorn httpx pytest slicer-core 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import sam2, SimpleITK, slicer, fastapi, pytest"
+  touch "$STAMP"
+fi
+# The library itself is re-installed every time (editable, no dependency resolution): cheap.
+.venv/bin/pip install -q --no-deps -e PolypSAMLib 2>&1 | grep -v '^WARNING: Location' || true
+
+case "${1:-}" in
+  "") echo "[setup] done: .venv is ready" ;;
+  demo) shift; exec .venv/bin/python scripts/demo.py "$@" ;;
+  test) shift; exec .venv/bin/python -m pytest Testing "$@" ;;
+  *) echo "usage: bash scripts/setup.sh [demo|test]" >&2; exit 2 ;;
+esac
