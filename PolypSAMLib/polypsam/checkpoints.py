@@ -101,7 +101,8 @@ def resolve_checkpoint(
                 )
             from .download import download_checkpoint
 
-            download_checkpoint(spec, path)
+            # Check a re-download against the hash pinned at first download, before it lands.
+            download_checkpoint(spec, path, sha256=spec.sha256 or _pinned_hash(spec.filename))
         digest = verify_checkpoint(spec, path)
         return ResolvedCheckpoint(spec.name, path, config or spec.config, digest,
                                   image_size or spec.image_size)
