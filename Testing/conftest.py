@@ -72,3 +72,4 @@ def synthetic_rgb(height: int = 120, width: int = 160, seed: int = 0) -> np.ndar
     img = rng.integers(40, 90, size=(height, width, 3)).astype(np.uint8)
     img[disc] = (200, 120, 110)
     return img
+from slicer_fixtures import *  # noqa: E402,F401,F403
