@@ -434,12 +434,11 @@ def _mask_crop(mask: np.ndarray, grid: _Grid, extent: Extent | None) -> tuple[np
     if full is not None and (k1 >= full[0] or j1 >= full[1] or i1 >= full[2]):
         raise InvalidInputError(f"region {extent} exceeds the volume (K, J, I) = {full}")
     crop_shape = (k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
-    if mask.shape == crop_shape and (full is None or mask.shape != full or crop_shape == full):
+    if mask.shape == full or (full is None and mask.shape != crop_shape
+                              and all(m > e for m, e in zip(mask.shape, (k1, j1, i1)))):
+        return mask[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1], extent  # a whole-grid mask
+    if mask.shape == crop_shape:
         return mask, extent
-    if full is not None and mask.shape == full:
-        return mask[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1], extent
-    if full is None and all(m > e for m, e in zip(mask.shape, (k1, j1, i1))):
-        return mask[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1], extent
     raise InvalidInputError(
         f"mask shape {mask.shape} fits neither the region {crop_shape} nor the volume {full}"
     )
@@ -454,6 +453,44 @@ def _oriented_image(crop: np.ndarray, extent: Extent, image_to_node: np.ndarray)
     )
     image.GetPointData().SetScalars(scalars)
     return image
+
+
+def _keep_outside_region(
+    segmentation_node: Any, segment_id: str, crop: np.ndarray, extent: Extent, image_to_node: np.ndarray
+) -> tuple[np.ndarray, Extent]:
+    """Extend a region write so that the segment's voxels outside the region survive.
+
+    Slicer's MODE_REPLACE replaces the *whole* segment by the (clipped) modifier image, whatever
+    the extent. So where the segment already has voxels outside the region, the modifier grows
+    to the union of both extents and carries the old voxels (``== label value``: layers may be
+    shared) there. Cost: the segment's own extent, never the whole volume.
+    """
+    labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if labelmap is None or labelmap.IsEmpty():
+        return crop, extent
+    old_extent = np.array(labelmap.GetExtent()).reshape(3, 2)
+    if np.any(old_extent[:, 1] < old_extent[:, 0]):
+        return crop, extent
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    theirs = _matrix_to_numpy(matrix)
+    # index shift from the segment's lattice to the reference grid (integer: lattices checked)
+    shift = np.round(np.linalg.solve(image_to_node[:3, :3], theirs[:3, 3] - image_to_node[:3, 3]))
+    old_in_ref = old_extent + shift.astype(int)[:, None]
+    region = np.array(extent).reshape(3, 2)
+    if np.all(old_in_ref[:, 0] >= region[:, 0]) and np.all(old_in_ref[:, 1] <= region[:, 1]):
+        return crop, extent  # the old segment lies inside the region: it is replaced entirely
+    union = np.c_[np.minimum(old_in_ref[:, 0], region[:, 0]), np.maximum(old_in_ref[:, 1], region[:, 1])]
+    shape = tuple((union[:, 1] - union[:, 0] + 1)[::-1])
+    merged = np.zeros(shape, dtype=np.uint8)
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    dims = (old_extent[:, 1] - old_extent[:, 0] + 1)[::-1]
+    old = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(tuple(dims))
+    o = old_in_ref[:, 0] - union[:, 0]
+    merged[o[2] : o[2] + dims[0], o[1] : o[1] + dims[1], o[0] : o[0] + dims[2]] = old == label
+    r = region[:, 0] - union[:, 0]
+    merged[r[2] : r[2] + crop.shape[0], r[1] : r[1] + crop.shape[1], r[0] : r[0] + crop.shape[2]] = crop
+    return merged, tuple(int(v) for v in union.ravel())  # type: ignore[return-value]
 
 
 def _same_lattice(a: np.ndarray, b: np.ndarray) -> bool:
@@ -540,10 +577,12 @@ def write_mask_to_segment(
     image_to_node = np.linalg.inv(_node_to_world(segmentation_node, "segmentation")) @ grid.ijk_to_world
     _check_segmentation_lattice(segmentation_node, image_to_node)
     tags = _provenance_tags(engine_info, provenance)
-    image = _oriented_image(crop, extent, image_to_node)
-
     segmentation = segmentation_node.GetSegmentation()
     segment_id = _segment_id(segmentation, segment)
+    if segment_id is not None:
+        crop, extent = _keep_outside_region(segmentation_node, segment_id, crop, extent, image_to_node)
+    image = _oriented_image(crop, extent, image_to_node)
+
     created = segment_id is None
     if created:
         if segmentation.GetNumberOfSegments() == 0 and grid.shape is not None:
