@@ -60,9 +60,10 @@ CT_WINDOWS: dict[str, Window] = {
 
 def parse_intensity(text: str) -> Intensity:
     """Parse ``abdomen|soft_tissue|lung|bone|brain``, ``percentile[:LOW,HIGH]`` or ``LEVEL,WIDTH``."""
-    name = text.strip().lower().replace("-", "_")
-    if name in CT_WINDOWS:
-        return CT_WINDOWS[name]
+    name = text.strip().lower()
+    preset = name.replace("-", "_")
+    if preset in CT_WINDOWS:
+        return CT_WINDOWS[preset]
     if name.startswith("percentile"):
         rest = name[len("percentile"):].lstrip(":")
         if not rest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -115,7 +116,9 @@ class SAM2Engine:
         if digest in self._cache:
             self._cache.move_to_end(digest)
             return self._cache[digest]
-        predictor = SAM2ImagePredictor(self._model)
+        with warnings.catch_warnings():  # torch>=2.10 deprecates the jit.script sam2 uses
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+            predictor = SAM2ImagePredictor(self._model)
         size = self._image_size
         # SAM2ImagePredictor hard-codes the 1024 feature sizes; set them for this image size.
         predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
