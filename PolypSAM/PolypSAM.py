@@ -1,0 +1,597 @@
+"""PolypSAM: box-prompted SAM2 segmentation of polyps and lesions in 3D Slicer.
+
+Module (metadata), ParameterNode (typed state saved with the scene), Widget (binds the .ui to
+the logic and nothing more), Logic (runs operations with an engine it is given), Test (runs the
+scenarios on generated data in real Slicer). The work itself lives in Qt-free files beside this
+one: ``PolypSAMOperations`` (MRML in, engine, segments out), ``PolypSAMEngines`` (the engine
+factory the settings panel calls) and ``PolypSAMDependencies`` (first-use installs). The
+``polypsam`` library is shipped with the module.
+"""
+
+import logging
+import os
+from typing import Annotated, Optional, Union
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from slicer import (
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceBrowserNode,
+    vtkMRMLVectorVolumeNode,
+)
+
+import PolypSAMDependencies
+
+PolypSAMDependencies.ensure_library_on_path(os.path.dirname(os.path.abspath(__file__)))
+
+import PolypSAMEngines  # noqa: E402  (needs the library path above)
+import PolypSAMOperations  # noqa: E402
+
+MODEL_CHOICES = [name for name, _description in PolypSAMEngines.model_choices()]
+DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
+WINDOW_CHOICES = ["display", "abdomen", "soft_tissue", "lung", "bone", "brain", "percentile"]
+ENGINE_CHOICES = list(PolypSAMEngines.ENGINE_KINDS)
+
+#
+# PolypSAM
+#
+
+
+class PolypSAM(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("PolypSAM")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["PolypSAM contributors"]
+        self.parent.helpText = _("""
+Segment polyps and lesions with Meta's SAM2 from box ROIs: <b>Add box</b> on an endoscopy frame
+or a CT slice, then <b>Segment</b> (2-D), <b>Propagate</b> (3-D through the box's slices),
+<b>Track</b> (through a video sequence) or <b>Refine</b> (extra boxes on other slices). Each box
+gives a named segment tagged with its provenance (model, checkpoint SHA256, box, key slice).
+PyTorch and SAM2 are installed on first use and model weights downloaded, both only after you
+agree. Results can be undone.
+""")
+        self.parent.acknowledgementText = _("""
+PolypSAM uses SAM2 by Meta AI (Apache-2.0) and follows the structure of 3D Slicer's scripted
+module template by Jean-Christophe Fillion-Robin (Kitware), Andras Lasso (PerkLab) and Steve
+Pieper (Isomics).
+""")
+
+
+#
+# PolypSAMParameterNode
+#
+
+
+@parameterNodeWrapper
+class PolypSAMParameterNode:
+    """The module's state, saved with the scene.
+
+    inputVolume - CT/MR volume or RGB frame. inputSequenceBrowser - video / 4-D sequence for Track.
+    outputSegmentation - where segments go. rois - the box ROIs to use (checked in the list).
+    keySlice, sliceRangeStart, sliceRangeEnd - -1 means automatic (from the box).
+    engine, model, customCheckpoint, device, imageSize (0 = checkpoint's), windowPreset - settings.
+    """
+
+    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
+    inputSequenceBrowser: vtkMRMLSequenceBrowserNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    rois: list[vtkMRMLMarkupsROINode]
+    keySlice: Annotated[int, WithinRange(-1, 100000)] = -1
+    sliceRangeStart: Annotated[int, WithinRange(-1, 100000)] = -1
+    sliceRangeEnd: Annotated[int, WithinRange(-1, 100000)] = -1
+    engine: Annotated[str, Choice(ENGINE_CHOICES)] = ENGINE_CHOICES[0]
+    model: Annotated[str, Choice(MODEL_CHOICES)] = PolypSAMEngines.DEFAULT_MODEL
+    customCheckpoint: str = ""
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    imageSize: Annotated[int, WithinRange(0, 1024)] = 0
+    windowPreset: Annotated[str, Choice(WINDOW_CHOICES)] = "display"
+
+    def engineSettings(self) -> PolypSAMEngines.EngineSettings:
+        return PolypSAMEngines.EngineSettings(
+            kind=self.engine, model=self.model, checkpoint=self.customCheckpoint.strip(),
+            device=self.device, image_size=int(self.imageSize))
+
+
+#
+# PolypSAMWidget
+#
+
+
+class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the .ui to the logic: parameter node through connectGui, buttons to logic calls."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingRoiList = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PolypSAM.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = PolypSAMLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.updateRoiList)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.updateRoiList)
+
+        self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
+        self.ui.removeBoxButton.connect("clicked(bool)", self.onRemoveBox)
+        self.ui.roiListWidget.connect("itemChanged(QListWidgetItem*)", self.onRoiItemChanged)
+        self.ui.segmentButton.connect("clicked(bool)", lambda: self.run("segment"))
+        self.ui.propagateButton.connect("clicked(bool)", lambda: self.run("propagate"))
+        self.ui.trackButton.connect("clicked(bool)", lambda: self.run("track"))
+        self.ui.refineButton.connect("clicked(bool)", lambda: self.run("refine"))
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
+        self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
+        self.ui.releaseEngineButton.connect("clicked(bool)", self.onReleaseEngine)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.releaseEngine()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[PolypSAMParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.updateRoiList()
+            self._updateButtons()
+
+    # -- boxes -------------------------------------------------------------------------------
+    def updateRoiList(self, caller=None, event=None) -> None:
+        """Show every ROI of the scene; checked = in the parameter node's ``rois``."""
+        import qt
+
+        if self._parameterNode is None or self._updatingRoiList:
+            return
+        self._updatingRoiList = True
+        try:
+            chosen = {n.GetID() for n in self._parameterNode.rois if n is not None}
+            self.ui.roiListWidget.clear()
+            for roi in slicer.util.getNodesByClass("vtkMRMLMarkupsROINode"):
+                item = qt.QListWidgetItem(roi.GetName())
+                item.setData(qt.Qt.UserRole, roi.GetID())
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked if roi.GetID() in chosen else qt.Qt.Unchecked)
+                self.ui.roiListWidget.addItem(item)
+        finally:
+            self._updatingRoiList = False
+
+    def onRoiItemChanged(self, item) -> None:
+        import qt
+
+        if self._updatingRoiList or self._parameterNode is None:
+            return
+        rois = []
+        for row in range(self.ui.roiListWidget.count):
+            it = self.ui.roiListWidget.item(row)
+            if it.checkState() == qt.Qt.Checked:
+                node = slicer.mrmlScene.GetNodeByID(it.data(qt.Qt.UserRole))
+                if node is not None:
+                    rois.append(node)
+        self._parameterNode.rois = rois
+
+    def onAddBox(self) -> None:
+        roi = self.logic.addBox()
+        self._parameterNode.rois.append(roi)
+        self.updateRoiList()
+
+    def onRemoveBox(self) -> None:
+        import qt
+
+        item = self.ui.roiListWidget.currentItem()
+        if item is not None:
+            self.logic.removeBox(slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)))
+
+    def onBrowseCheckpoint(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("SAM2 checkpoint"), "", "PyTorch checkpoints (*.pt *.pth)")
+        if path:
+            self._parameterNode.customCheckpoint = path
+
+    # -- actions -----------------------------------------------------------------------------
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        hasBoxes = bool(p and len(p.rois))
+        hasVolume = bool(p and p.inputVolume)
+        isVector = bool(hasVolume and p.inputVolume.IsA("vtkMRMLVectorVolumeNode"))
+        self.ui.segmentButton.enabled = hasBoxes and hasVolume
+        self.ui.refineButton.enabled = hasBoxes and hasVolume
+        self.ui.propagateButton.enabled = hasBoxes and hasVolume and not isVector
+        self.ui.trackButton.enabled = hasBoxes and bool(p and p.inputSequenceBrowser)
+        self.ui.undoButton.enabled = bool(p and p.outputSegmentation)
+
+    def run(self, operation: str) -> None:
+        """One button: dependencies (first use), engine (with download consent), then the work."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("PolypSAM {operation} failed.").format(operation=operation),
+                                             waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            if p.outputSegmentation is None:
+                p.outputSegmentation = self.logic.createSegmentation(p.inputVolume)
+            engine = self.logic.engineFor(p.engineSettings(), confirmDownload=True)
+            if engine is None:
+                return
+            result = self.logic.runWithProgress(operation, p, engine)
+            if result is not None:
+                self.ui.statusLabel.text = result.summary
+
+    def onUndo(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
+            ok = self.logic.undo(self._parameterNode.outputSegmentation)
+            self.ui.statusLabel.text = _("Undone.") if ok else _("Nothing to undo.")
+
+    def onDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing dependencies failed."), waitCursor=True):
+            ready = self.logic.ensureDependencies()
+            self.ui.engineStatusLabel.text = self.logic.dependencyMessage
+            del ready
+
+    def onReleaseEngine(self) -> None:
+        self.logic.releaseEngine()
+        self.ui.engineStatusLabel.text = _("Model released.")
+
+
+#
+# PolypSAMLogic
+#
+
+
+class PolypSAMLogic(ScriptedLoadableModuleLogic):
+    """Runs PolypSAM operations on MRML nodes with an engine it is given.
+
+    Usable without the GUI::
+
+        logic = PolypSAMLogic()
+        engine = logic.engineFor(PolypSAMEngines.EngineSettings(model="sam2.1_hiera_tiny"))
+        logic.segment(engine, volumeNode, [roiNode], segmentationNode)
+
+    or with any object implementing ``polypsam.engine.Engine`` (``logic.segment(myEngine, ...)``).
+    The constructor does nothing expensive: no imports of torch, no installs, no model loads.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._engines = PolypSAMEngines.EngineCache()
+        self.dependencyMessage = ""
+
+    def getParameterNode(self):
+        return PolypSAMParameterNode(super().getParameterNode())
+
+    # -- dependencies and engines (settings panel) ------------------------------------------
+    def ensureDependencies(self) -> bool:
+        """First-use check/installation of torch and sam2 (asks before installing)."""
+        try:
+            status = PolypSAMDependencies.ensure_dependencies()
+        except PolypSAMDependencies.DependencyInstallError as exc:
+            if exc.restart_needed:
+                self._offerRestart(str(exc))
+            raise
+        self.dependencyMessage = status.message
+        if status.restart_needed:
+            self._offerRestart(status.message)
+            return False
+        if status.declined:
+            slicer.util.warningDisplay(status.message, windowTitle="PolypSAM")
+        return status.ready
+
+    @staticmethod
+    def _offerRestart(message: str) -> None:
+        if slicer.util.confirmOkCancelDisplay(
+            message + "\n\n" + _("Restart Slicer now? (Save your scene first.)"),
+            windowTitle="PolypSAM: restart needed",
+        ):
+            slicer.util.restart()
+
+    def engineFor(self, settings: PolypSAMEngines.EngineSettings, confirmDownload: bool = False):
+        """The engine for ``settings`` (cached); asks before downloading weights.
+
+        Returns ``None`` if the user declines the download.
+        """
+        spec = PolypSAMEngines.weights_to_download(settings)
+        if spec is not None:
+            from polypsam.checkpoints import cache_dir
+
+            if confirmDownload and not slicer.util.confirmOkCancelDisplay(
+                _("Download the weights of {name} ({description}) from\n{url}\ninto {folder}?").format(
+                    name=spec.name, description=spec.description, url=spec.url, folder=cache_dir()),
+                windowTitle="PolypSAM: download model weights",
+            ):
+                return None
+            with slicer.util.WaitCursor():
+                slicer.util.showStatusMessage(_("Downloading {name}...").format(name=spec.name))
+                slicer.app.processEvents()
+                return self._engines.get(settings, allow_download=True)
+        with slicer.util.WaitCursor():
+            return self._engines.get(settings, allow_download=False)
+
+    def releaseEngine(self) -> None:
+        self._engines.close()
+
+    # -- scene helpers -----------------------------------------------------------------------
+    @staticmethod
+    def addBox(name: str = "Polyp"):
+        """A new ROI placed interactively in the slice views (click-drag or two corners)."""
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
+                                                  slicer.mrmlScene.GenerateUniqueName(name))
+        roi.CreateDefaultDisplayNodes()
+        slicer.modules.markups.logic().StartPlaceMode(False)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
+        selection.SetActivePlaceNodeID(roi.GetID())
+        return roi
+
+    @staticmethod
+    def removeBox(roi) -> None:
+        if roi is not None:
+            slicer.mrmlScene.RemoveNode(roi)
+
+    @staticmethod
+    def createSegmentation(referenceVolume=None):
+        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                  slicer.mrmlScene.GenerateUniqueName("PolypSAM"))
+        seg.CreateDefaultDisplayNodes()
+        if referenceVolume is not None:
+            seg.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
+        return seg
+
+    @staticmethod
+    def undo(segmentationNode) -> bool:
+        from polypsam import mrml
+
+        return segmentationNode is not None and mrml.undo(segmentationNode)
+
+    # -- operations (headless) ---------------------------------------------------------------
+    def segment(self, engine, inputVolume, rois, segmentation, keySlice=-1, windowPreset="display",
+                progress=None, cancel=None):
+        return PolypSAMOperations.segment_2d(engine, inputVolume, list(rois), segmentation,
+                                             key_slice=keySlice, window_preset=windowPreset,
+                                             progress=progress, cancel=cancel)
+
+    def propagate(self, engine, inputVolume, rois, segmentation, keySlice=-1, sliceRange=(-1, -1),
+                  windowPreset="display", progress=None, cancel=None):
+        return PolypSAMOperations.propagate(engine, inputVolume, list(rois), segmentation,
+                                            key_slice=keySlice, slice_range=tuple(sliceRange),
+                                            window_preset=windowPreset, progress=progress, cancel=cancel)
+
+    def track(self, engine, browser, rois, segmentation, progress=None, cancel=None):
+        return PolypSAMOperations.track(engine, browser, list(rois), segmentation,
+                                        progress=progress, cancel=cancel)
+
+    def refine(self, engine, inputVolume, rois, segmentation, windowPreset="display",
+               progress=None, cancel=None):
+        return PolypSAMOperations.refine(engine, inputVolume, list(rois), segmentation,
+                                         window_preset=windowPreset, progress=progress, cancel=cancel)
+
+    def runWithProgress(self, operation: str, p: PolypSAMParameterNode, engine):
+        """Run an operation with a cancellable progress dialog (updated at frame boundaries).
+
+        Progress callbacks call ``processEvents`` so the dialog paints and its Cancel button
+        is seen; Cancel sets the CancelToken, which the engine/propagation check per frame.
+        Nothing is written unless the whole run succeeded.
+        """
+        from polypsam.engine import CancelToken
+        from polypsam.errors import CancelledError
+
+        cancel = CancelToken()
+        dialog = slicer.util.createProgressDialog(
+            windowTitle="PolypSAM", labelText=_("{operation}...").format(operation=operation.capitalize()),
+            maximum=100)
+        dialog.connect("canceled()", cancel.cancel)
+
+        def progress(done: int, total: int, message: str) -> None:
+            dialog.maximum = max(int(total), 1)
+            dialog.value = min(int(done), dialog.maximum)
+            dialog.labelText = message
+            slicer.app.processEvents()
+            if dialog.wasCanceled:
+                cancel.cancel()
+
+        rois = [r for r in p.rois if r is not None]
+        try:
+            if operation == "segment":
+                return self.segment(engine, p.inputVolume, rois, p.outputSegmentation, p.keySlice,
+                                    p.windowPreset, progress, cancel)
+            if operation == "propagate":
+                return self.propagate(engine, p.inputVolume, rois, p.outputSegmentation, p.keySlice,
+                                      (p.sliceRangeStart, p.sliceRangeEnd), p.windowPreset,
+                                      progress, cancel)
+            if operation == "track":
+                return self.track(engine, p.inputSequenceBrowser, rois, p.outputSegmentation,
+                                  progress, cancel)
+            if operation == "refine":
+                return self.refine(engine, p.inputVolume, rois, p.outputSegmentation, p.windowPreset,
+                                   progress, cancel)
+            raise ValueError(f"unknown operation {operation!r}")
+        except CancelledError:
+            logging.info("PolypSAM %s cancelled; segments unchanged", operation)
+            slicer.util.showStatusMessage(_("Cancelled; segments unchanged."), 3000)
+            return None
+        finally:
+            dialog.close()
+
+
+#
+# PolypSAMTest
+#
+
+
+class PolypSAMTest(ScriptedLoadableModuleTest):
+    """Scenarios on generated data in real Slicer, with a random-weight SAM2 tiny checkpoint.
+
+    Needs torch and sam2 in Slicer's Python (the test does not install them). Random weights
+    make masks meaningless; the test checks that the whole path runs and writes where it should.
+    """
+
+    CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    IMAGE_SIZE = 256
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_rgb_frame()
+        self.setUp()
+        self.test_propagate_volume()
+        self.setUp()
+        self.test_cancel_leaves_segments_untouched()
+
+    # -- fixtures ----------------------------------------------------------------------------
+    def _engine(self):
+        if getattr(PolypSAMTest, "_cachedEngine", None) is None:
+            import tempfile
+
+            import torch
+            from polypsam.sam2_model import build_model, save_checkpoint
+
+            torch.manual_seed(0)
+            model = build_model(self.CONFIG, None, "cpu")
+            folder = tempfile.mkdtemp(prefix="polypsam-test-")
+            path = save_checkpoint(model, os.path.join(folder, "sam2.1_hiera_tiny_random.pt"))
+            del model
+            settings = PolypSAMEngines.EngineSettings(model="sam2.1_hiera_tiny", checkpoint=str(path),
+                                                      config=self.CONFIG, device="cpu",
+                                                      image_size=self.IMAGE_SIZE)
+            PolypSAMTest._cachedEngine = PolypSAMEngines.create_engine(settings)
+        return PolypSAMTest._cachedEngine
+
+    @staticmethod
+    def _roi(center, size, name="Polyp"):
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+        roi.SetCenter(center)
+        roi.SetSize(size)
+        return roi
+
+    # -- scenarios ---------------------------------------------------------------------------
+    def test_segment_rgb_frame(self):
+        import numpy as np
+
+        self.delayDisplay("2-D segment on a generated RGB frame")
+        height, width = 96, 128
+        yy, xx = np.mgrid[:height, :width]
+        rgb = np.full((height, width, 3), 60, dtype=np.uint8)
+        rgb[(yy - 48) ** 2 + (xx - 50) ** 2 < 20 ** 2] = (210, 120, 110)
+        frame = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
+        slicer.util.updateVolumeFromArray(frame, rgb[None])
+        # IJK = RAS up to the sign of I/J for an identity-spacing frame: place the ROI in IJK.
+        ijkToRas = vtk.vtkMatrix4x4()
+        frame.GetIJKToRASMatrix(ijkToRas)
+        center = ijkToRas.MultiplyPoint([50, 48, 0, 1])[:3]
+        roi = self._roi(center, [44, 44, 1])
+        seg = PolypSAMLogic.createSegmentation(frame)
+        result = PolypSAMLogic().segment(self._engine(), frame, [roi], seg)
+        self.assertEqual(list(result.segment_ids), ["Polyp"])
+        from polypsam import mrml
+
+        labels = mrml.export_segment_labelmap(seg, frame)
+        self.assertEqual(labels.shape, (1, height, width))
+        self.assertIn("checkpoint_sha256", mrml.read_provenance(seg, "Polyp"))
+        self.delayDisplay("2-D segment passed")
+
+    def test_propagate_volume(self):
+        import numpy as np
+
+        self.delayDisplay("3-D propagate on a generated volume")
+        depth, height, width = 12, 64, 64
+        kk, yy, xx = np.mgrid[:depth, :height, :width]
+        array = np.full((depth, height, width), -100, dtype=np.int16)
+        array[(kk - 6) ** 2 / 16 + (yy - 32) ** 2 / 100 + (xx - 30) ** 2 / 100 < 1] = 60
+        volume = slicer.util.addVolumeFromArray(array, name="ct")
+        volume.SetSpacing(0.8, 0.8, 2.0)
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        center = ijkToRas.MultiplyPoint([30, 32, 6, 1])[:3]
+        roi = self._roi(center, [20 * 0.8, 20 * 0.8, 7 * 2.0], "Lesion")
+        seg = PolypSAMLogic.createSegmentation(volume)
+        other = seg.GetSegmentation().AddEmptySegment("", "Other")
+        result = PolypSAMLogic().propagate(self._engine(), volume, [roi], seg)
+        self.assertIn("Lesion", result.segment_ids)
+        self.assertIsNotNone(seg.GetSegmentation().GetSegment(other))
+        from polypsam import mrml
+
+        self.assertEqual(mrml.read_provenance(seg, "Lesion").get("operation"), "propagate")
+        self.assertTrue(PolypSAMLogic.undo(seg))
+        self.assertIsNone(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion") or None)
+        self.delayDisplay("3-D propagate passed")
+
+    def test_cancel_leaves_segments_untouched(self):
+        import numpy as np
+        from polypsam.engine import CancelToken
+        from polypsam.errors import CancelledError
+
+        self.delayDisplay("A cancelled run writes nothing")
+        array = np.zeros((6, 48, 48), dtype=np.int16)
+        array[2:5, 15:30, 15:30] = 100
+        volume = slicer.util.addVolumeFromArray(array, name="ct")
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        roi = self._roi(ijkToRas.MultiplyPoint([22, 22, 3, 1])[:3], [20, 20, 4])
+        seg = PolypSAMLogic.createSegmentation(volume)
+        cancel = CancelToken()
+        cancel.cancel()
+        with self.assertRaises(CancelledError):
+            PolypSAMLogic().propagate(self._engine(), volume, [roi], seg, cancel=cancel)
+        self.assertEqual(seg.GetSegmentation().GetNumberOfSegments(), 0)
+        self.delayDisplay("Cancel passed")

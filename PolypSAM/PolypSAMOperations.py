@@ -1,0 +1,392 @@
+"""What the PolypSAM buttons do, without Qt: Slicer nodes in, an engine in the middle, segments out.
+
+Each operation reads the input through :mod:`polypsam.mrml`, runs an
+:class:`polypsam.engine.Engine` (given, never built here) directly or through
+:mod:`polypsam.propagation`, and only when every mask is computed saves an undo state and
+writes the results. A failed or cancelled run therefore leaves the segmentation untouched; a
+failure while writing restores the saved state.
+
+``progress(done, total, message)`` is called at frame boundaries and ``cancel`` (a
+:class:`polypsam.engine.CancelToken`) is checked there. The Slicer module's logic passes a
+progress dialog; tests and scripts can pass nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+ProgressFn = Callable[[int, int, str], None]
+
+#: Segment colours (RGB 0..1) given to boxes in order; a box's own ROI colour is not used
+#: because ROIs of one scene usually share the default colour.
+PALETTE = (
+    (0.95, 0.45, 0.40), (0.35, 0.75, 0.95), (0.55, 0.85, 0.40), (0.95, 0.80, 0.30),
+    (0.75, 0.50, 0.90), (0.30, 0.85, 0.75), (0.95, 0.55, 0.80), (0.60, 0.60, 0.95),
+)
+
+
+@dataclass
+class RunResult:
+    """What one operation wrote: segment ids per box name, and a one-line summary."""
+
+    segment_ids: dict[str, str] = field(default_factory=dict)
+    summary: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def _noop_progress(done: int, total: int, message: str) -> None:
+    del done, total, message
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+
+
+def intensity_for(node: Any, preset: str):
+    """The intensity policy for a scalar volume: a preset, percentiles or the display window.
+
+    ``"display"`` (default) reads the volume's current window/level from its display node; the
+    voxels are never modified. Vector (RGB) inputs return ``None`` (passthrough).
+    """
+    from polypsam.preprocess import Percentile, Window, parse_intensity
+
+    if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
+        return None
+    preset = (preset or "display").strip().lower()
+    if preset in ("display", "auto", ""):
+        display = node.GetDisplayNode()
+        if display is not None and hasattr(display, "GetWindow") and display.GetWindow() > 0:
+            return Window(float(display.GetLevel()), float(display.GetWindow()))
+        return Percentile()
+    return parse_intensity(preset)
+
+
+def _require_rois(rois: Sequence[Any]) -> list[Any]:
+    from polypsam.errors import InvalidInputError
+
+    rois = [r for r in rois if r is not None]
+    if not rois:
+        raise InvalidInputError("no box: add a box ROI (Add box) and check it in the list")
+    return rois
+
+
+def _require_input(node: Any) -> Any:
+    from polypsam.errors import InvalidInputError
+
+    if node is None:
+        raise InvalidInputError("no input image selected")
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InvalidInputError(f"'{node.GetName()}' is a label map; choose an image as input")
+    return node
+
+
+def _require_output(node: Any) -> Any:
+    from polypsam.errors import InvalidInputError
+
+    if node is None:
+        raise InvalidInputError("no output segmentation selected")
+    return node
+
+
+def _segment_name(roi: Any) -> str:
+    return roi.GetName() or "Polyp"
+
+
+def _color(index: int) -> tuple[float, float, float]:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _write_all(segmentation_node: Any, writes: list[dict]) -> RunResult:
+    """Save an undo state, then write every mask; restore the state if any write fails."""
+    from polypsam import mrml
+
+    result = RunResult()
+    mrml.save_state_for_undo(segmentation_node)
+    try:
+        for item in writes:
+            name = item.pop("segment")
+            result.segment_ids[name] = mrml.write_mask_to_segment(segmentation_node, name, **item)
+    except Exception:
+        mrml.undo(segmentation_node)
+        raise
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Segment (2-D) and Refine
+# --------------------------------------------------------------------------------------------
+
+
+def _image_and_boxes(input_node: Any, rois: Sequence[Any], key_slice: int):
+    """``(is_vector, [(roi, k, Box)])``: the slice and 2-D box prompt of each ROI."""
+    from polypsam import mrml
+
+    vector = input_node.IsA("vtkMRMLVectorVolumeNode")
+    prompts = []
+    for roi in rois:
+        vb = mrml.roi_to_voxel_box(roi, input_node)
+        k = 0 if vector else (key_slice if key_slice >= 0 else vb.key_slice)
+        prompts.append((roi, k, vb.box_on_slice(k) if vb.k0 <= k <= vb.k1 else vb.box()))
+    return vector, prompts
+
+
+def segment_2d(
+    engine: Any,
+    input_node: Any,
+    rois: Sequence[Any],
+    segmentation_node: Any,
+    *,
+    key_slice: int = -1,
+    window_preset: str = "display",
+    progress: Optional[ProgressFn] = None,
+    cancel=None,
+) -> RunResult:
+    """One segment per ROI from a 2-D box prompt on one slice (volume) or on an RGB frame.
+
+    The mask replaces the segment on that slice only (the changed region); other slices and
+    other segments are kept.
+    """
+    from polypsam import mrml
+
+    progress = progress or _noop_progress
+    input_node = _require_input(input_node)
+    segmentation_node = _require_output(segmentation_node)
+    rois = _require_rois(rois)
+    vector, prompts = _image_and_boxes(input_node, rois, key_slice)
+    if vector:
+        volume_array = mrml.frame_from_vector_node(input_node)[None]
+        intensity = None
+    else:
+        volume_array = mrml.volume_from_node(input_node).array
+        intensity = intensity_for(input_node, window_preset)
+    height, width = volume_array.shape[1:3]
+    slices = sorted({k for _, k, _ in prompts})
+    writes, scores = [], {}
+    for n, k in enumerate(slices):
+        _check_cancel(cancel)
+        progress(n, len(slices), f"segmenting slice {k}")
+        here = [(roi, box) for roi, kk, box in prompts if kk == k]
+        results = engine.segment_2d(volume_array[k], [box for _, box in here], intensity=intensity)
+        for (roi, box), res in zip(here, results):
+            index = rois.index(roi)
+            scores[_segment_name(roi)] = float(res.score)
+            writes.append(dict(
+                segment=_segment_name(roi),
+                mask_kji=np.asarray(res.mask, dtype=bool)[None],
+                reference=input_node,
+                region=(0, width - 1, 0, height - 1, k, k),
+                color=_color(index),
+                engine_info=engine.info,
+                provenance={"operation": "segment", "box": box, "key_slice": k,
+                            "roi": roi.GetID(), "score": f"{res.score:.4f}"},
+            ))
+    _check_cancel(cancel)
+    progress(len(slices), len(slices), "writing segments")
+    result = _write_all(segmentation_node, writes)
+    result.scores = scores
+    result.summary = f"segmented {len(writes)} box(es) on slice(s) {', '.join(map(str, slices))}"
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Propagate (3-D through a volume)
+# --------------------------------------------------------------------------------------------
+
+
+def _per_box_masks(result: Any, n_boxes: int) -> list[np.ndarray]:
+    """Normalise what :func:`polypsam.propagation.propagate` returns to one (K, J, I) mask per box."""
+    masks = getattr(result, "masks", result)
+    if isinstance(masks, dict):
+        masks = [masks[key] for key in sorted(masks)]
+    if isinstance(masks, np.ndarray):
+        masks = [masks] if masks.ndim == 3 else list(masks)
+    masks = [np.asarray(getattr(m, "mask", m), dtype=bool) for m in masks]
+    if len(masks) != n_boxes:
+        raise RuntimeError(f"propagation returned {len(masks)} masks for {n_boxes} boxes")
+    return masks
+
+
+def propagate(
+    engine: Any,
+    input_node: Any,
+    rois: Sequence[Any],
+    segmentation_node: Any,
+    *,
+    key_slice: int = -1,
+    slice_range: tuple[int, int] = (-1, -1),
+    window_preset: str = "display",
+    progress: Optional[ProgressFn] = None,
+    cancel=None,
+) -> RunResult:
+    """Segment each ROI on its key slice and propagate through its slice range (both ways).
+
+    Key slice: the override if >= 0, else the slice the box was drawn on (the middle of its
+    extent along K). Slice range: the override where >= 0, else the box's extent along K. The
+    segment is replaced inside the slice range only.
+    """
+    from polypsam import mrml, propagation
+    from polypsam.errors import InvalidInputError
+
+    progress = progress or _noop_progress
+    input_node = _require_input(input_node)
+    if input_node.IsA("vtkMRMLVectorVolumeNode"):
+        raise InvalidInputError("Propagate needs a scalar volume; use Segment for an RGB frame"
+                                " or Track for a video")
+    segmentation_node = _require_output(segmentation_node)
+    rois = _require_rois(rois)
+    volume = mrml.volume_from_node(input_node)
+    depth, height, width = volume.shape
+    intensity = intensity_for(input_node, window_preset)
+    writes = []
+    for index, roi in enumerate(rois):
+        _check_cancel(cancel)
+        vb = mrml.roi_to_voxel_box(roi, input_node)
+        k0 = slice_range[0] if slice_range[0] >= 0 else vb.k0
+        k1 = slice_range[1] if slice_range[1] >= 0 else vb.k1
+        k0, k1 = max(0, min(k0, k1)), min(depth - 1, max(k0, k1))
+        key = key_slice if key_slice >= 0 else vb.key_slice
+        if not k0 <= key <= k1:
+            raise InvalidInputError(f"key slice {key} is outside the slice range {k0}..{k1}")
+        box = vb.box_on_slice(key) if vb.k0 <= key <= vb.k1 else vb.box()
+
+        def box_progress(done: int, total: int, _index=index) -> None:
+            progress(_index * 1000 + int(1000 * done / max(total, 1)), len(rois) * 1000,
+                     f"box {_index + 1}/{len(rois)}: slice {done}/{total}")
+
+        out = propagation.propagate(engine, volume, [box], range(k0, k1 + 1), key,
+                                    intensity=intensity, cancel=cancel, progress=box_progress)
+        mask = _per_box_masks(out, 1)[0]
+        if mask.shape == (depth, height, width):
+            mask = mask[k0:k1 + 1]
+        writes.append(dict(
+            segment=_segment_name(roi), mask_kji=mask, reference=input_node,
+            region=(0, width - 1, 0, height - 1, k0, k1), color=_color(index),
+            engine_info=engine.info,
+            provenance={"operation": "propagate", "box": box, "key_slice": key,
+                        "slice_range": (k0, k1), "roi": roi.GetID()},
+        ))
+    _check_cancel(cancel)
+    progress(len(rois) * 1000, len(rois) * 1000, "writing segments")
+    result = _write_all(segmentation_node, writes)
+    result.summary = f"propagated {len(writes)} box(es)"
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Track (through a sequence)
+# --------------------------------------------------------------------------------------------
+
+
+def track(
+    engine: Any,
+    browser_node: Any,
+    rois: Sequence[Any],
+    segmentation_node: Any,
+    *,
+    progress: Optional[ProgressFn] = None,
+    cancel=None,
+) -> RunResult:
+    """Track the ROIs (drawn on the browser's current frame) through the whole sequence.
+
+    Writes one segmentation per frame into a segmentation sequence synchronised to the browser
+    (the output node becomes its proxy). Nothing is written unless every frame succeeded.
+    """
+    from polypsam import mrml, propagation
+    from polypsam.errors import InvalidInputError
+
+    progress = progress or _noop_progress
+    if browser_node is None:
+        raise InvalidInputError("no sequence browser selected: Track needs a video or 4-D sequence")
+    segmentation_node = _require_output(segmentation_node)
+    rois = _require_rois(rois)
+    frames = mrml.frames_from_sequence(browser_node)
+    master = browser_node.GetMasterSequenceNode()
+    proxy = browser_node.GetProxyNode(master)
+    if proxy is None:
+        raise InvalidInputError(f"sequence browser '{browser_node.GetName()}' shows no frame")
+    frame_index = max(0, int(browser_node.GetSelectedItemNumber()))
+    boxes = [mrml.roi_to_voxel_box(roi, proxy).box_on_slice(0) for roi in rois]
+    names = [_segment_name(roi) for roi in rois]
+    total = len(frames)
+
+    def frame_progress(done: int, count: int) -> None:
+        progress(done, count or total, f"tracking: frame {done}/{count or total}")
+
+    out = propagation.track(engine, frames, frame_index, boxes, cancel=cancel,
+                            progress=frame_progress)
+    per_frame: dict[int, dict[str, np.ndarray]] = {}
+    items = out.items() if isinstance(out, dict) else ((fm.frame, fm.masks) for fm in out)
+    for frame, masks in items:
+        _check_cancel(cancel)
+        if isinstance(masks, dict):
+            by_obj = [masks[key] for key in sorted(masks)]
+        else:
+            by_obj = list(masks)
+        per_frame[int(frame)] = {
+            name: np.asarray(m, dtype=bool) for name, m in zip(names, by_obj)
+        }
+    _check_cancel(cancel)
+    progress(total, total, "writing the segmentation sequence")
+    mrml.save_state_for_undo(segmentation_node)
+    seq = mrml.write_tracked_masks_to_sequence(
+        browser_node, segmentation_node, per_frame,
+        colors={name: _color(i) for i, name in enumerate(names)},
+        engine_info=engine.info,
+        provenance={"operation": "track", "start_frame": frame_index,
+                    "boxes": ";".join(",".join(f"{v:g}" for v in b.to_list()) for b in boxes)},
+    )
+    result = RunResult(segment_ids={name: name for name in names})
+    result.summary = f"tracked {len(names)} box(es) through {len(per_frame)} frame(s) into {seq.GetName()}"
+    return result
+
+
+def refine(
+    engine: Any,
+    input_node: Any,
+    rois: Sequence[Any],
+    segmentation_node: Any,
+    *,
+    target_segment: str = "",
+    window_preset: str = "display",
+    progress: Optional[ProgressFn] = None,
+    cancel=None,
+) -> RunResult:
+    """Re-segment a segment on the slices/frames of extra boxes (one 2-D run per box).
+
+    Each box's result replaces ``target_segment`` (default: the first box's name) on the slice
+    the box was drawn on; the rest of the segment is kept.
+    """
+    from polypsam.errors import InvalidInputError
+
+    rois = _require_rois(rois)
+    target = target_segment or _segment_name(rois[0])
+    if not target:
+        raise InvalidInputError("Refine needs a target segment")
+    result = RunResult()
+    # Run on every box, then rename all writes to the target: same all-or-nothing path as
+    # segment_2d, with the target segment's name.
+    renamed = [_Renamed(roi, target) for roi in rois]
+    out = segment_2d(engine, input_node, renamed, segmentation_node, window_preset=window_preset,
+                     progress=progress, cancel=cancel)
+    result.segment_ids = out.segment_ids
+    result.scores = out.scores
+    result.summary = f"refined segment '{target}' with {len(rois)} box(es)"
+    return result
+
+
+class _Renamed:
+    """An ROI node seen under another name (the segment a Refine writes to)."""
+
+    def __init__(self, roi: Any, name: str) -> None:
+        self._roi = roi
+        self._name = name
+
+    def GetName(self) -> str:  # noqa: N802 - MRML naming
+        return self._name
+
+    def __getattr__(self, attr: str):
+        return getattr(self._roi, attr)
