@@ -1,0 +1,410 @@
+"""The Slicer module's files, checked without desktop Slicer.
+
+``PolypSAM.py`` imports Qt (through ``slicer.ScriptedLoadableModule``) and cannot be imported
+here; it is compiled and parsed with ``ast`` so that every ``self.ui.<name>`` it binds exists in
+the ``.ui`` file and every ``SlicerParameterName`` of the ``.ui`` is a parameter node field.
+Its Qt-free helpers are imported and exercised: the first-use dependency flow with fake
+installers, the engine factory with a random-weight checkpoint, and the operations on real
+MRML scenes from ``slicer-core``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import py_compile
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "PolypSAM"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "PolypSAM.ui"
+MODULE_FILE = MODULE_DIR / "PolypSAM.py"
+
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+
+# -- static checks --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.name for p in MODULE_DIR.glob("*.py")))
+def test_module_python_files_compile(name, tmp_path):
+    py_compile.compile(str(MODULE_DIR / name), cfile=str(tmp_path / (name + "c")), doraise=True)
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {}
+    for w in root.iter("widget"):
+        name = w.get("name")
+        assert name not in widgets, f"duplicate widget name {name} in PolypSAM.ui"
+        widgets[name] = w
+    return widgets
+
+
+def _ui_names_used_in_module() -> set[str]:
+    tree = ast.parse(MODULE_FILE.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            names.add(node.attr)
+    return names
+
+
+def _parameter_fields() -> dict[str, str]:
+    tree = ast.parse(MODULE_FILE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "PolypSAMParameterNode":
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            assert "parameterNodeWrapper" in decorators
+            return {stmt.target.id: ast.unparse(stmt.annotation) for stmt in node.body
+                    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
+    raise AssertionError("PolypSAMParameterNode not found")
+
+
+def test_ui_is_wellformed_designer_xml():
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "PolypSAM"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    custom = {c for c in used if c.startswith(("qMRML", "ctk"))}
+    assert custom <= declared, f"custom widgets used but not declared: {custom - declared}"
+
+
+def test_every_ui_name_bound_in_module_exists_in_ui():
+    used = _ui_names_used_in_module()
+    widgets = _ui_widgets()
+    assert used, "PolypSAM.py binds no self.ui widgets?"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"PolypSAM.py uses self.ui.{missing} which PolypSAM.ui does not define"
+    for required in ("inputSelector", "sequenceBrowserSelector", "outputSegmentationSelector",
+                     "addBoxButton", "roiListWidget", "segmentButton", "propagateButton",
+                     "trackButton", "refineButton", "keySliceSpinBox", "sliceRangeStartSpinBox",
+                     "sliceRangeEndSpinBox", "settingsCollapsibleButton", "engineComboBox",
+                     "modelComboBox", "checkpointPathLineEdit", "deviceComboBox",
+                     "imageSizeSpinBox", "windowPresetComboBox"):
+        assert required in widgets, required
+
+
+def test_ui_parameter_names_are_parameter_node_fields():
+    fields = _parameter_fields()
+    widgets = _ui_widgets()
+    bound = {}
+    for name, w in widgets.items():
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = prop.findtext("string")
+    assert bound, "no widget is bound to the parameter node"
+    unknown = {w: p for w, p in bound.items() if p not in fields}
+    assert not unknown, f"SlicerParameterName without a parameter node field: {unknown}"
+    # The GUI-bound fields not in the .ui are managed by the widget code (the ROI list).
+    assert set(fields) - set(bound.values()) == {"rois"}
+    assert "vtkMRMLScalarVolumeNode" in fields["inputVolume"]
+    assert "vtkMRMLVectorVolumeNode" in fields["inputVolume"]
+    assert fields["outputSegmentation"] == "vtkMRMLSegmentationNode"
+
+
+def test_node_selectors_follow_the_scene():
+    root = ET.parse(UI_FILE).getroot()
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    assert selectors and selectors <= receivers
+
+
+def test_module_declares_template_classes():
+    tree = ast.parse(MODULE_FILE.read_text())
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["PolypSAM"] == ["ScriptedLoadableModule"]
+    assert "ScriptedLoadableModuleWidget" in classes["PolypSAMWidget"]
+    assert classes["PolypSAMLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["PolypSAMTest"] == ["ScriptedLoadableModuleTest"]
+    text = MODULE_FILE.read_text()
+    assert '"Segmentation"' in text and "tryWithErrorDisplay" in text
+    # The logic never builds SAM2 itself: only the engine factory does.
+    assert "SAM2Engine" not in text and "build_sam" not in text
+    # No timers and no installs at import/construction time.
+    assert "QTimer" not in text and "pip_install" not in text
+
+
+# -- first-use dependencies -----------------------------------------------------------------------
+class _FakeEnv:
+    """Which modules import; installs "add" modules; records the calls and SAM2_BUILD_CUDA."""
+
+    PIP_TO_MODULE = {"torch": "torch", "torchvision": "torchvision", "sam2": "sam2",
+                     "hydra-core": "hydra", "iopath": "iopath", "tqdm": "tqdm",
+                     "platformdirs": "platformdirs", "pillow": "PIL", "setuptools": "setuptools",
+                     "wheel": "wheel"}
+
+    def __init__(self, present, install_works=True):
+        self.present = set(present)
+        self.calls = []
+        self.install_works = install_works
+
+    def find_spec(self, name):
+        return object() if name in self.present else None
+
+    def pip_install(self, requirements):
+        self.calls.append((requirements, os.environ.get("SAM2_BUILD_CUDA")))
+        if self.install_works:
+            for token in requirements.split():
+                if not token.startswith("-"):
+                    base = token.split("=")[0].split(">")[0]
+                    self.present.add(self.PIP_TO_MODULE.get(base, base))
+
+
+ALL = {"torch", "torchvision", "sam2", "hydra", "iopath", "tqdm", "platformdirs", "PIL",
+       "setuptools", "wheel"}
+
+
+def test_dependencies_present_needs_no_dialog():
+    import PolypSAMDependencies as deps
+
+    env = _FakeEnv(ALL)
+    status = deps.ensure_dependencies(confirm=lambda text: pytest.fail("asked"),
+                                      pip_install=env.pip_install, torch_installer=None,
+                                      find_spec=env.find_spec)
+    assert status.ready and not env.calls
+
+
+def test_dependencies_declined_installs_nothing():
+    import PolypSAMDependencies as deps
+
+    env = _FakeEnv(ALL - {"torch", "torchvision", "sam2"})
+    asked = []
+    status = deps.ensure_dependencies(confirm=lambda text: asked.append(text) or False,
+                                      pip_install=env.pip_install, torch_installer=None,
+                                      find_spec=env.find_spec)
+    assert status.declined and not status.ready and not env.calls
+    assert f"torch=={deps.TORCH_VERSION}" in asked[0] and f"sam2=={deps.SAM2_VERSION}" in asked[0]
+
+
+def test_dependencies_pip_flow_pins_torch_and_builds_sam2_without_cuda(monkeypatch):
+    import PolypSAMDependencies as deps
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # a fresh Slicer: torch not loaded
+    monkeypatch.delenv("SAM2_BUILD_CUDA", raising=False)
+    env = _FakeEnv({"PIL", "setuptools", "wheel"})
+    status = deps.ensure_dependencies(confirm=lambda text: True, pip_install=env.pip_install,
+                                      torch_installer=None, find_spec=env.find_spec)
+    assert status.ready and not status.restart_needed, status
+    reqs = [c[0] for c in env.calls]
+    assert reqs[0] == f"torch=={deps.TORCH_VERSION} torchvision=={deps.TORCHVISION_VERSION}"
+    assert reqs[-1] == f"--no-deps --no-build-isolation sam2=={deps.SAM2_VERSION}"
+    assert env.calls[-1][1] == "0", "sam2 must be built with SAM2_BUILD_CUDA=0"
+    assert all(flag is None for _, flag in env.calls[:-1])
+    assert "SAM2_BUILD_CUDA" not in os.environ, "the environment is restored"
+    assert any("hydra-core" in r for r in reqs)
+    assert not any("polypsam" in r for r in reqs), "the library ships with the module"
+
+
+def test_dependencies_use_pytorch_extension_when_present(monkeypatch):
+    import PolypSAMDependencies as deps
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    env = _FakeEnv(ALL - {"torch", "torchvision"})
+    used = []
+
+    def installer(torch_req, vision_req):
+        used.append((torch_req, vision_req))
+        env.present |= {"torch", "torchvision"}
+        return object()
+
+    status = deps.ensure_dependencies(confirm=lambda text: True, pip_install=env.pip_install,
+                                      torch_installer=installer, find_spec=env.find_spec)
+    assert status.ready
+    assert used == [(f"=={deps.TORCH_VERSION}", f"=={deps.TORCHVISION_VERSION}")]
+    assert not env.calls
+
+
+def test_dependencies_report_restart_when_still_not_importable(monkeypatch):
+    import PolypSAMDependencies as deps
+
+    env = _FakeEnv(ALL - {"sam2"}, install_works=False)
+    status = deps.ensure_dependencies(confirm=lambda text: True, pip_install=env.pip_install,
+                                      torch_installer=None, find_spec=env.find_spec)
+    assert status.restart_needed and not status.ready
+    assert "restart" in status.message.lower()
+
+
+def test_dependencies_install_failure_is_one_clear_error():
+    import PolypSAMDependencies as deps
+
+    env = _FakeEnv(ALL - {"sam2"})
+
+    def failing(requirements):
+        raise RuntimeError("pip exited with status 1")
+
+    with pytest.raises(deps.DependencyInstallError, match="pip exited with status 1"):
+        deps.ensure_dependencies(confirm=lambda text: True, pip_install=failing,
+                                 torch_installer=None, find_spec=env.find_spec)
+
+
+def test_library_path_for_a_source_checkout(monkeypatch):
+    import PolypSAMDependencies as deps
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path])
+    added = deps.ensure_library_on_path(str(MODULE_DIR))
+    assert added == str(REPO / "PolypSAMLib") and sys.path[0] == added
+
+
+# -- engine factory -------------------------------------------------------------------------------
+def test_weights_to_download_only_for_uncached_registry_models(tmp_path, monkeypatch):
+    import PolypSAMEngines as engines
+
+    monkeypatch.setenv("POLYPSAM_CACHE_DIR", str(tmp_path))
+    spec = engines.weights_to_download(engines.EngineSettings(model="sam2.1_hiera_tiny"))
+    assert spec is not None and spec.name == "sam2.1_hiera_tiny"
+    (tmp_path / spec.filename).write_bytes(b"x")
+    assert engines.weights_to_download(engines.EngineSettings(model="sam2.1_hiera_tiny")) is None
+    custom = engines.EngineSettings(checkpoint=str(tmp_path / "mine.pt"))
+    assert engines.weights_to_download(custom) is None
+
+
+def test_engine_factory_refuses_silent_download(tmp_path, monkeypatch):
+    import PolypSAMEngines as engines
+    from polypsam.errors import CheckpointError, InvalidInputError
+
+    monkeypatch.setenv("POLYPSAM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(CheckpointError, match="not in the cache"):
+        engines.create_engine(engines.EngineSettings(model="sam2.1_hiera_tiny"))
+    with pytest.raises(InvalidInputError, match="unknown engine"):
+        engines.create_engine(engines.EngineSettings(kind="cloud"))
+
+
+@pytest.fixture(scope="module")
+def module_engine(tiny_checkpoint):
+    import PolypSAMEngines as engines
+
+    cache = engines.EngineCache()
+    settings = engines.EngineSettings(model="sam2.1_hiera_tiny", checkpoint=str(tiny_checkpoint),
+                                      device="cpu", image_size=256)
+    engine = cache.get(settings)
+    assert cache.get(settings) is engine, "same settings reuse the loaded engine"
+    yield engine
+    cache.close()
+
+
+def test_engine_factory_builds_custom_checkpoint(module_engine, tiny_checkpoint):
+    info = module_engine.info
+    assert info.image_size == 256 and info.device == "cpu"
+    assert Path(info.checkpoint) == Path(tiny_checkpoint)
+    assert len(info.checkpoint_sha256) == 64
+
+
+# -- operations on real MRML (slicer-core) ---------------------------------------------------------
+def _rgb_frame_node(scene, rgb):
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
+    slicer.util.updateVolumeFromArray(node, rgb[None])
+    return node
+
+
+def _roi_on_ijk(scene, volume, center_ijk, size_ijk, name):
+    from slicer_fixtures import add_roi
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    center = m.MultiplyPoint([*center_ijk, 1])[:3]
+    spacing = volume.GetSpacing()
+    return add_roi(scene, center, [s * sp for s, sp in zip(size_ijk, spacing)], name=name)
+
+
+def test_segment_2d_on_rgb_frame_writes_named_segments(slicer_scene, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+
+    from conftest import synthetic_rgb
+
+    rgb = synthetic_rgb(96, 128)
+    frame = _rgb_frame_node(slicer_scene, rgb)
+    rois = [_roi_on_ijk(slicer_scene, frame, (51, 48, 0), (40, 40, 1), "Polyp A"),
+            _roi_on_ijk(slicer_scene, frame, (100, 30, 0), (20, 20, 1), "Polyp B")]
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    steps = []
+    result = ops.segment_2d(module_engine, frame, rois, seg,
+                            progress=lambda d, t, m: steps.append((d, t)))
+    assert sorted(result.segment_ids) == ["Polyp A", "Polyp B"]
+    assert steps[-1][0] == steps[-1][1]
+    labels = mrml.export_segment_labelmap(seg, frame)
+    assert labels.shape == (1, 96, 128)
+    tags = mrml.read_provenance(seg, "Polyp A")
+    assert tags["operation"] == "segment" and tags["key_slice"] == "0"
+    assert tags["checkpoint_sha256"] == module_engine.info.checkpoint_sha256
+    assert mrml.undo(seg) and seg.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_segment_2d_on_volume_replaces_only_the_key_slice(slicer_scene, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+    from slicer_fixtures import add_volume
+
+    array = np.full((8, 48, 56), -200, dtype=np.int16)
+    array[2:6, 14:34, 16:38] = 80
+    volume = add_volume(slicer_scene, array, name="ct")
+    roi = _roi_on_ijk(slicer_scene, volume, (27, 24, 4), (24, 22, 1), "Lesion")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    prior = np.zeros(array.shape, dtype=bool)
+    prior[1, 5:10, 5:10] = True  # something on another slice of the same segment
+    mrml.write_mask_to_segment(seg, "Lesion", prior, volume)
+    ops.segment_2d(module_engine, volume, [roi], seg, window_preset="abdomen")
+    labels = mrml.export_segment_labelmap(seg, volume, ["Lesion"])
+    assert labels[1, 5:10, 5:10].all(), "other slices of the segment are kept"
+    assert mrml.read_provenance(seg, "Lesion")["key_slice"] == "4"
+
+
+def test_failed_run_leaves_segments_untouched(slicer_scene, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+    from polypsam.engine import CancelToken
+    from polypsam.errors import CancelledError, InvalidInputError
+    from slicer_fixtures import add_volume
+
+    array = np.zeros((4, 32, 32), dtype=np.int16)
+    volume = add_volume(slicer_scene, array, name="ct")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    keep = np.zeros(array.shape, dtype=bool)
+    keep[2, 3:8, 3:8] = True
+    mrml.write_mask_to_segment(seg, "Existing", keep, volume)
+    before = mrml.export_segment_labelmap(seg, volume).copy()
+    inside = _roi_on_ijk(slicer_scene, volume, (16, 16, 2), (12, 12, 1), "Polyp")
+    outside = _roi_on_ijk(slicer_scene, volume, (500, 500, 2), (12, 12, 1), "Far")
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(CancelledError):
+        ops.segment_2d(module_engine, volume, [inside], seg, cancel=cancel)
+    with pytest.raises(InvalidInputError):
+        ops.segment_2d(module_engine, volume, [inside, outside], seg)
+    with pytest.raises(InvalidInputError, match="no box"):
+        ops.segment_2d(module_engine, volume, [], seg)
+    with pytest.raises(InvalidInputError, match="no input"):
+        ops.segment_2d(module_engine, None, [inside], seg)
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1
+    assert np.array_equal(mrml.export_segment_labelmap(seg, volume), before)
+
+
+def test_display_window_is_read_not_written(slicer_scene):
+    import PolypSAMOperations as ops
+    from polypsam.preprocess import Window
+    from slicer_fixtures import add_volume
+
+    array = (np.arange(4 * 16 * 16).reshape(4, 16, 16) % 300).astype(np.int16)
+    volume = add_volume(slicer_scene, array, name="ct")
+    volume.CreateDefaultDisplayNodes()
+    display = volume.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(350, 50)
+    assert ops.intensity_for(volume, "display") == Window(50, 350)
+    assert ops.intensity_for(volume, "lung") == Window(-600, 1500)
+    import slicer
+
+    assert np.array_equal(slicer.util.arrayFromVolume(volume), array)
