@@ -75,6 +75,18 @@ def init_slicer_core() -> types.SimpleNamespace:
         app.SetModuleLogic(module_name, logic)
         logics[key] = logic
 
+    # reading .mrb / .seq.mrb needs a data IO manager with a cache directory
+    import tempfile
+
+    remote_io = slicer.vtkMRMLRemoteIOLogic()
+    remote_io.SetMRMLScene(scene)
+    remote_io.GetCacheManager().SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="polypsam-mrml-"))
+    data_io = slicer.vtkDataIOManagerLogic()
+    data_io.SetMRMLApplicationLogic(app)
+    data_io.SetAndObserveDataIOManager(remote_io.GetDataIOManager())
+    remote_io.AddDataIOToScene()
+    logics["remoteio"], logics["dataio"] = remote_io, data_io
+
     slicer.mrmlScene = scene
     slicer.modules = types.SimpleNamespace(**{k: _Module(v) for k, v in logics.items()})
     ns = types.SimpleNamespace(scene=scene, app=app, logics=logics, slicer=slicer)

@@ -596,10 +596,14 @@ def write_mask_to_segment(
         segment_id = _add_segment(segmentation, segment, color)
     was_modifying = segmentation_node.StartModify()
     try:
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            image, segmentation_node, segment_id,
-            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, extent,
-        )
+        if crop.any():
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                image, segmentation_node, segment_id,
+                slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, extent,
+            )
+        else:  # the segment becomes empty (an all-zero write would leave a 1-voxel image)
+            segmentation.ClearSegment(segment_id)
+            ok = True
         if not ok:
             if created:
                 segmentation.RemoveSegment(segment_id)
@@ -702,7 +706,7 @@ def write_tracked_masks_to_sequence(
     (written to segment ``segment``) or to ``{segment name: mask}``. Every frame of the master
     sequence gets one segmentation (empty segments where no mask is given) on that frame's grid;
     ``segmentation_node`` becomes (or stays) the browser's proxy for the sequence, which is
-    returned. An existing segmentation sequence of the node in this browser is overwritten.
+    returned. If the node already has a sequence in this browser, only the given frames change.
     All masks are validated before anything changes.
     """
     _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
@@ -730,16 +734,6 @@ def write_tracked_masks_to_sequence(
     if not names:
         raise InvalidInputError("no masks to write")
 
-    scene = segmentation_node.GetScene()
-    seq = browser_node.GetSequenceNode(segmentation_node)
-    if seq is None:
-        seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{segmentation_node.GetName()}-seq")
-        seq.SetIndexName(master.GetIndexName())
-        seq.SetIndexUnit(master.GetIndexUnit())
-        seq.SetIndexType(master.GetIndexType())
-        new_sequence = True
-    else:
-        new_sequence = False
     segmentation = segmentation_node.GetSegmentation()
     ids = {}
     for name in names:
@@ -748,28 +742,62 @@ def write_tracked_masks_to_sequence(
             segment_id = _add_segment(segmentation, name, (colors or {}).get(name))
         ids[name] = segment_id
 
-    current = max(0, browser_node.GetSelectedItemNumber())
-    order = [n for n in range(n_frames) if n != current] + [min(current, n_frames - 1)]
-    for frame in order:
+    def write_frame(target: Any, frame: int, masks: Mapping[str, np.ndarray]) -> None:
         frame_node = master.GetNthDataNode(frame)
-        i, j, _ = _image_dims(frame_node, f"frame {frame}")
-        masks = per_frame.get(frame, {})
+        grid = _reference_grid(frame_node)
+        frame_tags = dict(provenance or {}, frame=frame)
         for name in names:
             mask = masks.get(name)
             if mask is None:
-                mask = np.zeros((j, i), dtype=bool)
-            frame_tags = dict(provenance or {}, frame=frame)
+                if target is not segmentation_node:
+                    continue  # an existing frame: keep what it has
+                _remove_tags(target, ids[name])
+                target.GetSegmentation().ClearSegment(ids[name])
+                continue
             write_mask_to_segment(
-                segmentation_node, ids[name], mask[None], _reference_grid(frame_node),
+                target, ids[name], mask[None], grid,
                 engine_info=engine_info if name in masks else None,
                 provenance=frame_tags if name in masks else None,
             )
-        seq.SetDataNodeAtValue(segmentation_node, master.GetNthIndexValue(frame))
-    if new_sequence:
+
+    current = min(max(0, browser_node.GetSelectedItemNumber()), n_frames - 1)
+    seq = browser_node.GetSequenceNode(segmentation_node)
+    if seq is None:  # a new sequence: every frame gets a segmentation, the current one last
+        seq = segmentation_node.GetScene().AddNewNodeByClass(
+            "vtkMRMLSequenceNode", f"{segmentation_node.GetName()}-seq"
+        )
+        seq.SetIndexName(master.GetIndexName())
+        seq.SetIndexUnit(master.GetIndexUnit())
+        seq.SetIndexType(master.GetIndexType())
+        for frame in [n for n in range(n_frames) if n != current] + [current]:
+            write_frame(segmentation_node, frame, per_frame.get(frame, {}))
+            seq.SetDataNodeAtValue(segmentation_node, master.GetNthIndexValue(frame))
         browser_node.AddSynchronizedSequenceNode(seq)
         browser_node.AddProxyNode(segmentation_node, seq, False)
+    else:  # update the stored segmentations of the given frames; the others are kept
+        for frame, masks in per_frame.items():
+            value = master.GetNthIndexValue(frame)
+            stored = seq.GetDataNodeAtValue(value)
+            if stored is None:
+                seq.SetDataNodeAtValue(segmentation_node, value)
+                stored = seq.GetDataNodeAtValue(value)
+            for name in names:
+                if _segment_id(stored.GetSegmentation(), ids[name]) is None:
+                    color = segmentation.GetSegment(ids[name]).GetColor()
+                    stored.GetSegmentation().AddEmptySegment(ids[name], name, list(color))
+            write_frame(stored, frame, masks)
+        if current in per_frame:
+            write_frame(segmentation_node, current, per_frame[current])
+        seq.Modified()
     browser_node.SetSaveChanges(seq, True)
     return seq
+
+
+def _remove_tags(segmentation_node: Any, segment_id: str) -> None:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    keys = _get_tag(segment, TAG_PREFIX + _KEYS_TAG)
+    for key in (keys.split(",") if keys else []) + [_KEYS_TAG]:
+        segment.RemoveTag(TAG_PREFIX + key)
 
 
 # --------------------------------------------------------------------------------------------
