@@ -230,7 +230,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.rois = rois
 
     def onAddBox(self) -> None:
-        roi = self.logic.addBox()
+        roi = self.logic.addBox(browser=self._parameterNode.inputSequenceBrowser)
         self._parameterNode.rois.append(roi)
         self.updateRoiList()
 
@@ -371,11 +371,16 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
 
     # -- scene helpers -----------------------------------------------------------------------
     @staticmethod
-    def addBox(name: str = "Polyp"):
-        """A new ROI placed interactively in the slice views (click-drag or two corners)."""
+    def addBox(name: str = "Polyp", browser=None):
+        """A new ROI placed interactively in the slice views (click-drag or two corners).
+
+        With a sequence browser, the ROI remembers the frame it was drawn on (Track/Refine).
+        """
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
                                                   slicer.mrmlScene.GenerateUniqueName(name))
         roi.CreateDefaultDisplayNodes()
+        if browser is not None:
+            roi.SetAttribute(PolypSAMOperations.FRAME_ATTRIBUTE, str(browser.GetSelectedItemNumber()))
         slicer.modules.markups.logic().StartPlaceMode(False)
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
@@ -419,10 +424,13 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
         return PolypSAMOperations.track(engine, browser, list(rois), segmentation,
                                         progress=progress, cancel=cancel)
 
-    def refine(self, engine, inputVolume, rois, segmentation, windowPreset="display",
-               progress=None, cancel=None):
+    def refine(self, engine, inputVolume, rois, segmentation, browser=None, keySlice=-1,
+               sliceRange=(-1, -1), windowPreset="display", progress=None, cancel=None):
+        """First ROI = the object; the other ROIs = extra boxes on other slices/frames."""
         return PolypSAMOperations.refine(engine, inputVolume, list(rois), segmentation,
-                                         window_preset=windowPreset, progress=progress, cancel=cancel)
+                                         browser_node=browser, key_slice=keySlice,
+                                         slice_range=tuple(sliceRange), window_preset=windowPreset,
+                                         progress=progress, cancel=cancel)
 
     def runWithProgress(self, operation: str, p: PolypSAMParameterNode, engine):
         """Run an operation with a cancellable progress dialog (updated at frame boundaries).
@@ -461,7 +469,9 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
                 return self.track(engine, p.inputSequenceBrowser, rois, p.outputSegmentation,
                                   progress, cancel)
             if operation == "refine":
-                return self.refine(engine, p.inputVolume, rois, p.outputSegmentation, p.windowPreset,
+                return self.refine(engine, p.inputVolume, rois, p.outputSegmentation,
+                                   p.inputSequenceBrowser, p.keySlice,
+                                   (p.sliceRangeStart, p.sliceRangeEnd), p.windowPreset,
                                    progress, cancel)
             raise ValueError(f"unknown operation {operation!r}")
         except CancelledError:

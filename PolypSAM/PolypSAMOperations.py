@@ -197,17 +197,15 @@ def segment_2d(
 # --------------------------------------------------------------------------------------------
 
 
-def _per_box_masks(result: Any, n_boxes: int) -> list[np.ndarray]:
-    """Normalise what :func:`polypsam.propagation.propagate` returns to one (K, J, I) mask per box."""
-    masks = getattr(result, "masks", result)
-    if isinstance(masks, dict):
-        masks = [masks[key] for key in sorted(masks)]
-    if isinstance(masks, np.ndarray):
-        masks = [masks] if masks.ndim == 3 else list(masks)
-    masks = [np.asarray(getattr(m, "mask", m), dtype=bool) for m in masks]
-    if len(masks) != n_boxes:
-        raise RuntimeError(f"propagation returned {len(masks)} masks for {n_boxes} boxes")
-    return masks
+FRAME_ATTRIBUTE = "PolypSAM.frame"  # set on an ROI placed while a sequence browser showed a frame
+
+
+def _frame_of(roi: Any, default: int) -> int:
+    value = roi.GetAttribute(FRAME_ATTRIBUTE) if hasattr(roi, "GetAttribute") else None
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        return default
 
 
 def propagate(
@@ -219,16 +217,19 @@ def propagate(
     key_slice: int = -1,
     slice_range: tuple[int, int] = (-1, -1),
     window_preset: str = "display",
+    refinement_rois: Sequence[Any] = (),
     progress: Optional[ProgressFn] = None,
     cancel=None,
 ) -> RunResult:
     """Segment each ROI on its key slice and propagate through its slice range (both ways).
 
     Key slice: the override if >= 0, else the slice the box was drawn on (the middle of its
-    extent along K). Slice range: the override where >= 0, else the box's extent along K. The
-    segment is replaced inside the slice range only.
+    extent along K). Slice range: the override where >= 0, else the box's extent along K,
+    widened to cover the ``refinement_rois`` (extra boxes on other slices for the first ROI's
+    object, see :func:`refine`). The segment is replaced inside the written slices only.
     """
     from polypsam import mrml, propagation
+    from polypsam.engine import FramePrompt
     from polypsam.errors import InvalidInputError
 
     progress = progress or _noop_progress
@@ -241,13 +242,21 @@ def propagate(
     volume = mrml.volume_from_node(input_node)
     depth, height, width = volume.shape
     intensity = intensity_for(input_node, window_preset)
+    refinements = []
+    refine_slices = []
+    for roi in refinement_rois:
+        vb = mrml.roi_to_voxel_box(roi, input_node)
+        refinements.append(FramePrompt(frame=vb.key_slice, obj_id=1, box=vb.box_on_slice(vb.key_slice)))
+        refine_slices.append(vb.key_slice)
     writes = []
     for index, roi in enumerate(rois):
         _check_cancel(cancel)
         vb = mrml.roi_to_voxel_box(roi, input_node)
         k0 = slice_range[0] if slice_range[0] >= 0 else vb.k0
         k1 = slice_range[1] if slice_range[1] >= 0 else vb.k1
-        k0, k1 = max(0, min(k0, k1)), min(depth - 1, max(k0, k1))
+        extra = refine_slices if index == 0 else []
+        k0, k1 = min([k0, k1, *extra]), max([k0, k1, *extra])
+        k0, k1 = max(0, k0), min(depth - 1, k1)
         key = key_slice if key_slice >= 0 else vb.key_slice
         if not k0 <= key <= k1:
             raise InvalidInputError(f"key slice {key} is outside the slice range {k0}..{k1}")
@@ -257,17 +266,19 @@ def propagate(
             progress(_index * 1000 + int(1000 * done / max(total, 1)), len(rois) * 1000,
                      f"box {_index + 1}/{len(rois)}: slice {done}/{total}")
 
-        out = propagation.propagate(engine, volume, [box], range(k0, k1 + 1), key,
+        out = propagation.propagate(engine, volume, [box], (k0, k1), key,
+                                    refinements=refinements if index == 0 else (),
                                     intensity=intensity, cancel=cancel, progress=box_progress)
-        mask = _per_box_masks(out, 1)[0]
-        if mask.shape == (depth, height, width):
-            mask = mask[k0:k1 + 1]
+        s0, s1 = (int(v) for v in out.slices)
+        mask = np.asarray(out.labelmap.array[s0:s1 + 1] == 1)
         writes.append(dict(
             segment=_segment_name(roi), mask_kji=mask, reference=input_node,
-            region=(0, width - 1, 0, height - 1, k0, k1), color=_color(index),
+            region=(0, width - 1, 0, height - 1, s0, s1), color=_color(index),
             engine_info=engine.info,
-            provenance={"operation": "propagate", "box": box, "key_slice": key,
-                        "slice_range": (k0, k1), "roi": roi.GetID()},
+            provenance={"operation": "refine" if refinements and index == 0 else "propagate",
+                        "box": box, "key_slice": key, "slice_range": (s0, s1),
+                        "refinement_slices": tuple(refine_slices) if index == 0 else (),
+                        "score": f"{out.scores.get(1, float('nan')):.4f}", "roi": roi.GetID()},
         ))
     _check_cancel(cancel)
     progress(len(rois) * 1000, len(rois) * 1000, "writing segments")
@@ -287,20 +298,24 @@ def track(
     rois: Sequence[Any],
     segmentation_node: Any,
     *,
+    refinement_rois: Sequence[Any] = (),
     progress: Optional[ProgressFn] = None,
     cancel=None,
 ) -> RunResult:
-    """Track the ROIs (drawn on the browser's current frame) through the whole sequence.
+    """Track the ROIs through the whole sequence, both ways from the frame they were drawn on.
 
-    Writes one segmentation per frame into a segmentation sequence synchronised to the browser
-    (the output node becomes its proxy). Nothing is written unless every frame succeeded.
+    An ROI's frame is its ``PolypSAM.frame`` attribute (set by Add box), else the browser's
+    current frame. ``refinement_rois`` are extra boxes for the first ROI's object on other
+    frames. Writes one segmentation per frame into a segmentation sequence synchronised to the
+    browser (the output node becomes its proxy). Nothing is written unless every frame succeeded.
     """
     from polypsam import mrml, propagation
+    from polypsam.engine import FramePrompt
     from polypsam.errors import InvalidInputError
 
     progress = progress or _noop_progress
     if browser_node is None:
-        raise InvalidInputError("no sequence browser selected: Track needs a video or 4-D sequence")
+        raise InvalidInputError("no sequence browser selected: Track needs a video sequence")
     segmentation_node = _require_output(segmentation_node)
     rois = _require_rois(rois)
     frames = mrml.frames_from_sequence(browser_node)
@@ -308,36 +323,36 @@ def track(
     proxy = browser_node.GetProxyNode(master)
     if proxy is None:
         raise InvalidInputError(f"sequence browser '{browser_node.GetName()}' shows no frame")
-    frame_index = max(0, int(browser_node.GetSelectedItemNumber()))
+    current = max(0, int(browser_node.GetSelectedItemNumber()))
+    frame_index = _frame_of(rois[0], current)
     boxes = [mrml.roi_to_voxel_box(roi, proxy).box_on_slice(0) for roi in rois]
+    refinements = [
+        FramePrompt(frame=_frame_of(roi, current), obj_id=1,
+                    box=mrml.roi_to_voxel_box(roi, proxy).box_on_slice(0))
+        for roi in refinement_rois
+    ]
     names = [_segment_name(roi) for roi in rois]
     total = len(frames)
 
     def frame_progress(done: int, count: int) -> None:
         progress(done, count or total, f"tracking: frame {done}/{count or total}")
 
-    out = propagation.track(engine, frames, frame_index, boxes, cancel=cancel,
-                            progress=frame_progress)
-    per_frame: dict[int, dict[str, np.ndarray]] = {}
-    items = out.items() if isinstance(out, dict) else ((fm.frame, fm.masks) for fm in out)
-    for frame, masks in items:
-        _check_cancel(cancel)
-        if isinstance(masks, dict):
-            by_obj = [masks[key] for key in sorted(masks)]
-        else:
-            by_obj = list(masks)
-        per_frame[int(frame)] = {
-            name: np.asarray(m, dtype=bool) for name, m in zip(names, by_obj)
-        }
+    out = propagation.track(engine, frames, frame_index, boxes, refinements=refinements,
+                            cancel=cancel, progress=frame_progress)
     _check_cancel(cancel)
+    per_frame = {
+        t: {name: out.labels[t] == label for label, name in enumerate(names, start=1)}
+        for t in range(out.labels.shape[0])
+    }
     progress(total, total, "writing the segmentation sequence")
     mrml.save_state_for_undo(segmentation_node)
     seq = mrml.write_tracked_masks_to_sequence(
         browser_node, segmentation_node, per_frame,
         colors={name: _color(i) for i, name in enumerate(names)},
         engine_info=engine.info,
-        provenance={"operation": "track", "start_frame": frame_index,
-                    "boxes": ";".join(",".join(f"{v:g}" for v in b.to_list()) for b in boxes)},
+        provenance={"operation": "refine" if refinements else "track", "start_frame": frame_index,
+                    "boxes": ";".join(",".join(f"{v:g}" for v in b.to_list()) for b in boxes),
+                    "refinement_frames": tuple(p.frame for p in refinements)},
     )
     result = RunResult(segment_ids={name: name for name in names})
     result.summary = f"tracked {len(names)} box(es) through {len(per_frame)} frame(s) into {seq.GetName()}"
@@ -350,32 +365,34 @@ def refine(
     rois: Sequence[Any],
     segmentation_node: Any,
     *,
-    target_segment: str = "",
+    browser_node: Any = None,
+    key_slice: int = -1,
+    slice_range: tuple[int, int] = (-1, -1),
     window_preset: str = "display",
     progress: Optional[ProgressFn] = None,
     cancel=None,
 ) -> RunResult:
-    """Re-segment a segment on the slices/frames of extra boxes (one 2-D run per box).
+    """Re-run the first ROI's object with the other ROIs as extra boxes on other slices/frames.
 
-    Each box's result replaces ``target_segment`` (default: the first box's name) on the slice
-    the box was drawn on; the rest of the segment is kept.
+    * a scalar volume: propagation with the extra boxes as conditioning slices;
+    * a sequence (browser given, RGB frames): tracking with the extra boxes as conditioning frames;
+    * a single RGB frame: each box re-segments the first ROI's segment in 2-D.
     """
-    from polypsam.errors import InvalidInputError
-
     rois = _require_rois(rois)
-    target = target_segment or _segment_name(rois[0])
-    if not target:
-        raise InvalidInputError("Refine needs a target segment")
-    result = RunResult()
-    # Run on every box, then rename all writes to the target: same all-or-nothing path as
-    # segment_2d, with the target segment's name.
-    renamed = [_Renamed(roi, target) for roi in rois]
-    out = segment_2d(engine, input_node, renamed, segmentation_node, window_preset=window_preset,
+    first, extra = rois[0], list(rois[1:])
+    if browser_node is not None and (input_node is None or input_node.IsA("vtkMRMLVectorVolumeNode")):
+        return track(engine, browser_node, [first], segmentation_node, refinement_rois=extra,
                      progress=progress, cancel=cancel)
-    result.segment_ids = out.segment_ids
-    result.scores = out.scores
-    result.summary = f"refined segment '{target}' with {len(rois)} box(es)"
-    return result
+    input_node = _require_input(input_node)
+    if not input_node.IsA("vtkMRMLVectorVolumeNode"):
+        return propagate(engine, input_node, [first], segmentation_node, key_slice=key_slice,
+                         slice_range=slice_range, window_preset=window_preset,
+                         refinement_rois=extra, progress=progress, cancel=cancel)
+    target = _segment_name(first)
+    out = segment_2d(engine, input_node, [_Renamed(roi, target) for roi in rois], segmentation_node,
+                     window_preset=window_preset, progress=progress, cancel=cancel)
+    out.summary = f"refined segment '{target}' with {len(rois)} box(es)"
+    return out
 
 
 class _Renamed:

@@ -408,3 +408,81 @@ def test_display_window_is_read_not_written(slicer_scene):
     import slicer
 
     assert np.array_equal(slicer.util.arrayFromVolume(volume), array)
+
+
+def _lesion_volume(scene):
+    from slicer_fixtures import add_volume
+
+    kk, yy, xx = np.mgrid[:10, :48, :48]
+    array = np.full((10, 48, 48), -150, dtype=np.int16)
+    array[(kk - 5) ** 2 / 9 + (yy - 24) ** 2 / 64 + (xx - 22) ** 2 / 64 < 1] = 70
+    return array, add_volume(scene, array, name="ct")
+
+
+def test_propagate_writes_only_the_slice_range_and_keeps_other_segments(slicer_scene, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+
+    array, volume = _lesion_volume(slicer_scene)
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    other = np.zeros(array.shape, dtype=bool)
+    other[0, 1:6, 1:6] = True
+    mrml.write_mask_to_segment(seg, "Other", other, volume)
+    outside = np.zeros(array.shape, dtype=bool)
+    outside[9, 30:40, 30:40] = True
+    mrml.write_mask_to_segment(seg, "Lesion", outside, volume)
+    roi = _roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 5), "Lesion")
+    steps = []
+    result = ops.propagate(module_engine, volume, [roi], seg, window_preset="abdomen",
+                           progress=lambda d, t, m: steps.append((d, t)))
+    assert set(result.segment_ids) == {"Lesion"}
+    assert steps and steps[-1][0] == steps[-1][1]
+    labels = mrml.export_segment_labelmap(seg, volume, ["Other", "Lesion"])
+    assert (labels[0, 1:6, 1:6] == 1).all(), "another segment is untouched"
+    assert (labels[9, 30:40, 30:40] == 2).all(), "slices outside the range are kept"
+    tags = mrml.read_provenance(seg, "Lesion")
+    assert tags["operation"] == "propagate" and tags["key_slice"] == "5"
+    assert tags["slice_range"] == "3,7"
+
+
+def test_refine_volume_uses_extra_boxes_as_conditioning(slicer_scene, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+
+    array, volume = _lesion_volume(slicer_scene)
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    first = _roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 1), "Lesion")
+    extra = _roi_on_ijk(slicer_scene, volume, (22, 24, 3), (14, 14, 1), "extra box")
+    ops.refine(module_engine, volume, [first, extra], seg, window_preset="abdomen")
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1
+    tags = mrml.read_provenance(seg, "Lesion")
+    assert tags["operation"] == "refine" and tags["refinement_slices"] == "3"
+    assert tags["slice_range"] == "3,5"
+
+
+def test_track_writes_a_synchronised_segmentation_sequence(slicer_scene, slicer_core, module_engine):
+    import PolypSAMOperations as ops
+    import slicer
+
+    from conftest import synthetic_rgb
+
+    seq = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "video")
+    seq.SetIndexName("frame")
+    frame = slicer_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "tmp")
+    for t in range(4):
+        slicer.util.updateVolumeFromArray(frame, synthetic_rgb(64, 80, seed=t)[None])
+        seq.SetDataNodeAtValue(frame, str(t))
+    slicer_scene.RemoveNode(frame)
+    browser = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
+    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    browser.SetSelectedItemNumber(1)
+    slicer_core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(seq)
+    assert proxy is not None
+    roi = _roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
+    roi.SetAttribute(ops.FRAME_ATTRIBUTE, "1")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    result = ops.track(module_engine, browser, [roi], seg)
+    assert "4 frame" in result.summary
+    seg_seq = browser.GetSequenceNode(seg)
+    assert seg_seq is not None and seg_seq.GetNumberOfDataNodes() == 4
