@@ -212,3 +212,24 @@ def test_export_segment_labelmap_orders_and_checks_segments(seg_node, volume):
     assert scene.GetFirstNodeByName("__polypsam_export__") is None
     with pytest.raises(InvalidInputError, match="no segment 'C'"):
         mrml.export_segment_labelmap(seg_node, volume, ["C"])
+
+
+def test_empty_mask_empties_the_segment_and_keeps_others(seg_node, volume):
+    mrml.write_mask_to_segment(seg_node, "A", blob(), volume)
+    mrml.write_mask_to_segment(seg_node, "B", blob(center=(2, 4, 4), radii=(1, 2, 2)), volume)
+    mrml.write_mask_to_segment(seg_node, "A", np.zeros(SHAPE, bool), volume)
+    assert not segment_array(seg_node, "A", volume).any()
+    assert np.array_equal(segment_array(seg_node, "B", volume), blob(center=(2, 4, 4), radii=(1, 2, 2)))
+
+
+def test_voxel_box_region_from_roi(slicer_scene, seg_node, volume):
+    """A VoxelBox from roi_to_voxel_box is a valid region; its crop lands inside the ROI box."""
+    from slicer_fixtures import add_roi
+
+    center = (OBLIQUE @ np.array([10.0, 12.0, 5.0, 1.0]))[:3]
+    vbox = mrml.roi_to_voxel_box(add_roi(slicer_scene, center, (6.0, 6.0, 8.0)), volume)
+    crop = np.ones(vbox.shape, bool)
+    mrml.write_mask_to_segment(seg_node, "P", crop, volume, region=vbox)
+    expected = np.zeros(SHAPE, bool)
+    expected[vbox.k0 : vbox.k1 + 1, vbox.j0 : vbox.j1 + 1, vbox.i0 : vbox.i1 + 1] = True
+    assert np.array_equal(segment_array(seg_node, "P", volume), expected)

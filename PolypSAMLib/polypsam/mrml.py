@@ -456,7 +456,11 @@ def _oriented_image(crop: np.ndarray, extent: Extent, image_to_node: np.ndarray)
 
 
 def _keep_outside_region(
-    segmentation_node: Any, segment_id: str, crop: np.ndarray, extent: Extent, image_to_node: np.ndarray
+    segmentation_node: Any,
+    segment_id: str,
+    crop: np.ndarray,
+    extent: Extent,
+    image_to_node: np.ndarray,
 ) -> tuple[np.ndarray, Extent]:
     """Extend a region write so that the segment's voxels outside the region survive.
 
@@ -480,7 +484,9 @@ def _keep_outside_region(
     region = np.array(extent).reshape(3, 2)
     if np.all(old_in_ref[:, 0] >= region[:, 0]) and np.all(old_in_ref[:, 1] <= region[:, 1]):
         return crop, extent  # the old segment lies inside the region: it is replaced entirely
-    union = np.c_[np.minimum(old_in_ref[:, 0], region[:, 0]), np.maximum(old_in_ref[:, 1], region[:, 1])]
+    union = np.c_[
+        np.minimum(old_in_ref[:, 0], region[:, 0]), np.maximum(old_in_ref[:, 1], region[:, 1])
+    ]
     shape = tuple((union[:, 1] - union[:, 0] + 1)[::-1])
     merged = np.zeros(shape, dtype=np.uint8)
     label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
@@ -489,7 +495,8 @@ def _keep_outside_region(
     o = old_in_ref[:, 0] - union[:, 0]
     merged[o[2] : o[2] + dims[0], o[1] : o[1] + dims[1], o[0] : o[0] + dims[2]] = old == label
     r = region[:, 0] - union[:, 0]
-    merged[r[2] : r[2] + crop.shape[0], r[1] : r[1] + crop.shape[1], r[0] : r[0] + crop.shape[2]] = crop
+    kc, jc, ic = crop.shape
+    merged[r[2] : r[2] + kc, r[1] : r[1] + jc, r[0] : r[0] + ic] = crop
     return merged, tuple(int(v) for v in union.ravel())  # type: ignore[return-value]
 
 
@@ -574,13 +581,16 @@ def write_mask_to_segment(
         raise InvalidInputError(f"segment must be a non-empty id or name, got {segment!r}")
     grid = _reference_grid(reference)
     crop, extent = _mask_crop(mask_kji, grid, _as_extent(region))
-    image_to_node = np.linalg.inv(_node_to_world(segmentation_node, "segmentation")) @ grid.ijk_to_world
+    node_to_world = _node_to_world(segmentation_node, "segmentation")
+    image_to_node = np.linalg.inv(node_to_world) @ grid.ijk_to_world
     _check_segmentation_lattice(segmentation_node, image_to_node)
     tags = _provenance_tags(engine_info, provenance)
     segmentation = segmentation_node.GetSegmentation()
     segment_id = _segment_id(segmentation, segment)
     if segment_id is not None:
-        crop, extent = _keep_outside_region(segmentation_node, segment_id, crop, extent, image_to_node)
+        crop, extent = _keep_outside_region(
+            segmentation_node, segment_id, crop, extent, image_to_node
+        )
     image = _oriented_image(crop, extent, image_to_node)
 
     created = segment_id is None
@@ -818,7 +828,8 @@ def export_segment_labelmap(
     _require(reference_volume_node, "vtkMRMLVolumeNode", "reference volume")
     segmentation = segmentation_node.GetSegmentation()
     if segments is None:
-        segment_ids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+        count = segmentation.GetNumberOfSegments()
+        segment_ids = [segmentation.GetNthSegmentID(n) for n in range(count)]
     else:
         segment_ids = []
         for name in segments:
