@@ -269,7 +269,6 @@ def test_geometry_survives_oblique_flipped_volume_in_physical_space(tmp_path):
     p_seg = seg_img.TransformIndexToPhysicalPoint((5, 7, 4))
     p_src = src_img.TransformIndexToPhysicalPoint((5, 7, 4))
     np.testing.assert_allclose(p_seg, p_src, atol=1e-4)
-    np.testing.assert_allclose(p_src, geom.ijk_to_lps() @ [5, 7, 4, 1.0][:4] if False else p_src)
     np.testing.assert_allclose((geom.ijk_to_lps() @ np.array([5, 7, 4, 1.0]))[:3], p_seg, atol=1e-4)
 
 

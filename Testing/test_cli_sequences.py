@@ -1,0 +1,148 @@
+"""``polypsam propagate`` and ``polypsam track`` on real data (random-weight tiny SAM2 at 256)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
+from polypsam import cli
+from polypsam.engine import EngineInfo, FrameMasks, MaskResult
+
+CT = "ct/totalsegmentator/example_ct_sm.nii.gz"
+
+
+def engine_args(checkpoint) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--config", TINY_CONFIG, "--device", "cpu",
+            "--image-size", str(TEST_IMAGE_SIZE)]
+
+
+@pytest.fixture
+def use_engine(monkeypatch, engine):
+    """Reuse the session engine instead of building one per command (the build is tested once)."""
+    monkeypatch.setattr(cli, "engine_from_args", lambda args: engine)
+    return engine
+
+
+def test_propagate_end_to_end_keeps_geometry(shared_data, tiny_checkpoint, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    out = tmp_path / "seg.nrrd"
+    rc = cli.main(["propagate", str(shared_data / CT), "--box", "30", "30", "70", "60",
+                   "--slices", "14", "15", "--largest-component", "-o", str(out),
+                   *engine_args(tiny_checkpoint)])
+    assert rc == 0, capsys.readouterr().err
+    seg = sitk.ReadImage(str(out))
+    ref = sitk.ReadImage(str(shared_data / CT))
+    assert seg.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(seg.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(seg.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(seg.GetDirection(), ref.GetDirection(), atol=1e-6)
+    arr = sitk.GetArrayFromImage(seg)
+    assert not arr[:14].any() and not arr[16:].any()
+    assert "key slice 14" in capsys.readouterr().out
+
+
+def test_track_folder_writes_masks_named_like_frames(shared_data, manifest, use_engine, tmp_path):
+    info = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
+    src = shared_data / info["dir"] / "frames"
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for name in ("030.png", "031.png", "032.png"):
+        shutil.copy(src / name, frames_dir / name)
+    box = [str(v) for v in info["bbox_xyxy_per_frame"][5]]  # frame 031 = index 5 of 026..050
+    out = tmp_path / "masks"
+    rc = cli.main(["track", str(frames_dir), "--frame", "1", "--box", *box, "-o", str(out),
+                   "--overlay"])
+    assert rc == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["030.png", "031.png", "032.png"]
+    assert sorted(p.name for p in (out / "overlay").glob("*.png")) == ["030.png", "031.png", "032.png"]
+    from polypsam.io import read_image
+
+    mask = read_image(out / "031.png")
+    assert mask.shape == (288, 384) and set(np.unique(mask)) <= {0, 1}
+    assert read_image(out / "overlay" / "031.png").shape == (288, 384, 3)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--slices", "10", "40"], "outside the volume"),
+        (["--slices", "10", "12", "--key-slice", "13"], "--key-slice 13 lies outside"),
+        (["--slices", "12", "10"], "inverted"),
+        (["--slices", "10", "12", "--box", "0", "0", "500", "5"], "outside the image"),
+    ],
+)
+def test_propagate_bad_input_is_one_line(shared_data, use_engine, tmp_path, capsys, extra, message):
+    argv = ["propagate", str(shared_data / CT), "--box", "30", "30", "70", "60",
+            "-o", str(tmp_path / "x.nrrd"), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.nrrd").exists()
+
+
+def test_bad_output_and_missing_inputs(shared_data, use_engine, tmp_path, capsys):
+    assert cli.main(["propagate", str(shared_data / CT), "--box", "1", "1", "9", "9",
+                     "--slices", "1", "2", "-o", str(tmp_path / "x.png")]) == 2
+    assert ".nrrd" in capsys.readouterr().err
+    assert cli.main(["track", str(tmp_path / "nope"), "--frame", "0", "--box", "1", "1", "9", "9",
+                     "-o", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["track", str(tmp_path / "empty"), "--frame", "0", "--box", "1", "1", "9", "9",
+                     "-o", str(tmp_path / "o")]) == 2
+    assert "no PNG/JPEG frames" in capsys.readouterr().err
+
+
+def test_video_file_without_imageio_is_a_clear_error(shared_data, manifest, use_engine, tmp_path, capsys):
+    try:
+        import imageio  # noqa: F401
+        pytest.skip("imageio is installed here")
+    except ImportError:
+        pass
+    info = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
+    video = next((shared_data / info["dir"]).glob("*.mp4"))
+    rc = cli.main(["track", str(video), "--frame", "0", "--box", "1", "1", "9", "9",
+                   "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "imageio" in err and len(err.splitlines()) == 1
+
+
+class InterruptingEngine:
+    """Segments boxes, then raises KeyboardInterrupt (Ctrl-C) on the second tracked frame."""
+
+    info = EngineInfo("fake", "fake", "fake", "", "", 0, "cpu", "0")
+
+    def segment_2d(self, image, boxes, *, intensity=None):
+        return [MaskResult(np.ones(image.shape[:2], bool), 0.5, b) for b in boxes]
+
+    def track(self, frames, prompts, *, start_frame, reverse=False, max_frames=None,
+              intensity=None, cancel=None):
+        yield FrameMasks(start_frame, {1: np.ones(frames[start_frame].shape[:2], bool)}, {1: 1.0})
+        raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130(shared_data, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "engine_from_args", lambda args: InterruptingEngine())
+    out = tmp_path / "seg.nii.gz"
+    rc = cli.main(["propagate", str(shared_data / CT), "--box", "30", "30", "70", "60",
+                   "--slices", "10", "14", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 130 and len(err.splitlines()) == 1 and "interrupted" in err
+    assert not out.exists()
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    from polypsam.io import write_png
+
+    for i in range(4):
+        write_png(np.full((20, 30, 3), 60 * i, np.uint8), frames_dir / f"f{i}.png")
+    rc = cli.main(["track", str(frames_dir), "--frame", "2", "--box", "1", "1", "9", "9",
+                   "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 130 and len(err.splitlines()) == 1 and "1 of 4 frame masks written" in err
