@@ -27,6 +27,7 @@ if [ ! -f "$STAMP" ]; then
 fi
 # The library itself is re-installed every time (editable, no dependency resolution): cheap.
 .venv/bin/pip install -q --no-deps -e PolypSAMLib 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import polypsam" || { echo "[setup] installing PolypSAMLib failed" >&2; exit 1; }
 
 case "${1:-}" in
   "") echo "[setup] done: .venv is ready" ;;
