@@ -387,3 +387,16 @@ def test_custom_checkpoint_missing(tmp_path):
     with pytest.raises(CheckpointError, match="not found") as info:
         resolve_checkpoint(str(path), config=CONFIG)
     assert str(path) in str(info.value)
+
+
+def test_registry_configs_ship_with_sam2_and_published_hashes_are_well_formed():
+    from polypsam.sam2_model import resolve_config_path
+
+    for spec in REGISTRY.values():
+        assert resolve_config_path(spec.config).is_file(), spec.name
+        assert spec.url and spec.url.startswith("https://"), spec.name
+        if spec.sha256 is not None:
+            assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+    assert REGISTRY["sam2_hiera_tiny"].sha256.startswith("65b50056")
+    assert {"sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus",
+            "sam2.1_hiera_large", "medsam2"} <= set(REGISTRY)

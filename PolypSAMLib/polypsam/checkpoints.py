@@ -30,6 +30,9 @@ class ModelSpec:
 
 
 _SAM21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_SAM2 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
+# No SHA256 is published for the SAM2.1 and MedSAM2 files: their hash is pinned at first download
+# (sha256-pins.txt in the cache directory) and verified on every later load.
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -43,6 +46,23 @@ REGISTRY: dict[str, ModelSpec] = {
                   1024, "SAM2.1 Hiera base+ (~323 MB)"),
         ModelSpec("sam2.1_hiera_large", "sam2.1_hiera_large.pt", "configs/sam2.1/sam2.1_hiera_l.yaml",
                   _SAM21 + "sam2.1_hiera_large.pt", None, 1024, "SAM2.1 Hiera large (~898 MB)"),
+        # SAM2 (July 2024) with the SHA256 values published by SlicerSegmentWithSAM.
+        ModelSpec("sam2_hiera_tiny", "sam2_hiera_tiny.pt", "configs/sam2/sam2_hiera_t.yaml",
+                  _SAM2 + "sam2_hiera_tiny.pt",
+                  "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125", 1024,
+                  "SAM2 Hiera tiny (2024-07)"),
+        ModelSpec("sam2_hiera_small", "sam2_hiera_small.pt", "configs/sam2/sam2_hiera_s.yaml",
+                  _SAM2 + "sam2_hiera_small.pt",
+                  "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3", 1024,
+                  "SAM2 Hiera small (2024-07)"),
+        ModelSpec("sam2_hiera_base_plus", "sam2_hiera_base_plus.pt", "configs/sam2/sam2_hiera_b+.yaml",
+                  _SAM2 + "sam2_hiera_base_plus.pt",
+                  "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071", 1024,
+                  "SAM2 Hiera base+ (2024-07)"),
+        ModelSpec("sam2_hiera_large", "sam2_hiera_large.pt", "configs/sam2/sam2_hiera_l.yaml",
+                  _SAM2 + "sam2_hiera_large.pt",
+                  "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", 1024,
+                  "SAM2 Hiera large (2024-07)"),
         ModelSpec("medsam2", "MedSAM2_latest.pt", "configs/sam2.1/sam2.1_hiera_t.yaml",
                   "https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt", None,
                   512, "MedSAM2 (Hiera tiny at 512, medical images; ~156 MB)"),
