@@ -1,0 +1,266 @@
+"""Benchmark of key-slice propagation (polypsam.propagation + polypsam.video) against SAM2's path.
+
+Prints three measurements (issue 3):
+
+(a) overhead: wall time of ``propagate`` per slice / time spent inside SAM2's own forward calls
+    (image encoder, prompt encoder + mask decoder, memory attention, memory encoder), measured
+    with forward pre-hooks and hooks in the same run. Goal <= 1.15.
+(b) memory: peak RSS (``ru_maxrss``) of a fresh process propagating through N_LARGE slices /
+    through N_SMALL slices. Goal <= 1.2 (memory O(1) in the number of slices).
+(c) official path: the same volume through SAM2's own route (slices written as a JPEG folder,
+    ``init_state``, ``add_new_mask`` on the key slice, ``propagate_in_video`` forward then
+    backward), fresh process each: wall ratio (ours / official) goal <= 1.0, peak-RSS ratio goal
+    <= 0.5 at N_LARGE slices.
+
+Weights are random (compute and memory equal those of real weights). The volume is the
+TotalSegmentator example CT from the shared data (resampled in-plane to --slice-size and mirrored
+along K to the slice count), or a synthetic volume if that file is absent.
+
+Examples::
+
+    python benchmarks/bench_propagation.py --image-size 512 --overhead-slices 24 --skip-memory --skip-official
+    python benchmarks/bench_propagation.py --image-size 256 --small 50 --large 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("POLYPSAM_SHARED_DATA", REPO.parent / "shared" / "data"))
+CT = DATA / "ct" / "totalsegmentator" / "example_ct.nii.gz"
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+WINDOW = (40.0, 400.0)  # abdomen
+
+
+def make_volume(n_slices: int, size: int):
+    """``n_slices`` x size x size int16 CT (real CT mirrored along K) and its geometry."""
+    from polypsam.geometry import Volume, VolumeGeometry
+
+    if CT.is_file():
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(CT))).astype(np.int16)
+    else:  # synthetic: a moving bright disc in noise
+        rng = np.random.default_rng(0)
+        arr = rng.normal(0, 30, size=(64, 128, 128)).astype(np.int16)
+        yy, xx = np.mgrid[:128, :128]
+        for k in range(64):
+            arr[k][(yy - 64) ** 2 + (xx - 50 - k // 2) ** 2 < 300] = 120
+    k_src, j_src, i_src = arr.shape
+    period = 2 * k_src - 2
+    ks = np.arange(n_slices) % period
+    ks = np.where(ks < k_src, ks, period - ks)
+    js = (np.arange(size) * j_src // size).clip(0, j_src - 1)
+    is_ = (np.arange(size) * i_src // size).clip(0, i_src - 1)
+    vol = arr[ks][:, js][:, :, is_]
+    return Volume(np.ascontiguousarray(vol), VolumeGeometry(spacing=(0.8, 0.8, 2.0)))
+
+
+def bench_box(size: int):
+    from polypsam.geometry import Box
+
+    return Box(size * 0.3, size * 0.35, size * 0.6, size * 0.65)
+
+
+def build_engine(image_size: int, checkpoint: str | None):
+    import torch
+
+    from polypsam.sam2_engine import engine_from_files
+    from polypsam.sam2_model import build_model, save_checkpoint
+
+    if checkpoint is None:
+        path = Path(tempfile.gettempdir()) / "polypsam_bench_tiny_random.pt"
+        if not path.is_file():
+            torch.manual_seed(0)
+            save_checkpoint(build_model(CONFIG, None, "cpu"), path)
+        checkpoint = str(path)
+    return engine_from_files(checkpoint, CONFIG, device=os.environ.get("BENCH_DEVICE", "cpu"),
+                             image_size=image_size)
+
+
+class ForwardTimer:
+    """Accumulates the wall time spent inside chosen modules' forward calls."""
+
+    MODULES = ("image_encoder", "sam_prompt_encoder", "sam_mask_decoder", "memory_attention",
+               "memory_encoder")
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.total = 0.0
+        self.per_module = {name: 0.0 for name in self.MODULES}
+        self._starts: dict[str, float] = {}
+        self._sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+        self._handles = []
+        for name in self.MODULES:
+            module = getattr(model, name)
+            self._handles.append(module.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(module.register_forward_hook(self._post(name)))
+
+    def _pre(self, name):
+        def hook(module, inputs):
+            self._sync()
+            self._starts[name] = time.perf_counter()
+        return hook
+
+    def _post(self, name):
+        def hook(module, inputs, output):
+            self._sync()
+            dt = time.perf_counter() - self._starts.pop(name)
+            self.per_module[name] += dt
+            self.total += dt
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def warm_up(engine, size: int) -> None:
+    """First calls of torch ops are slow (allocator, kernels): run 4 slices before measuring."""
+    from polypsam.preprocess import Window
+    from polypsam.propagation import propagate
+
+    propagate(engine, make_volume(4, size), bench_box(size), (0, 3), intensity=Window(*WINDOW))
+
+
+def run_ours(n: int, size: int, image_size: int, checkpoint: str | None, timers: bool) -> dict:
+    from polypsam.preprocess import Window
+    from polypsam.propagation import propagate
+
+    engine = build_engine(image_size, checkpoint)
+    warm_up(engine, size)
+    volume = make_volume(n, size)
+    timer = ForwardTimer(engine.model) if timers else None
+    t0 = time.perf_counter()
+    result = propagate(engine, volume, bench_box(size), (0, n - 1), intensity=Window(*WINDOW))
+    wall = time.perf_counter() - t0
+    out = {"path": "ours", "slices": n, "wall_s": wall, "per_slice_s": wall / n,
+           "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "voxels": int((result.labelmap.array > 0).sum())}
+    if timer is not None:
+        out["forward_s"] = timer.total
+        out["overhead"] = wall / timer.total
+        out["per_module_s"] = {k: round(v, 3) for k, v in timer.per_module.items()}
+        timer.remove()
+    return out
+
+
+def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> dict:
+    """SAM2's own route: JPEG folder, init_state, add_new_mask, propagate_in_video both ways."""
+    import torch
+    from PIL import Image
+
+    from polypsam.preprocess import Window, to_model_rgb
+
+    engine = build_engine(image_size, checkpoint)
+    warm_up(engine, size)
+    model = engine.model
+    volume = make_volume(n, size)
+    window = Window(*WINDOW)
+    key = (n - 1) // 2
+    key_mask = engine.segment_2d(volume.array[key], [bench_box(size)], intensity=window)[0].mask
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for k in range(n):
+            rgb = (to_model_rgb(volume.array[k], window) * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(rgb).save(f"{folder}/{k:05d}.jpg", quality=95)
+        t_jpeg = time.perf_counter() - t0
+        with torch.inference_mode():
+            state = model.init_state(folder)
+            model.add_new_mask(state, key, 1, key_mask)
+            labels = np.zeros(volume.shape, np.uint8)
+            for reverse in (False, True):
+                for k, _ids, logits in model.propagate_in_video(state, start_frame_idx=key,
+                                                                reverse=reverse):
+                    labels[k] = (logits[0, 0] > 0).cpu().numpy()
+    wall = time.perf_counter() - t0
+    return {"path": "official", "slices": n, "wall_s": wall, "jpeg_s": t_jpeg,
+            "per_slice_s": wall / n,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def in_subprocess(args: argparse.Namespace, path: str, n: int, timers: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--worker", path, "--n", str(n), "--slice-size",
+           str(args.slice_size), "--image-size", str(args.image_size)]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    if timers:
+        cmd.append("--timers")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {json.dumps(result)}", flush=True)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image-size", type=int, default=512, help="SAM2 input size (256/512/1024)")
+    p.add_argument("--slice-size", type=int, default=256, help="in-plane size of the slices")
+    p.add_argument("--overhead-slices", type=int, default=24)
+    p.add_argument("--small", type=int, default=50)
+    p.add_argument("--large", type=int, default=300)
+    p.add_argument("--checkpoint", default=None, help="official-format .pt (default: random tiny)")
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-official", action="store_true")
+    p.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--timers", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        if args.worker == "ours":
+            res = run_ours(args.n, args.slice_size, args.image_size, args.checkpoint, args.timers)
+        else:
+            res = run_official(args.n, args.slice_size, args.image_size, args.checkpoint)
+        print(json.dumps(res))
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image size"
+          f" {args.image_size}, slices {args.slice_size}x{args.slice_size}", flush=True)
+    if not args.skip_overhead:
+        print(f"(a) overhead, {args.overhead_slices} slices:", flush=True)
+        r = in_subprocess(args, "ours", args.overhead_slices, timers=True)
+        print(f"(a) overhead = wall / SAM2 forward = {r['overhead']:.3f}  (goal <= 1.15);"
+              f" {r['per_slice_s']:.3f} s/slice", flush=True)
+    large = None
+    if not args.skip_memory:
+        print(f"(b) memory, {args.small} vs {args.large} slices (fresh processes):", flush=True)
+        small = in_subprocess(args, "ours", args.small)
+        large = in_subprocess(args, "ours", args.large)
+        print(f"(b) peak RSS {args.large}/{args.small} = {large['maxrss_mb'] / small['maxrss_mb']:.3f}"
+              f" ({large['maxrss_mb']:.0f} MB / {small['maxrss_mb']:.0f} MB; goal <= 1.2)", flush=True)
+    if not args.skip_official:
+        print(f"(c) official path, {args.large} slices (fresh process):", flush=True)
+        if large is None:
+            large = in_subprocess(args, "ours", args.large)
+        official = in_subprocess(args, "official", args.large)
+        print(f"(c) wall ours/official = {large['wall_s'] / official['wall_s']:.3f} (goal <= 1.0;"
+              f" official incl. {official['jpeg_s']:.1f} s JPEG writing; without it"
+              f" {large['wall_s'] / (official['wall_s'] - official['jpeg_s']):.3f});"
+              f" peak RSS ours/official = {large['maxrss_mb'] / official['maxrss_mb']:.3f}"
+              f" ({large['maxrss_mb']:.0f} MB / {official['maxrss_mb']:.0f} MB; goal <= 0.5)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
