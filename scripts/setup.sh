@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${POLYPSAM_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-STAMP=.venv/.polypsam-setup-v1
+STAMP=.venv/.polypsam-setup-v2
 
 if [ ! -f "$STAMP" ]; then
   echo "[setup] creating .venv with $($PY --version)"
@@ -21,7 +21,7 @@ if [ ! -f "$STAMP" ]; then
   echo "[setup] installing sam2 1.1.0 (no CUDA extension) and the library"
   SAM2_BUILD_CUDA=0 .venv/bin/pip install -q --no-deps --no-build-isolation sam2==1.1.0 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/pip install -q hydra-core iopath tqdm pillow numpy SimpleITK platformdirs \
-      fastapi uvicorn httpx pytest slicer-core 2>&1 | grep -v '^WARNING: Location' || true
+      fastapi uvicorn httpx pytest slicer-core imageio av 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c "import sam2, SimpleITK, slicer, fastapi, pytest"
   touch "$STAMP"
 fi

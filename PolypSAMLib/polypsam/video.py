@@ -21,6 +21,7 @@ This module keeps Meta's predictor and its public methods (``add_new_mask``,
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -29,6 +30,10 @@ from .engine import CancelToken, FrameMasks, FramePrompt, FrameSource
 from .errors import InvalidInputError
 from .geometry import Box
 from .preprocess import Intensity, to_model_rgb
+
+# Without sam2's optional CUDA extension only its hole-filling post-processing is skipped (see
+# README); the warning it prints on every propagation says the same and is noise for users.
+warnings.filterwarnings("ignore", message=r"cannot import name '_C' from 'sam2'", category=UserWarning)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
