@@ -126,12 +126,6 @@ class VolumeGeometry:
         direction = lps[:3, :3] / spacing
         return cls(tuple(lps[:3, 3]), tuple(spacing), tuple(direction.ravel()))
 
-    def slice_geometry(self, k0: int, k1: int) -> "VolumeGeometry":
-        """Geometry of the sub-volume made of slices ``k0..k1`` (inclusive)."""
-        del k1
-        origin = self.ijk_to_lps() @ np.array([0.0, 0.0, float(k0), 1.0])
-        return VolumeGeometry(tuple(origin[:3]), self.spacing, self.direction)
-
 
 @dataclass(frozen=True)
 class Volume:
