@@ -117,6 +117,21 @@ class PolypSAMParameterNode:
 #
 
 
+def saveSegmentEditorUndoState(segmentationNode) -> None:
+    """Snapshot the Segment Editor's undo history when it edits ``segmentationNode``.
+
+    Called by PolypSAMOperations just before a write, so the Segment Editor's Undo (Ctrl+Z)
+    reverts PolypSAM's result like any other edit. PolypSAM's own Undo button works regardless.
+    """
+    module = getattr(slicer.modules, "segmenteditor", None)
+    if module is None or segmentationNode is None:
+        return
+    editor = module.widgetRepresentation().self().editor
+    edited = editor.segmentationNode()
+    if edited is not None and edited.GetID() == segmentationNode.GetID():
+        editor.saveStateForUndo()
+
+
 class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Binds the .ui to the logic: parameter node through connectGui, buttons to logic calls."""
 
@@ -153,11 +168,13 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
         self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
         self.ui.releaseEngineButton.connect("clicked(bool)", self.onReleaseEngine)
+        PolypSAMOperations.add_before_write_hook(saveSegmentEditorUndoState)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        PolypSAMOperations.remove_before_write_hook(saveSegmentEditorUndoState)
         if self.logic is not None:
             self.logic.releaseEngine()
 

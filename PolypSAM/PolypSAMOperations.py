@@ -28,6 +28,31 @@ PALETTE = (
 )
 
 
+#: Called with the segmentation node right after PolypSAM saved its own undo state and before it
+#: writes: the Slicer widget registers one that lets the Segment Editor's Undo revert the write.
+BeforeWriteHook = Callable[[Any], None]
+_before_write_hooks: list[BeforeWriteHook] = []
+
+
+def add_before_write_hook(hook: BeforeWriteHook) -> None:
+    if hook not in _before_write_hooks:
+        _before_write_hooks.append(hook)
+
+
+def remove_before_write_hook(hook: BeforeWriteHook) -> None:
+    if hook in _before_write_hooks:
+        _before_write_hooks.remove(hook)
+
+
+def _save_undo_state(segmentation_node: Any) -> None:
+    """PolypSAM's own undo snapshot, then every registered hook (e.g. the Segment Editor's)."""
+    from polypsam import mrml
+
+    mrml.save_state_for_undo(segmentation_node)
+    for hook in list(_before_write_hooks):
+        hook(segmentation_node)
+
+
 @dataclass
 class RunResult:
     """What one operation wrote: segment ids per box name, and a one-line summary."""
@@ -105,7 +130,7 @@ def _write_all(segmentation_node: Any, writes: list[dict]) -> RunResult:
     from polypsam import mrml
 
     result = RunResult()
-    mrml.save_state_for_undo(segmentation_node)
+    _save_undo_state(segmentation_node)
     try:
         for item in writes:
             name = item.pop("segment")
@@ -345,7 +370,7 @@ def track(
         for t in range(out.labels.shape[0])
     }
     progress(total, total, "writing the segmentation sequence")
-    mrml.save_state_for_undo(segmentation_node)
+    _save_undo_state(segmentation_node)
     seq = mrml.write_tracked_masks_to_sequence(
         browser_node, segmentation_node, per_frame,
         colors={name: _color(i) for i, name in enumerate(names)},

@@ -392,6 +392,45 @@ def test_failed_run_leaves_segments_untouched(slicer_scene, module_engine):
     assert np.array_equal(mrml.export_segment_labelmap(seg, volume), before)
 
 
+def test_before_write_hook_lets_another_undo_history_revert_the_write(slicer_scene, module_engine):
+    """The widget registers the Segment Editor's saveStateForUndo as a before-write hook; here a
+    second vtkSegmentationHistory (the class the Segment Editor's undo uses) stands in for it."""
+    import slicer
+
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+    from slicer_fixtures import add_volume
+
+    array = np.full((3, 40, 48), -100, dtype=np.int16)
+    volume = add_volume(slicer_scene, array, name="ct")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    existing = np.zeros(array.shape, dtype=bool)
+    existing[0, 2:6, 2:6] = True
+    mrml.write_mask_to_segment(seg, "Existing", existing, volume)
+    editor_history = slicer.vtkSegmentationHistory()
+    editor_history.SetSegmentation(seg.GetSegmentation())
+    seen = []
+
+    def hook(node):
+        seen.append(node.GetSegmentation().GetNumberOfSegments())
+        editor_history.SaveState()
+
+    ops.add_before_write_hook(hook)
+    try:
+        roi = _roi_on_ijk(slicer_scene, volume, (24, 20, 1), (20, 16, 1), "Lesion")
+        ops.segment_2d(module_engine, volume, [roi], seg)
+        bad = _roi_on_ijk(slicer_scene, volume, (900, 900, 1), (10, 10, 1), "Far")
+        with pytest.raises(Exception):
+            ops.segment_2d(module_engine, volume, [bad], seg)
+    finally:
+        ops.remove_before_write_hook(hook)
+    assert seen == [1], "called once, before the write, and not for the failed run"
+    assert seg.GetSegmentation().GetNumberOfSegments() == 2
+    assert editor_history.RestorePreviousState()
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1
+    assert np.array_equal(mrml.export_segment_labelmap(seg, volume) > 0, existing)
+
+
 def test_display_window_is_read_not_written(slicer_scene):
     import PolypSAMOperations as ops
     from polypsam.preprocess import Window
