@@ -60,19 +60,6 @@ class TrackResult:
 
 
 # -- inputs ----------------------------------------------------------------------------------
-class VolumeSlices:
-    """The K slices of a volume array as a :class:`~polypsam.engine.FrameSource`."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self._array = array
-
-    def __len__(self) -> int:
-        return int(self._array.shape[0])
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._array[int(index)]
-
-
 class _SameSizeFrames:
     """Wraps a FrameSource and checks every frame against a reference size."""
 
@@ -351,7 +338,7 @@ def propagate(
     box_list = _as_boxes(boxes, ni, nj)
     n_obj = len(box_list)
     intensity = volume_intensity(volume.array[k0 : k1 + 1], intensity)
-    frames = VolumeSlices(volume.array)
+    frames = volume.array  # a (K, J, I) array is a FrameSource: len = K, [k] = slice k
     allowed = (k0, k1) if until == "range" else (0, nk - 1)
     if cancel is not None:
         cancel.raise_if_cancelled()
