@@ -160,3 +160,71 @@ def test_mismatched_frame_sizes(engine):
     frames_ = [np.zeros((16, 16, 3), np.uint8), np.zeros((16, 20, 3), np.uint8)]
     with pytest.raises(InvalidInputError, match="same size"):
         list(track_frames(engine.model, frames_, [FramePrompt(0, 1, box=Box(1, 1, 5, 5))], start_frame=0))
+
+
+# -- one encoding per slice: the key slice's encoder output is shared ---------------------------
+class EncoderCounter:
+    """Counts forward calls of the model's image encoder (a forward hook)."""
+
+    def __init__(self, model) -> None:
+        self.calls = 0
+        self._handle = model.image_encoder.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _fresh_volume(seed: int, n: int = 9):
+    from polypsam.geometry import Volume
+
+    frames = moving_disc_frames(n, seed=seed)
+    return Volume(np.stack([f[..., 0].astype(np.int16) for f in frames]))
+
+
+def test_propagation_encodes_every_slice_once(tiny_checkpoint):
+    from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
+    from polypsam.propagation import propagate
+    from polypsam.sam2_engine import engine_from_files
+
+    eng = engine_from_files(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
+    volume = _fresh_volume(seed=11)
+    counter = EncoderCounter(eng.model)
+    try:
+        result = propagate(eng, volume, Box(10, 14, 30, 34), (0, 8), key_slice=4)
+    finally:
+        counter.remove()
+        eng.close()
+    assert result.slices == (0, 8)
+    # 9 slices, 9 encodings: the key slice's 2-D encoding also serves both tracking directions
+    # (before sharing it was encoded three times: 11).
+    assert counter.calls == 9
+
+
+def test_shared_encoding_gives_the_same_results(tiny_checkpoint):
+    from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
+    from polypsam.propagation import propagate
+    from polypsam.sam2_engine import engine_from_files
+    from polypsam.video import BackboneCache
+
+    volume = _fresh_volume(seed=12)
+    refinement = [FramePrompt(frame=7, obj_id=1, box=Box(12, 14, 34, 36))]
+    results = []
+    for share in (True, False):
+        eng = engine_from_files(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
+        if not share:
+            eng._backbones = BackboneCache(max_items=0)
+        counter = EncoderCounter(eng.model)
+        try:
+            results.append((propagate(eng, volume, Box(10, 14, 30, 34), (0, 8), key_slice=3,
+                                      refinements=refinement), counter.calls, eng._backbones.hits))
+        finally:
+            counter.remove()
+            eng.close()
+    (shared, n_shared, hits), (plain, n_plain, no_hits) = results
+    np.testing.assert_array_equal(shared.labelmap.array, plain.labelmap.array)
+    assert shared.slice_scores == plain.slice_scores
+    assert hits > 0 and no_hits == 0
+    assert n_shared == 9 and n_plain > n_shared

@@ -9,7 +9,6 @@ Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from .errors import InvalidInputError
 from .geometry import Box
 from .preprocess import Intensity, to_model_rgb
 from .sam2_model import build_model, select_device
+from .video import BackboneCache, image_digest
 
 
 class SAM2Engine:
@@ -46,6 +46,9 @@ class SAM2Engine:
         )
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._cache_size = max(1, embedding_cache_size)
+        # Encoder outputs of recently segmented/prompted frames, lent to tracking passes so a key
+        # slice is encoded once for the 2-D mask and both propagation directions.
+        self._backbones = BackboneCache(max_items=2)
         self._lock = threading.RLock()
         self.encoder_runs = 0  # number of image encodings; lets callers/tests see cache hits
 
@@ -110,9 +113,7 @@ class SAM2Engine:
         """A ``SAM2ImagePredictor`` with ``rgb`` already encoded (cached by content)."""
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        key = hashlib.blake2b(rgb.tobytes(), digest_size=16)
-        key.update(repr(rgb.shape).encode())
-        digest = key.hexdigest()
+        digest = image_digest(rgb)
         if digest in self._cache:
             self._cache.move_to_end(digest)
             return self._cache[digest]
@@ -122,8 +123,22 @@ class SAM2Engine:
         size = self._image_size
         # SAM2ImagePredictor hard-codes the 1024 feature sizes; set them for this image size.
         predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
-        predictor.set_image(rgb)
+        captured: list[dict] = []
+        forward_image = self._model.forward_image
+
+        def recording_forward_image(img_batch):
+            out = forward_image(img_batch)
+            captured.append(out)
+            return out
+
+        self._model.forward_image = recording_forward_image  # instance attribute, removed below
+        try:
+            predictor.set_image(rgb)
+        finally:
+            del self._model.forward_image
         self.encoder_runs += 1
+        if captured:
+            self._backbones.put(digest, captured[0])
         self._cache[digest] = predictor
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -153,11 +168,13 @@ class SAM2Engine:
                 max_frames=max_frames,
                 intensity=intensity,
                 cancel=cancel,
+                backbones=self._backbones,
             )
 
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._backbones.clear()
             self._model = None
 
 

@@ -16,6 +16,9 @@ This module keeps Meta's predictor and its public methods (``add_new_mask``,
   :func:`memory_window` frames behind the current one). The memory bank reads at most
   ``num_maskmem`` recent mask memories and ``max_obj_ptrs_in_encoder`` recent object pointers, so
   results are identical to an untrimmed run while memory stays O(1) in the number of frames.
+* :class:`BackboneCache` carries a frame's image-encoder output from one pass to the next (and
+  from the 2-D predictor that segmented the key slice): a prompted frame is encoded once, not once
+  per direction. Both paths feed the encoder bit-identical tensors, so results do not change.
 """
 
 from __future__ import annotations
@@ -81,10 +84,8 @@ class LazyFrames:
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, index: int):
-        import torch
-        import torch.nn.functional as F
-
+    def rgb(self, index: int) -> np.ndarray:
+        """Frame ``index`` as the float RGB image in [0, 1] that SAM2 is given (before resizing)."""
         index = int(index)
         if not 0 <= index < self._len:
             raise IndexError(index)
@@ -94,7 +95,13 @@ class LazyFrames:
                 f"frame {index} is {frame.shape[1]}x{frame.shape[0]} pixels but frame 0 is"
                 f" {self.width}x{self.height}: all frames of a sequence must have the same size"
             )
-        rgb = to_model_rgb(frame, self._intensity)
+        return to_model_rgb(frame, self._intensity)
+
+    def to_tensor(self, rgb: np.ndarray):
+        """Resize ``rgb`` to the model's square input and ImageNet-normalise it (``3 x S x S``)."""
+        import torch
+        import torch.nn.functional as F
+
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
         if tensor.shape[-2:] != (self._size, self._size):
             tensor = F.interpolate(
@@ -102,8 +109,57 @@ class LazyFrames:
                 antialias=True,
             )
         tensor = (tensor[0].clamp_(0.0, 1.0) - self._mean) / self._std
-        self.reads += 1
         return tensor.to(self._device)
+
+    def __getitem__(self, index: int):
+        tensor = self.to_tensor(self.rgb(index))
+        self.reads += 1
+        return tensor
+
+
+def image_digest(rgb: np.ndarray) -> str:
+    """Content key of a model-ready RGB image (shared by the 2-D and video paths)."""
+    import hashlib
+
+    key = hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=16)
+    key.update(repr((rgb.shape, str(rgb.dtype))).encode())
+    return key.hexdigest()
+
+
+class BackboneCache:
+    """The image-encoder outputs (``SAM2Base.forward_image``) of the last few prompted frames.
+
+    Keyed by :func:`image_digest` of the frame's model input, so a hit means the encoder would get
+    the very same tensor. Bounded (an entry is about 100 MB at image size 1024).
+    """
+
+    def __init__(self, max_items: int = 2) -> None:
+        from collections import OrderedDict
+
+        self._items: "OrderedDict[str, dict]" = OrderedDict()
+        self._max = max(0, int(max_items))
+        self.hits = 0
+
+    def get(self, digest: str):
+        out = self._items.get(digest)
+        if out is not None:
+            self._items.move_to_end(digest)
+            self.hits += 1
+        return out
+
+    def put(self, digest: str, backbone_out: dict) -> None:
+        if self._max == 0:
+            return
+        self._items[digest] = backbone_out
+        self._items.move_to_end(digest)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def new_inference_state(model, images: LazyFrames) -> dict:
@@ -223,6 +279,7 @@ class VideoSession:
         intensity: Intensity | None = None,
         trim: bool = True,
         window: int | None = None,
+        backbones: BackboneCache | None = None,
     ) -> None:
         if model is None:
             raise InvalidInputError("the engine was closed")
@@ -237,6 +294,8 @@ class VideoSession:
         self.window = int(window) if window is not None else memory_window(model)
         self.max_entries = 0
         self.prompts = list(prompts)
+        self.backbones = backbones
+        self._digests: dict[int, str] = {}
         self._check_prompts()
 
     def _check_prompts(self) -> None:
@@ -257,11 +316,35 @@ class VideoSession:
                 box = p.box if isinstance(p.box, Box) else Box.from_sequence(p.box)
                 box.validate(w, h)
 
+    def _digest(self, frame: int) -> str:
+        if frame not in self._digests:
+            self._digests[frame] = image_digest(self.images.rgb(frame))
+        return self._digests[frame]
+
+    def _seed_features(self, frame: int) -> None:
+        """Put a cached encoder output for ``frame`` where ``_get_image_feature`` looks first."""
+        if self.backbones is None:
+            return
+        cached = self.state["cached_features"]
+        if frame in cached:
+            return
+        backbone_out = self.backbones.get(self._digest(frame))
+        if backbone_out is not None:
+            cached[frame] = (self.images[frame].unsqueeze(0), backbone_out)
+
+    def _remember_features(self, frame: int) -> None:
+        if self.backbones is None:
+            return
+        entry = self.state["cached_features"].get(frame)
+        if entry is not None:
+            self.backbones.put(self._digest(frame), entry[1])
+
     def _add_prompts(self) -> None:
         import torch
 
         with torch.inference_mode():
             for p in self.prompts:
+                self._seed_features(p.frame)
                 if p.mask is not None:
                     self.model.add_new_mask(
                         self.state, p.frame, p.obj_id, np.asarray(p.mask).astype(bool)
@@ -271,6 +354,10 @@ class VideoSession:
                     self.model.add_new_points_or_box(
                         self.state, p.frame, p.obj_id, box=box.as_xyxy()
                     )
+                self._remember_features(p.frame)
+        # propagate_in_video's preflight runs the memory encoder on every prompted frame.
+        for frame in sorted({p.frame for p in self.prompts}):
+            self._seed_features(frame)
 
     def run(
         self,
@@ -328,6 +415,7 @@ def track_frames(
     intensity: Intensity | None = None,
     cancel: CancelToken | None = None,
     trim: bool = True,
+    backbones: BackboneCache | None = None,
 ) -> Iterator[FrameMasks]:
     """Track prompted objects through ``frames`` with a ``SAM2VideoPredictor`` ``model``.
 
@@ -335,8 +423,11 @@ def track_frames(
     ``start_frame`` in one direction (at most ``max_frames`` frames after it). Frames are read
     one at a time; per-frame state is trimmed to the memory window (``trim=False`` keeps it all).
     ``cancel`` is checked before every frame and raises :class:`~polypsam.errors.CancelledError`.
+    ``backbones`` lends and keeps the prompted frames' encoder outputs (see :class:`BackboneCache`).
     """
-    session = VideoSession(model, frames, prompts, intensity=intensity, trim=trim)
+    session = VideoSession(
+        model, frames, prompts, intensity=intensity, trim=trim, backbones=backbones
+    )
     yield from session.run(
         start_frame=start_frame, reverse=reverse, max_frames=max_frames, cancel=cancel
     )
