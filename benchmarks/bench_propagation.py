@@ -7,10 +7,12 @@ Prints three measurements (issue 3):
     with forward pre-hooks and hooks in the same run. Goal <= 1.15.
 (b) memory: peak RSS (``ru_maxrss``) of a fresh process propagating through N_LARGE slices /
     through N_SMALL slices. Goal <= 1.2 (memory O(1) in the number of slices).
-(c) official path: the same volume through SAM2's own route (slices written as a JPEG folder,
-    ``init_state``, ``add_new_mask`` on the key slice, ``propagate_in_video`` forward then
-    backward), fresh process each: wall ratio (ours / official) goal <= 1.0, peak-RSS ratio goal
-    <= 0.5 at N_LARGE slices.
+(c) official path: the same volume and box through SAM2's own route (slices written as a JPEG
+    folder, ``init_state``, ``add_new_points_or_box`` with the box on the key slice,
+    ``propagate_in_video`` forward then backward), fresh process each: wall ratio (ours /
+    official) goal <= 1.0, peak-RSS ratio goal <= 0.5 at N_LARGE slices. Both start from the box
+    and end with a labelmap. ``--concurrent`` runs the two processes at the same time with
+    ``--threads`` each, so that load from other jobs on a shared machine hits both alike.
 
 Weights are random (compute and memory equal those of real weights). The volume is the
 TotalSegmentator example CT from the shared data (resampled in-plane to --slice-size and mirrored
@@ -158,7 +160,7 @@ def run_ours(n: int, size: int, image_size: int, checkpoint: str | None, timers:
 
 
 def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> dict:
-    """SAM2's own route: JPEG folder, init_state, add_new_mask, propagate_in_video both ways."""
+    """SAM2's own route: JPEG folder, init_state, the box on the key slice, both directions."""
     import torch
     from PIL import Image
 
@@ -170,7 +172,6 @@ def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> 
     volume = make_volume(n, size)
     window = Window(*WINDOW)
     key = (n - 1) // 2
-    key_mask = engine.segment_2d(volume.array[key], [bench_box(size)], intensity=window)[0].mask
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for k in range(n):
@@ -179,7 +180,7 @@ def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> 
         t_jpeg = time.perf_counter() - t0
         with torch.inference_mode():
             state = model.init_state(folder)
-            model.add_new_mask(state, key, 1, key_mask)
+            model.add_new_points_or_box(state, key, 1, box=bench_box(size).as_xyxy())
             labels = np.zeros(volume.shape, np.uint8)
             for reverse in (False, True):
                 for k, _ids, logits in model.propagate_in_video(state, start_frame_idx=key,
@@ -191,19 +192,38 @@ def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> 
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def in_subprocess(args: argparse.Namespace, path: str, n: int, timers: bool = False) -> dict:
+def worker_command(args: argparse.Namespace, path: str, n: int, timers: bool = False) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", path, "--n", str(n), "--slice-size",
            str(args.slice_size), "--image-size", str(args.image_size)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if timers:
         cmd.append("--timers")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd
+
+
+def finish(cmd: list[str], proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"worker failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"worker failed: {' '.join(cmd)}\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
     print(f"  {json.dumps(result)}", flush=True)
     return result
+
+
+def in_subprocess(args: argparse.Namespace, path: str, n: int, timers: bool = False) -> dict:
+    cmd = worker_command(args, path, n, timers)
+    return finish(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+
+def concurrently(args: argparse.Namespace, n: int) -> tuple[dict, dict]:
+    """Ours and the official path for ``n`` slices, as two processes running at the same time."""
+    cmds = [worker_command(args, path, n) for path in ("ours", "official")]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    return finish(cmds[0], procs[0]), finish(cmds[1], procs[1])
 
 
 def main() -> None:
@@ -217,6 +237,9 @@ def main() -> None:
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-official", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker process")
+    p.add_argument("--concurrent", action="store_true",
+                   help="(c): run ours and the official path at the same time (use --threads 1)")
     p.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--timers", action="store_true", help=argparse.SUPPRESS)
@@ -225,7 +248,11 @@ def main() -> None:
     if args.worker:
         import warnings
 
+        import torch
+
         warnings.filterwarnings("ignore")
+        if args.threads:
+            torch.set_num_threads(args.threads)
         if args.worker == "ours":
             res = run_ours(args.n, args.slice_size, args.image_size, args.checkpoint, args.timers)
         else:
@@ -235,7 +262,7 @@ def main() -> None:
 
     import torch
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image size"
+    print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, image size"
           f" {args.image_size}, slices {args.slice_size}x{args.slice_size}", flush=True)
     if not args.skip_overhead:
         print(f"(a) overhead, {args.overhead_slices} slices:", flush=True)
@@ -250,10 +277,15 @@ def main() -> None:
         print(f"(b) peak RSS {args.large}/{args.small} = {large['maxrss_mb'] / small['maxrss_mb']:.3f}"
               f" ({large['maxrss_mb']:.0f} MB / {small['maxrss_mb']:.0f} MB; goal <= 1.2)", flush=True)
     if not args.skip_official:
-        print(f"(c) official path, {args.large} slices (fresh process):", flush=True)
-        if large is None:
-            large = in_subprocess(args, "ours", args.large)
-        official = in_subprocess(args, "official", args.large)
+        if args.concurrent:
+            print(f"(c) ours and official path, {args.large} slices (two processes at once):",
+                  flush=True)
+            large, official = concurrently(args, args.large)
+        else:
+            print(f"(c) official path, {args.large} slices (fresh process):", flush=True)
+            if large is None:
+                large = in_subprocess(args, "ours", args.large)
+            official = in_subprocess(args, "official", args.large)
         print(f"(c) wall ours/official = {large['wall_s'] / official['wall_s']:.3f} (goal <= 1.0;"
               f" official incl. {official['jpeg_s']:.1f} s JPEG writing; without it"
               f" {large['wall_s'] / (official['wall_s'] - official['jpeg_s']):.3f});"
