@@ -177,6 +177,9 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         PolypSAMOperations.remove_before_write_hook(saveSegmentEditorUndoState)
         if self.logic is not None:
             self.logic.releaseEngine()
+        from polypsam import mrml
+
+        mrml.forget_undo_history()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -189,6 +192,9 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        from polypsam import mrml
+
+        mrml.forget_undo_history()  # PolypSAM's undo states hold the closing scene's segments
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -279,7 +285,20 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.enabled = bool(p and p.outputSegmentation)
 
     def run(self, operation: str) -> None:
-        """One button: dependencies (first use), engine (with download consent), then the work."""
+        """One button: dependencies (first use), engine (with download consent), then the work.
+
+        The main thread serves events while the model works, so a second click must not start
+        a second run: ``_busy`` guards it.
+        """
+        if getattr(self, "_busy", False):
+            return
+        self._busy = True
+        try:
+            self._run(operation)
+        finally:
+            self._busy = False
+
+    def _run(self, operation: str) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("PolypSAM {operation} failed.").format(operation=operation),
                                              waitCursor=True):
@@ -376,12 +395,17 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
                 windowTitle="PolypSAM: download model weights",
             ):
                 return None
-            with slicer.util.WaitCursor():
-                slicer.util.showStatusMessage(_("Downloading {name}...").format(name=spec.name))
-                slicer.app.processEvents()
-                return self._engines.get(settings, allow_download=True)
+            slicer.util.showStatusMessage(_("Downloading {name}...").format(name=spec.name))
+            return self._loadInWorker(lambda: self._engines.get(settings, allow_download=True))
+        return self._loadInWorker(lambda: self._engines.get(settings, allow_download=False))
+
+    @staticmethod
+    def _loadInWorker(load):
+        """Download/load weights in a worker thread; Slicer repaints meanwhile (wait cursor)."""
+        from polypsam.background import run_in_worker
+
         with slicer.util.WaitCursor():
-            return self._engines.get(settings, allow_download=False)
+            return run_in_worker(load, while_waiting=slicer.app.processEvents)
 
     def releaseEngine(self) -> None:
         self._engines.close()
@@ -425,71 +449,88 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
         return segmentationNode is not None and mrml.undo(segmentationNode)
 
     # -- operations (headless) ---------------------------------------------------------------
+    # ``background`` (optional) runs the compute phase, e.g. in a worker thread; see
+    # ``runWithProgress`` and ``PolypSAMOperations``.
     def segment(self, engine, inputVolume, rois, segmentation, keySlice=-1, windowPreset="display",
-                progress=None, cancel=None):
+                progress=None, cancel=None, background=None):
         return PolypSAMOperations.segment_2d(engine, inputVolume, list(rois), segmentation,
                                              key_slice=keySlice, window_preset=windowPreset,
-                                             progress=progress, cancel=cancel)
+                                             progress=progress, cancel=cancel, background=background)
 
     def propagate(self, engine, inputVolume, rois, segmentation, keySlice=-1, sliceRange=(-1, -1),
-                  windowPreset="display", progress=None, cancel=None):
+                  windowPreset="display", progress=None, cancel=None, background=None):
         return PolypSAMOperations.propagate(engine, inputVolume, list(rois), segmentation,
                                             key_slice=keySlice, slice_range=tuple(sliceRange),
-                                            window_preset=windowPreset, progress=progress, cancel=cancel)
+                                            window_preset=windowPreset, progress=progress,
+                                            cancel=cancel, background=background)
 
-    def track(self, engine, browser, rois, segmentation, progress=None, cancel=None):
+    def track(self, engine, browser, rois, segmentation, progress=None, cancel=None, background=None):
         return PolypSAMOperations.track(engine, browser, list(rois), segmentation,
-                                        progress=progress, cancel=cancel)
+                                        progress=progress, cancel=cancel, background=background)
 
     def refine(self, engine, inputVolume, rois, segmentation, browser=None, keySlice=-1,
-               sliceRange=(-1, -1), windowPreset="display", progress=None, cancel=None):
+               sliceRange=(-1, -1), windowPreset="display", progress=None, cancel=None,
+               background=None):
         """First ROI = the object; the other ROIs = extra boxes on other slices/frames."""
         return PolypSAMOperations.refine(engine, inputVolume, list(rois), segmentation,
                                          browser_node=browser, key_slice=keySlice,
                                          slice_range=tuple(sliceRange), window_preset=windowPreset,
-                                         progress=progress, cancel=cancel)
+                                         progress=progress, cancel=cancel, background=background)
 
     def runWithProgress(self, operation: str, p: PolypSAMParameterNode, engine):
-        """Run an operation with a cancellable progress dialog (updated at frame boundaries).
+        """Run an operation with its model work in a worker thread and a cancellable dialog.
 
-        Progress callbacks call ``processEvents`` so the dialog paints and its Cancel button
-        is seen; Cancel sets the CancelToken, which the engine/propagation check per frame.
-        Nothing is written unless the whole run succeeded.
+        The scene is read and written here, on the main thread; SAM2 runs in a worker
+        (``polypsam.background.run_in_worker``), so Slicer repaints and the dialog's Cancel
+        works during a long encoding. The dialog is window-modal: the scene cannot be edited
+        while the worker reads frames. Progress from the worker goes through a
+        ``ProgressRelay`` that the main thread applies between waits. Cancel sets the
+        CancelToken, checked per frame; nothing is written unless the whole run succeeded.
         """
+        import qt
+        from polypsam.background import ProgressRelay, run_in_worker
         from polypsam.engine import CancelToken
         from polypsam.errors import CancelledError
 
         cancel = CancelToken()
+        relay = ProgressRelay()
         dialog = slicer.util.createProgressDialog(
             windowTitle="PolypSAM", labelText=_("{operation}...").format(operation=operation.capitalize()),
-            maximum=100)
+            maximum=0)  # busy indicator until the first progress report
+        dialog.setWindowModality(qt.Qt.WindowModal)
         dialog.connect("canceled()", cancel.cancel)
 
-        def progress(done: int, total: int, message: str) -> None:
-            dialog.maximum = max(int(total), 1)
-            dialog.value = min(int(done), dialog.maximum)
-            dialog.labelText = message
+        def whileWaiting() -> None:
+            update = relay.take()
+            if update is not None:
+                done, total, message = update
+                dialog.maximum = max(int(total), 1)
+                dialog.value = min(int(done), dialog.maximum)
+                dialog.labelText = message
             slicer.app.processEvents()
             if dialog.wasCanceled:
                 cancel.cancel()
+
+        def background(work):
+            return run_in_worker(work, while_waiting=whileWaiting)
 
         rois = [r for r in p.rois if r is not None]
         try:
             if operation == "segment":
                 return self.segment(engine, p.inputVolume, rois, p.outputSegmentation, p.keySlice,
-                                    p.windowPreset, progress, cancel)
+                                    p.windowPreset, relay, cancel, background)
             if operation == "propagate":
                 return self.propagate(engine, p.inputVolume, rois, p.outputSegmentation, p.keySlice,
                                       (p.sliceRangeStart, p.sliceRangeEnd), p.windowPreset,
-                                      progress, cancel)
+                                      relay, cancel, background)
             if operation == "track":
                 return self.track(engine, p.inputSequenceBrowser, rois, p.outputSegmentation,
-                                  progress, cancel)
+                                  relay, cancel, background)
             if operation == "refine":
                 return self.refine(engine, p.inputVolume, rois, p.outputSegmentation,
                                    p.inputSequenceBrowser, p.keySlice,
                                    (p.sliceRangeStart, p.sliceRangeEnd), p.windowPreset,
-                                   progress, cancel)
+                                   relay, cancel, background)
             raise ValueError(f"unknown operation {operation!r}")
         except CancelledError:
             logging.info("PolypSAM %s cancelled; segments unchanged", operation)
@@ -593,8 +634,20 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         roi = self._roi(center, [20 * 0.8, 20 * 0.8, 7 * 2.0], "Lesion")
         seg = PolypSAMLogic.createSegmentation(volume)
         other = seg.GetSegmentation().AddEmptySegment("", "Other")
-        result = PolypSAMLogic().propagate(self._engine(), volume, [roi], seg)
+        # The model work runs in a worker thread while this (main) thread serves Qt events.
+        from polypsam.background import run_in_worker
+
+        pumped = []
+
+        def whileWaiting():
+            pumped.append(1)
+            slicer.app.processEvents()
+
+        result = PolypSAMLogic().propagate(
+            self._engine(), volume, [roi], seg,
+            background=lambda work: run_in_worker(work, while_waiting=whileWaiting))
         self.assertIn("Lesion", result.segment_ids)
+        self.assertGreater(len(pumped), 0)
         self.assertIsNotNone(seg.GetSegmentation().GetSegment(other))
         from polypsam import mrml
 

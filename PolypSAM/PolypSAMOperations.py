@@ -9,6 +9,13 @@ failure while writing restores the saved state.
 ``progress(done, total, message)`` is called at frame boundaries and ``cancel`` (a
 :class:`polypsam.engine.CancelToken`) is checked there. The Slicer module's logic passes a
 progress dialog; tests and scripts can pass nothing.
+
+Every operation has three phases: read the scene, compute, write the scene. Only the compute
+phase runs the engine, and it touches no MRML object, so ``background`` (a callable that runs a
+function and returns its result, e.g. :func:`polypsam.background.run_in_worker` bound to a
+UI-pumping callback) can move it to a worker thread: Slicer stays responsive during the model
+work, and reads and writes stay on the calling thread. ``progress`` is then called from the
+worker (use a :class:`polypsam.background.ProgressRelay`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 ProgressFn = Callable[[int, int, str], None]
+#: Runs the compute phase: ``background(fn)`` returns ``fn()`` (possibly from another thread).
+Background = Callable[[Callable[[], Any]], Any]
 
 #: Segment colours (RGB 0..1) given to boxes in order; a box's own ROI colour is not used
 #: because ROIs of one scene usually share the default colour.
@@ -69,6 +78,11 @@ def _noop_progress(done: int, total: int, message: str) -> None:
 def _check_cancel(cancel) -> None:
     if cancel is not None:
         cancel.raise_if_cancelled()
+
+
+def _compute(work: Callable[[], Any], background: Optional[Background]) -> Any:
+    """Run the compute phase here or through ``background``."""
+    return work() if background is None else background(work)
 
 
 def intensity_for(node: Any, preset: str):
@@ -169,6 +183,7 @@ def segment_2d(
     window_preset: str = "display",
     progress: Optional[ProgressFn] = None,
     cancel=None,
+    background: Optional[Background] = None,
 ) -> RunResult:
     """One segment per ROI from a 2-D box prompt on one slice (volume) or on an RGB frame.
 
@@ -190,25 +205,34 @@ def segment_2d(
         intensity = intensity_for(input_node, window_preset)
     height, width = volume_array.shape[1:3]
     slices = sorted({k for _, k, _ in prompts})
-    writes, scores = [], {}
-    for n, k in enumerate(slices):
-        _check_cancel(cancel)
-        progress(n, len(slices), f"segmenting slice {k}")
-        here = [(roi, box) for roi, kk, box in prompts if kk == k]
-        results = engine.segment_2d(volume_array[k], [box for _, box in here], intensity=intensity)
-        for (roi, box), res in zip(here, results):
-            index = rois.index(roi)
-            scores[_segment_name(roi)] = float(res.score)
-            writes.append(dict(
-                segment=_segment_name(roi),
-                mask_kji=np.asarray(res.mask, dtype=bool)[None],
-                reference=input_node,
-                region=(0, width - 1, 0, height - 1, k, k),
-                color=_color(index),
-                engine_info=engine.info,
-                provenance={"operation": "segment", "box": box, "key_slice": k,
-                            "roi": roi.GetID(), "score": f"{res.score:.4f}"},
-            ))
+    # Scene reads stay here; the compute phase below sees plain values only.
+    items = [(k, rois.index(roi), _segment_name(roi), roi.GetID(), box) for roi, k, box in prompts]
+    info = engine.info
+
+    def compute() -> tuple[list[dict], dict[str, float]]:
+        writes, scores = [], {}
+        for n, k in enumerate(slices):
+            _check_cancel(cancel)
+            progress(n, len(slices), f"segmenting slice {k}")
+            here = [item for item in items if item[0] == k]
+            results = engine.segment_2d(volume_array[k], [item[4] for item in here],
+                                        intensity=intensity)
+            for (_, index, name, roi_id, box), res in zip(here, results):
+                scores[name] = float(res.score)
+                writes.append(dict(
+                    segment=name,
+                    mask_kji=np.asarray(res.mask, dtype=bool)[None],
+                    region=(0, width - 1, 0, height - 1, k, k),
+                    color=_color(index),
+                    engine_info=info,
+                    provenance={"operation": "segment", "box": box, "key_slice": k,
+                                "roi": roi_id, "score": f"{res.score:.4f}"},
+                ))
+        return writes, scores
+
+    writes, scores = _compute(compute, background)
+    for item in writes:
+        item["reference"] = input_node
     _check_cancel(cancel)
     progress(len(slices), len(slices), "writing segments")
     result = _write_all(segmentation_node, writes)
@@ -245,6 +269,7 @@ def propagate(
     refinement_rois: Sequence[Any] = (),
     progress: Optional[ProgressFn] = None,
     cancel=None,
+    background: Optional[Background] = None,
 ) -> RunResult:
     """Segment each ROI on its key slice and propagate through its slice range (both ways).
 
@@ -273,9 +298,8 @@ def propagate(
         vb = mrml.roi_to_voxel_box(roi, input_node)
         refinements.append(FramePrompt(frame=vb.key_slice, obj_id=1, box=vb.box_on_slice(vb.key_slice)))
         refine_slices.append(vb.key_slice)
-    writes = []
+    jobs = []  # scene reads: one (key, k0, k1, box, name, roi id) per ROI
     for index, roi in enumerate(rois):
-        _check_cancel(cancel)
         vb = mrml.roi_to_voxel_box(roi, input_node)
         k0 = slice_range[0] if slice_range[0] >= 0 else vb.k0
         k1 = slice_range[1] if slice_range[1] >= 0 else vb.k1
@@ -286,25 +310,37 @@ def propagate(
         if not k0 <= key <= k1:
             raise InvalidInputError(f"key slice {key} is outside the slice range {k0}..{k1}")
         box = vb.box_on_slice(key) if vb.k0 <= key <= vb.k1 else vb.box()
+        jobs.append((key, k0, k1, box, _segment_name(roi), roi.GetID()))
+    info = engine.info
 
-        def box_progress(done: int, total: int, _index=index) -> None:
-            progress(_index * 1000 + int(1000 * done / max(total, 1)), len(rois) * 1000,
-                     f"box {_index + 1}/{len(rois)}: slice {done}/{total}")
+    def compute() -> list[dict]:
+        writes = []
+        for index, (key, k0, k1, box, name, roi_id) in enumerate(jobs):
+            _check_cancel(cancel)
 
-        out = propagation.propagate(engine, volume, [box], (k0, k1), key,
-                                    refinements=refinements if index == 0 else (),
-                                    intensity=intensity, cancel=cancel, progress=box_progress)
-        s0, s1 = (int(v) for v in out.slices)
-        mask = np.asarray(out.labelmap.array[s0:s1 + 1] == 1)
-        writes.append(dict(
-            segment=_segment_name(roi), mask_kji=mask, reference=input_node,
-            region=(0, width - 1, 0, height - 1, s0, s1), color=_color(index),
-            engine_info=engine.info,
-            provenance={"operation": "refine" if refinements and index == 0 else "propagate",
-                        "box": box, "key_slice": key, "slice_range": (s0, s1),
-                        "refinement_slices": tuple(refine_slices) if index == 0 else (),
-                        "score": f"{out.scores.get(1, float('nan')):.4f}", "roi": roi.GetID()},
-        ))
+            def box_progress(done: int, total: int, _index=index) -> None:
+                progress(_index * 1000 + int(1000 * done / max(total, 1)), len(jobs) * 1000,
+                         f"box {_index + 1}/{len(jobs)}: slice {done}/{total}")
+
+            out = propagation.propagate(engine, volume, [box], (k0, k1), key,
+                                        refinements=refinements if index == 0 else (),
+                                        intensity=intensity, cancel=cancel, progress=box_progress)
+            s0, s1 = (int(v) for v in out.slices)
+            refined = bool(refinements) and index == 0
+            writes.append(dict(
+                segment=name, mask_kji=np.asarray(out.labelmap.array[s0:s1 + 1] == 1),
+                region=(0, width - 1, 0, height - 1, s0, s1), color=_color(index),
+                engine_info=info,
+                provenance={"operation": "refine" if refined else "propagate",
+                            "box": box, "key_slice": key, "slice_range": (s0, s1),
+                            "refinement_slices": tuple(refine_slices) if index == 0 else (),
+                            "score": f"{out.scores.get(1, float('nan')):.4f}", "roi": roi_id},
+            ))
+        return writes
+
+    writes = _compute(compute, background)
+    for item in writes:
+        item["reference"] = input_node
     _check_cancel(cancel)
     progress(len(rois) * 1000, len(rois) * 1000, "writing segments")
     result = _write_all(segmentation_node, writes)
@@ -326,6 +362,7 @@ def track(
     refinement_rois: Sequence[Any] = (),
     progress: Optional[ProgressFn] = None,
     cancel=None,
+    background: Optional[Background] = None,
 ) -> RunResult:
     """Track the ROIs through the whole sequence, both ways from the frame they were drawn on.
 
@@ -362,8 +399,11 @@ def track(
     def frame_progress(done: int, count: int) -> None:
         progress(done, count or total, f"tracking: frame {done}/{count or total}")
 
-    out = propagation.track(engine, frames, frame_index, boxes, refinements=refinements,
-                            cancel=cancel, progress=frame_progress)
+    # The worker reads frames from the sequence's data nodes (voxel arrays, read-only) while the
+    # modal progress dialog keeps the scene unchanged; everything else was read above.
+    out = _compute(lambda: propagation.track(engine, frames, frame_index, boxes,
+                                             refinements=refinements, cancel=cancel,
+                                             progress=frame_progress), background)
     _check_cancel(cancel)
     per_frame = {
         t: {name: out.labels[t] == label for label, name in enumerate(names, start=1)}
@@ -396,6 +436,7 @@ def refine(
     window_preset: str = "display",
     progress: Optional[ProgressFn] = None,
     cancel=None,
+    background: Optional[Background] = None,
 ) -> RunResult:
     """Re-run the first ROI's object with the other ROIs as extra boxes on other slices/frames.
 
@@ -407,15 +448,17 @@ def refine(
     first, extra = rois[0], list(rois[1:])
     if browser_node is not None and (input_node is None or input_node.IsA("vtkMRMLVectorVolumeNode")):
         return track(engine, browser_node, [first], segmentation_node, refinement_rois=extra,
-                     progress=progress, cancel=cancel)
+                     progress=progress, cancel=cancel, background=background)
     input_node = _require_input(input_node)
     if not input_node.IsA("vtkMRMLVectorVolumeNode"):
         return propagate(engine, input_node, [first], segmentation_node, key_slice=key_slice,
                          slice_range=slice_range, window_preset=window_preset,
-                         refinement_rois=extra, progress=progress, cancel=cancel)
+                         refinement_rois=extra, progress=progress, cancel=cancel,
+                         background=background)
     target = _segment_name(first)
     out = segment_2d(engine, input_node, [_Renamed(roi, target) for roi in rois], segmentation_node,
-                     window_preset=window_preset, progress=progress, cancel=cancel)
+                     window_preset=window_preset, progress=progress, cancel=cancel,
+                     background=background)
     out.summary = f"refined segment '{target}' with {len(rois)} box(es)"
     return out
 
