@@ -201,6 +201,30 @@ def test_undo_and_redo_restore_segments(seg_node, volume):
     assert np.array_equal(segment_array(seg_node, "Polyp", volume), second)
 
 
+def test_undo_states_are_released_with_their_segmentation(slicer_scene, volume):
+    import gc
+    import weakref
+
+    mrml.forget_undo_history()
+    kept = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "kept")
+    gone = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "gone")
+    for node in (kept, gone):
+        mrml.save_state_for_undo(node)
+        mrml.write_mask_to_segment(node, "Polyp", blob(), volume)
+    assert mrml.undo_history_count() == 2
+    segmentation = weakref.ref(gone.GetSegmentation())
+
+    slicer_scene.RemoveNode(gone)
+    del gone
+    gc.collect()
+    assert mrml.undo_history_count() == 1, "the removed node's undo states were dropped"
+    assert segmentation() is None, "and nothing keeps its segmentation alive"
+    assert mrml.undo(kept), "the other node keeps its undo"
+
+    mrml.forget_undo_history(kept)
+    assert mrml.undo_history_count() == 0 and not mrml.undo(kept)
+
+
 def test_export_segment_labelmap_orders_and_checks_segments(seg_node, volume):
     a, b = blob(center=(5, 8, 6), radii=(3, 4, 4)), blob(center=(5, 16, 14), radii=(3, 4, 4))
     mrml.write_mask_to_segment(seg_node, "A", a, volume)

@@ -656,21 +656,50 @@ def _get_tag(segment: Any, key: str) -> str | None:
 # undo
 # --------------------------------------------------------------------------------------------
 
-_HISTORIES: dict[str, Any] = {}
+# segmentation address -> (scene, node ID, history). A history holds a reference to its
+# segmentation (and up to 10 saved states), so entries whose node has left its scene are dropped
+# on every access (and by ``forget_undo_history``, which the module calls when a scene closes).
+_HISTORIES: dict[str, tuple[Any, str, Any]] = {}
+
+
+def _segmentation_key(segmentation_node: Any) -> str:
+    return segmentation_node.GetSegmentation().GetAddressAsString("vtkSegmentation")
+
+
+def _prune_histories() -> None:
+    for key, (scene, node_id, _history_) in list(_HISTORIES.items()):
+        if scene is None:  # a node outside any scene: kept until forget_undo_history
+            continue
+        node = scene.GetNodeByID(node_id)
+        if node is None or not node.IsA("vtkMRMLSegmentationNode") or _segmentation_key(node) != key:
+            del _HISTORIES[key]
+
+
+def forget_undo_history(segmentation_node: Any = None) -> None:
+    """Drop PolypSAM's undo states of one segmentation node, or of all when ``None``."""
+    if segmentation_node is None:
+        _HISTORIES.clear()
+    elif segmentation_node.GetSegmentation() is not None:
+        _HISTORIES.pop(_segmentation_key(segmentation_node), None)
+
+
+def undo_history_count() -> int:
+    """How many segmentations PolypSAM currently keeps undo states for (after pruning)."""
+    _prune_histories()
+    return len(_HISTORIES)
 
 
 def _history(segmentation_node: Any, create: bool) -> Any:
     _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
-    segmentation = segmentation_node.GetSegmentation()
-    key = segmentation.GetAddressAsString("vtkSegmentation")
-    history = _HISTORIES.get(key)
-    if history is not None and history.GetSegmentation() is None:
-        history = None  # the segmentation it tracked is gone; its address was reused
+    _prune_histories()
+    key = _segmentation_key(segmentation_node)
+    entry = _HISTORIES.get(key)
+    history = entry[2] if entry is not None else None
     if history is None and create:
         history = slicer.vtkSegmentationHistory()
         history.SetMaximumNumberOfStates(10)
-        history.SetSegmentation(segmentation)
-        _HISTORIES[key] = history
+        history.SetSegmentation(segmentation_node.GetSegmentation())
+        _HISTORIES[key] = (segmentation_node.GetScene(), segmentation_node.GetID(), history)
     return history
 
 
