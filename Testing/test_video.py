@@ -228,3 +228,26 @@ def test_shared_encoding_gives_the_same_results(tiny_checkpoint):
     assert shared.slice_scores == plain.slice_scores
     assert hits > 0 and no_hits == 0
     assert n_shared == 9 and n_plain > n_shared
+
+
+def test_sam2_progress_bar_is_silenced_only_on_the_tracking_thread(engine, frames, capfd):
+    import threading
+
+    import sam2.sam2_video_predictor as svp
+    from tqdm import tqdm
+
+    from polypsam.video import _quiet_sam2_progress
+
+    out = list(track_frames(engine.model, frames[:4], [FramePrompt(0, 1, box=Box(8, 16, 24, 32))],
+                            start_frame=0))
+    assert len(out) == 4
+    assert "propagate in video" not in capfd.readouterr().err
+    other = {}
+    with _quiet_sam2_progress():
+        items = [1, 2]
+        assert svp.tqdm(items) is items  # silenced here
+        worker = threading.Thread(target=lambda: other.update(bar=svp.tqdm(items, disable=True)))
+        worker.start()
+        worker.join()
+    assert isinstance(other["bar"], tqdm), "another thread still gets sam2's real bar"
+    assert isinstance(svp.tqdm(items, disable=True), tqdm), "and so does this one afterwards"

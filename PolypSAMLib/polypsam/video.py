@@ -24,6 +24,7 @@ This module keeps Meta's predictor and its public methods (``add_new_mask``,
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from typing import Iterator, Sequence
 
@@ -246,21 +247,42 @@ def state_entries(state: dict) -> int:
     return n
 
 
-@contextlib.contextmanager
-def _quiet_sam2_progress():
-    """Silence the progress bar ``propagate_in_video`` creates (callers show their own)."""
+_QUIET = threading.local()
+_INSTALL_LOCK = threading.Lock()
+
+
+def _install_quiet_tqdm() -> None:
+    """Wrap ``sam2.sam2_video_predictor.tqdm`` once: silent on threads inside ``_quiet``.
+
+    ``propagate_in_video`` creates its own progress bar and has no switch for it; callers here
+    show their own. The wrapper is per thread, so other users of sam2 keep their bars and
+    concurrent sessions (worker threads, a server) do not race on a swapped global.
+    """
     import sam2.sam2_video_predictor as svp
 
-    original = svp.tqdm
+    with _INSTALL_LOCK:
+        original = svp.tqdm
+        if getattr(original, "_polypsam_quiet", False):
+            return
 
-    def quiet(iterable, *args, **kwargs):
-        return iterable
+        def tqdm_unless_quiet(iterable=None, *args, **kwargs):
+            if getattr(_QUIET, "depth", 0) > 0:
+                return iterable
+            return original(iterable, *args, **kwargs)
 
-    svp.tqdm = quiet
+        tqdm_unless_quiet._polypsam_quiet = True
+        svp.tqdm = tqdm_unless_quiet
+
+
+@contextlib.contextmanager
+def _quiet_sam2_progress():
+    """Silence the progress bar ``propagate_in_video`` creates, on this thread only."""
+    _install_quiet_tqdm()
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
     try:
         yield
     finally:
-        svp.tqdm = original
+        _QUIET.depth -= 1
 
 
 class VideoSession:
