@@ -165,6 +165,34 @@ def add_roi(scene, center, size, rotation_matrix=None, name="roi"):
     return node
 
 
+def add_roi_on_ijk(scene, volume, center_ijk, size_ijk, name="roi"):
+    """An axis-aligned ROI centred on voxel ``center_ijk`` of ``volume``, ``size_ijk`` voxels big."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    center = m.MultiplyPoint([*center_ijk, 1])[:3]
+    spacing = volume.GetSpacing()
+    return add_roi(scene, center, [s * sp for s, sp in zip(size_ijk, spacing)], name=name)
+
+
+def add_rgb_video(scene, frames, selected=0, name="video"):
+    """A sequence browser over RGB ``frames`` (``H x W x 3`` uint8 each), showing ``selected``."""
+    import slicer
+
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    seq.SetIndexName("frame")
+    seq.SetIndexUnit("")
+    for t, rgb in enumerate(frames):
+        node = slicer.vtkMRMLVectorVolumeNode()
+        slicer.util.updateVolumeFromArray(node, rgb[None])
+        seq.SetDataNodeAtValue(node, str(t))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
+    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    browser.SetSelectedItemNumber(selected)
+    return browser
+
+
 def add_linear_transform(scene, matrix4, name="T"):
     """A linear transform node with ``matrix4`` as its to-parent matrix."""
     import numpy as np

@@ -19,6 +19,7 @@ import pytest
 from polypsam.background import ProgressRelay, run_in_worker
 from polypsam.engine import CancelToken
 from polypsam.errors import CancelledError, InvalidInputError
+from slicer_fixtures import add_rgb_video, add_roi_on_ijk
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "PolypSAM"
 if str(MODULE_DIR) not in sys.path:
@@ -117,16 +118,6 @@ def thread_log(engine):
     log.remove()
 
 
-def _roi_on_ijk(scene, volume, center_ijk, size_ijk, name):
-    import vtk
-    from slicer_fixtures import add_roi
-
-    m = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(m)
-    center = m.MultiplyPoint([*center_ijk, 1])[:3]
-    return add_roi(scene, center, [s * sp for s, sp in zip(size_ijk, volume.GetSpacing())], name=name)
-
-
 def _lesion_scene(scene, seed: int):
     from slicer_fixtures import add_volume
 
@@ -135,7 +126,7 @@ def _lesion_scene(scene, seed: int):
     array = rng.normal(-150, 20, size=(9, 48, 48)).astype(np.int16)
     array[(kk - 4) ** 2 / 9 + (yy - 24) ** 2 / 64 + (xx - 22) ** 2 / 64 < 1] = 70
     volume = add_volume(scene, array, name="ct")
-    roi = _roi_on_ijk(scene, volume, (22, 24, 4), (20, 20, 5), "Lesion")
+    roi = add_roi_on_ijk(scene, volume, (22, 24, 4), (20, 20, 5), "Lesion")
     return array, volume, roi
 
 
@@ -206,24 +197,16 @@ def test_cancel_from_the_calling_thread_leaves_segments_untouched(slicer_scene, 
 
 def test_segment_and_track_in_worker(slicer_scene, slicer_core, engine, thread_log):
     import PolypSAMOperations as ops
-    import slicer
 
     from conftest import synthetic_rgb
 
     caller = threading.get_ident()
     background = lambda work: run_in_worker(work, while_waiting=lambda: None, interval_s=0.01)  # noqa: E731
-    seq = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "video")
-    frame = slicer_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "tmp")
-    for t in range(3):
-        slicer.util.updateVolumeFromArray(frame, synthetic_rgb(64, 80, seed=30 + t)[None])
-        seq.SetDataNodeAtValue(frame, str(t))
-    slicer_scene.RemoveNode(frame)
-    browser = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
-    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
-    browser.SetSelectedItemNumber(1)
+    browser = add_rgb_video(slicer_scene, [synthetic_rgb(64, 80, seed=30 + t) for t in range(3)],
+                            selected=1)
     slicer_core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
-    proxy = browser.GetProxyNode(seq)
-    roi = _roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
+    proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
+    roi = add_roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
     seg2d = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "frame seg")
     ops.segment_2d(engine, proxy, [roi], seg2d, background=background)
     assert seg2d.GetSegmentation().GetNumberOfSegments() == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import add_volume
+from slicer_fixtures import add_rgb_video, add_volume
 
 from polypsam.errors import InvalidInputError
 
@@ -16,24 +16,13 @@ H, W, N = 24, 32, 4
 
 def make_video(scene, sizes=None):
     """A browser over an RGB frame sequence; frame t has a bright square at column 4 + 5t."""
-    import slicer
-
     sizes = sizes or [(H, W)] * N
-    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "video")
-    seq.SetIndexName("frame")
-    seq.SetIndexUnit("")
     frames = []
     for t, (h, w) in enumerate(sizes):
-        rgb = np.full((1, h, w, 3), 30, np.uint8)
-        rgb[0, 5:12, 4 + 5 * t : 10 + 5 * t] = (200, 100 + t, 90)
-        frames.append(rgb[0])
-        node = slicer.vtkMRMLVectorVolumeNode()
-        slicer.util.updateVolumeFromArray(node, rgb)
-        seq.SetDataNodeAtValue(node, str(t))
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
-    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
-    browser.SetSelectedItemNumber(0)
-    return browser, frames
+        rgb = np.full((h, w, 3), 30, np.uint8)
+        rgb[5:12, 4 + 5 * t : 10 + 5 * t] = (200, 100 + t, 90)
+        frames.append(rgb)
+    return add_rgb_video(scene, frames), frames
 
 
 def square(t, h=H, w=W):

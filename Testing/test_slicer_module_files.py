@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slicer_fixtures import add_rgb_video, add_roi_on_ijk
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "PolypSAM"
@@ -308,17 +309,6 @@ def _rgb_frame_node(scene, rgb):
     return node
 
 
-def _roi_on_ijk(scene, volume, center_ijk, size_ijk, name):
-    from slicer_fixtures import add_roi
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(m)
-    center = m.MultiplyPoint([*center_ijk, 1])[:3]
-    spacing = volume.GetSpacing()
-    return add_roi(scene, center, [s * sp for s, sp in zip(size_ijk, spacing)], name=name)
-
-
 def test_segment_2d_on_rgb_frame_writes_named_segments(slicer_scene, module_engine):
     import PolypSAMOperations as ops
     from polypsam import mrml
@@ -327,8 +317,8 @@ def test_segment_2d_on_rgb_frame_writes_named_segments(slicer_scene, module_engi
 
     rgb = synthetic_rgb(96, 128)
     frame = _rgb_frame_node(slicer_scene, rgb)
-    rois = [_roi_on_ijk(slicer_scene, frame, (51, 48, 0), (40, 40, 1), "Polyp A"),
-            _roi_on_ijk(slicer_scene, frame, (100, 30, 0), (20, 20, 1), "Polyp B")]
+    rois = [add_roi_on_ijk(slicer_scene, frame, (51, 48, 0), (40, 40, 1), "Polyp A"),
+            add_roi_on_ijk(slicer_scene, frame, (100, 30, 0), (20, 20, 1), "Polyp B")]
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     steps = []
     result = ops.segment_2d(module_engine, frame, rois, seg,
@@ -351,7 +341,7 @@ def test_segment_2d_on_volume_replaces_only_the_key_slice(slicer_scene, module_e
     array = np.full((8, 48, 56), -200, dtype=np.int16)
     array[2:6, 14:34, 16:38] = 80
     volume = add_volume(slicer_scene, array, name="ct")
-    roi = _roi_on_ijk(slicer_scene, volume, (27, 24, 4), (24, 22, 1), "Lesion")
+    roi = add_roi_on_ijk(slicer_scene, volume, (27, 24, 4), (24, 22, 1), "Lesion")
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     prior = np.zeros(array.shape, dtype=bool)
     prior[1, 5:10, 5:10] = True  # something on another slice of the same segment
@@ -376,8 +366,8 @@ def test_failed_run_leaves_segments_untouched(slicer_scene, module_engine):
     keep[2, 3:8, 3:8] = True
     mrml.write_mask_to_segment(seg, "Existing", keep, volume)
     before = mrml.export_segment_labelmap(seg, volume).copy()
-    inside = _roi_on_ijk(slicer_scene, volume, (16, 16, 2), (12, 12, 1), "Polyp")
-    outside = _roi_on_ijk(slicer_scene, volume, (500, 500, 2), (12, 12, 1), "Far")
+    inside = add_roi_on_ijk(slicer_scene, volume, (16, 16, 2), (12, 12, 1), "Polyp")
+    outside = add_roi_on_ijk(slicer_scene, volume, (500, 500, 2), (12, 12, 1), "Far")
     cancel = CancelToken()
     cancel.cancel()
     with pytest.raises(CancelledError):
@@ -417,9 +407,9 @@ def test_before_write_hook_lets_another_undo_history_revert_the_write(slicer_sce
 
     ops.add_before_write_hook(hook)
     try:
-        roi = _roi_on_ijk(slicer_scene, volume, (24, 20, 1), (20, 16, 1), "Lesion")
+        roi = add_roi_on_ijk(slicer_scene, volume, (24, 20, 1), (20, 16, 1), "Lesion")
         ops.segment_2d(module_engine, volume, [roi], seg)
-        bad = _roi_on_ijk(slicer_scene, volume, (900, 900, 1), (10, 10, 1), "Far")
+        bad = add_roi_on_ijk(slicer_scene, volume, (900, 900, 1), (10, 10, 1), "Far")
         with pytest.raises(Exception):
             ops.segment_2d(module_engine, volume, [bad], seg)
     finally:
@@ -470,7 +460,7 @@ def test_propagate_writes_only_the_slice_range_and_keeps_other_segments(slicer_s
     outside = np.zeros(array.shape, dtype=bool)
     outside[9, 30:40, 30:40] = True
     mrml.write_mask_to_segment(seg, "Lesion", outside, volume)
-    roi = _roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 5), "Lesion")
+    roi = add_roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 5), "Lesion")
     steps = []
     result = ops.propagate(module_engine, volume, [roi], seg, window_preset="abdomen",
                            progress=lambda d, t, m: steps.append((d, t)))
@@ -490,8 +480,8 @@ def test_refine_volume_uses_extra_boxes_as_conditioning(slicer_scene, module_eng
 
     array, volume = _lesion_volume(slicer_scene)
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
-    first = _roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 1), "Lesion")
-    extra = _roi_on_ijk(slicer_scene, volume, (22, 24, 3), (14, 14, 1), "extra box")
+    first = add_roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 1), "Lesion")
+    extra = add_roi_on_ijk(slicer_scene, volume, (22, 24, 3), (14, 14, 1), "extra box")
     ops.refine(module_engine, volume, [first, extra], seg, window_preset="abdomen")
     assert seg.GetSegmentation().GetNumberOfSegments() == 1
     tags = mrml.read_provenance(seg, "Lesion")
@@ -501,24 +491,15 @@ def test_refine_volume_uses_extra_boxes_as_conditioning(slicer_scene, module_eng
 
 def test_track_writes_a_synchronised_segmentation_sequence(slicer_scene, slicer_core, module_engine):
     import PolypSAMOperations as ops
-    import slicer
 
     from conftest import synthetic_rgb
 
-    seq = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceNode", "video")
-    seq.SetIndexName("frame")
-    frame = slicer_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "tmp")
-    for t in range(4):
-        slicer.util.updateVolumeFromArray(frame, synthetic_rgb(64, 80, seed=t)[None])
-        seq.SetDataNodeAtValue(frame, str(t))
-    slicer_scene.RemoveNode(frame)
-    browser = slicer_scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
-    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
-    browser.SetSelectedItemNumber(1)
+    browser = add_rgb_video(slicer_scene, [synthetic_rgb(64, 80, seed=t) for t in range(4)],
+                            selected=1)
     slicer_core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
-    proxy = browser.GetProxyNode(seq)
+    proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
     assert proxy is not None
-    roi = _roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
+    roi = add_roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
     roi.SetAttribute(ops.FRAME_ATTRIBUTE, "1")
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     result = ops.track(module_engine, browser, [roi], seg)
