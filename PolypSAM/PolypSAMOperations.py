@@ -139,8 +139,9 @@ def _color(index: int) -> tuple[float, float, float]:
     return PALETTE[index % len(PALETTE)]
 
 
-def _write_all(segmentation_node: Any, writes: list[dict]) -> RunResult:
-    """Save an undo state, then write every mask; restore the state if any write fails."""
+def _write_all(segmentation_node: Any, writes: list[dict], reference: Any) -> RunResult:
+    """Save an undo state, then write every mask on ``reference``'s grid; restore the state if
+    any write fails."""
     from polypsam import mrml
 
     result = RunResult()
@@ -148,7 +149,9 @@ def _write_all(segmentation_node: Any, writes: list[dict]) -> RunResult:
     try:
         for item in writes:
             name = item.pop("segment")
-            result.segment_ids[name] = mrml.write_mask_to_segment(segmentation_node, name, **item)
+            result.segment_ids[name] = mrml.write_mask_to_segment(
+                segmentation_node, name, reference=reference, **item
+            )
     except Exception:
         mrml.undo(segmentation_node)
         raise
@@ -231,11 +234,9 @@ def segment_2d(
         return writes, scores
 
     writes, scores = _compute(compute, background)
-    for item in writes:
-        item["reference"] = input_node
     _check_cancel(cancel)
     progress(len(slices), len(slices), "writing segments")
-    result = _write_all(segmentation_node, writes)
+    result = _write_all(segmentation_node, writes, input_node)
     result.scores = scores
     result.summary = f"segmented {len(writes)} box(es) on slice(s) {', '.join(map(str, slices))}"
     return result
@@ -339,11 +340,9 @@ def propagate(
         return writes
 
     writes = _compute(compute, background)
-    for item in writes:
-        item["reference"] = input_node
     _check_cancel(cancel)
     progress(len(rois) * 1000, len(rois) * 1000, "writing segments")
-    result = _write_all(segmentation_node, writes)
+    result = _write_all(segmentation_node, writes, input_node)
     result.summary = f"propagated {len(writes)} box(es)"
     return result
 

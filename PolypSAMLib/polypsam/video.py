@@ -338,9 +338,9 @@ class VideoSession:
                 box = p.box if isinstance(p.box, Box) else Box.from_sequence(p.box)
                 box.validate(w, h)
 
-    def _digest(self, frame: int) -> str:
+    def _digest(self, frame: int, rgb: np.ndarray | None = None) -> str:
         if frame not in self._digests:
-            self._digests[frame] = image_digest(self.images.rgb(frame))
+            self._digests[frame] = image_digest(self.images.rgb(frame) if rgb is None else rgb)
         return self._digests[frame]
 
     def _seed_features(self, frame: int) -> None:
@@ -350,9 +350,10 @@ class VideoSession:
         cached = self.state["cached_features"]
         if frame in cached:
             return
-        backbone_out = self.backbones.get(self._digest(frame))
+        rgb = self.images.rgb(frame)  # converted once: for the key and, on a hit, the tensor
+        backbone_out = self.backbones.get(self._digest(frame, rgb))
         if backbone_out is not None:
-            cached[frame] = (self.images[frame].unsqueeze(0), backbone_out)
+            cached[frame] = (self.images.to_tensor(rgb).unsqueeze(0), backbone_out)
 
     def _remember_features(self, frame: int) -> None:
         if self.backbones is None:
