@@ -115,6 +115,7 @@ def test_mask_is_decoder_logits_resized_to_input(engine, recorder):
 
 def test_agrees_with_sam2_image_predictor_transforms(engine):
     """Our independent expectation matches SAM2's own SAM2Transforms on a non-square image."""
+    pytest.importorskip("torchvision", reason="sam2's SAM2Transforms needs torchvision")
     from sam2.utils.transforms import SAM2Transforms
 
     rgb01 = fresh_image(77, 131, seed=3).astype(np.float32) / 255.0

@@ -1,8 +1,9 @@
 """The in-process SAM2 engine: Meta's ``sam2`` package running in this Python process.
 
-2-D segmentation uses ``SAM2ImagePredictor`` unchanged (its transforms resize, normalise and
-map masks back). An LRU of predictors keyed by the preprocessed image keeps embeddings, so a new
-box on an image that was already encoded runs only the prompt encoder and mask decoder.
+2-D segmentation computes what ``SAM2ImagePredictor`` computes, with SAM2's modules directly
+(:mod:`polypsam.sam2_image`; no torchvision needed). An LRU of embeddings keyed by the
+preprocessed image means a new box on an image that was already encoded runs only the prompt
+encoder and mask decoder.
 Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
 :mod:`polypsam.video`.
 """
@@ -10,7 +11,6 @@ Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,6 +23,7 @@ from .engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSourc
 from .errors import InvalidInputError
 from .geometry import Box
 from .preprocess import Intensity, to_model_rgb
+from .sam2_image import ImageEmbedding, embed_image, model_input, predict_box
 from .sam2_model import build_model, select_device
 from .video import BackboneCache, image_digest
 
@@ -44,7 +45,7 @@ class SAM2Engine:
         self._model = build_model(
             checkpoint.config, checkpoint.path, self._device, image_size=self._image_size
         )
-        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._cache_size = max(1, embedding_cache_size)
         # Encoder outputs of recently segmented/prompted frames, lent to tracking passes so a key
         # slice is encoded once for the 2-D mask and both propagation directions.
@@ -102,47 +103,28 @@ class SAM2Engine:
         for box in boxes:
             box.validate(width, height)
         with self._lock, torch.inference_mode():
-            predictor = self._predictor_for(rgb)
+            embedding = self._embedding_for(rgb)
             results = []
             for box in boxes:
-                masks, scores, _ = predictor.predict(box=box.as_xyxy(), multimask_output=False)
-                results.append(MaskResult(mask=masks[0] > 0, score=float(scores[0]), box=box))
+                mask, score = predict_box(self._model, embedding, box)
+                results.append(MaskResult(mask=mask, score=score, box=box))
         return results
 
-    def _predictor_for(self, rgb: np.ndarray):
-        """A ``SAM2ImagePredictor`` with ``rgb`` already encoded (cached by content)."""
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
-
+    def _embedding_for(self, rgb: np.ndarray) -> ImageEmbedding:
+        """``rgb`` encoded (cached by content); the encoder output is also lent to tracking."""
         digest = image_digest(rgb)
         if digest in self._cache:
             self._cache.move_to_end(digest)
             return self._cache[digest]
-        with warnings.catch_warnings():  # torch>=2.10 deprecates the jit.script sam2 uses
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
-            predictor = SAM2ImagePredictor(self._model)
-        size = self._image_size
-        # SAM2ImagePredictor hard-codes the 1024 feature sizes; set them for this image size.
-        predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
-        captured: list[dict] = []
-        forward_image = self._model.forward_image
-
-        def recording_forward_image(img_batch):
-            out = forward_image(img_batch)
-            captured.append(out)
-            return out
-
-        self._model.forward_image = recording_forward_image  # instance attribute, removed below
-        try:
-            predictor.set_image(rgb)
-        finally:
-            del self._model.forward_image
+        batch = model_input(rgb, self._image_size, self._device)[None]
+        backbone_out = self._model.forward_image(batch)
         self.encoder_runs += 1
-        if captured:
-            self._backbones.put(digest, captured[0])
-        self._cache[digest] = predictor
+        self._backbones.put(digest, backbone_out)
+        embedding = embed_image(self._model, backbone_out, rgb.shape[0], rgb.shape[1])
+        self._cache[digest] = embedding
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return predictor
+        return embedding
 
     # -- sequences ---------------------------------------------------------------------------
     def track(

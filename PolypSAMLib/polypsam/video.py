@@ -34,13 +34,11 @@ from .engine import CancelToken, FrameMasks, FramePrompt, FrameSource
 from .errors import InvalidInputError
 from .geometry import Box
 from .preprocess import Intensity, to_model_rgb
+from .sam2_image import model_input
 
 # Without sam2's optional CUDA extension only its hole-filling post-processing is skipped (see
 # README); the warning it prints on every propagation says the same and is noise for users.
 warnings.filterwarnings("ignore", message=r"cannot import name '_C' from 'sam2'", category=UserWarning)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class LazyFrames:
@@ -70,8 +68,6 @@ class LazyFrames:
             raise InvalidInputError("the frame sequence is empty")
         first = self._read(0)
         self.height, self.width = int(first.shape[0]), int(first.shape[1])
-        self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
         self.reads = 0  # number of frames converted (tests and benchmarks look at it)
 
     def _read(self, index: int) -> np.ndarray:
@@ -100,17 +96,7 @@ class LazyFrames:
 
     def to_tensor(self, rgb: np.ndarray):
         """Resize ``rgb`` to the model's square input and ImageNet-normalise it (``3 x S x S``)."""
-        import torch
-        import torch.nn.functional as F
-
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-        if tensor.shape[-2:] != (self._size, self._size):
-            tensor = F.interpolate(
-                tensor, size=(self._size, self._size), mode="bilinear", align_corners=False,
-                antialias=True,
-            )
-        tensor = (tensor[0].clamp_(0.0, 1.0) - self._mean) / self._std
-        return tensor.to(self._device)
+        return model_input(rgb, self._size, self._device)
 
     def __getitem__(self, index: int):
         tensor = self.to_tensor(self.rgb(index))
