@@ -1,13 +1,15 @@
 """First-use dependencies of the PolypSAM Slicer module (no Qt; ``slicer`` only when installing).
 
 Nothing here runs at import time or in a module constructor: :func:`ensure_dependencies` is
-called when the user presses a button. It checks whether torch, torchvision, sam2 and sam2's
-small runtime packages can be imported, asks for consent (one dialog listing what will be
+called when the user presses a button. It checks whether torch, sam2 and sam2's small runtime
+packages can be imported (torchvision is not needed: PolypSAM does not use sam2's
+``SAM2ImagePredictor``, the only part of sam2 that imports it), asks for consent (one dialog listing what will be
 installed), installs them and tells the caller whether Slicer must be restarted.
 
-* torch/torchvision: through the PyTorch extension (``PyTorchUtils``, which picks the CUDA
-  build matching the driver) when it is installed, else ``slicer.util.pip_install`` with the
-  pinned versions below (the same pins as ``scripts/setup.sh``).
+* torch: through the PyTorch extension (``PyTorchUtils``, which picks the CUDA build matching
+  the driver, and installs a matching torchvision with it) when it is installed, else
+  ``slicer.util.pip_install`` with the pinned version below (the same pin as
+  ``scripts/setup.sh``).
 * sam2: ``SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2==1.1.0`` (its CUDA
   extension is optional and needs a compiler; ``--no-deps`` keeps pip from replacing torch).
 * The ``polypsam`` library itself is shipped inside the module, never pip-installed.
@@ -88,8 +90,6 @@ def missing_requirements(find_spec: Callable[[str], object] = importlib.util.fin
     missing: dict[str, list[str]] = {"torch": [], "sam2": [], "runtime": []}
     if not _importable("torch", find_spec):
         missing["torch"].append(f"torch=={TORCH_VERSION}")
-    if not _importable("torchvision", find_spec):
-        missing["torch"].append(f"torchvision=={TORCHVISION_VERSION}")
     for module, requirement in SAM2_RUNTIME.items():
         if not _importable(module, find_spec):
             missing["runtime"].append(requirement)
@@ -170,7 +170,8 @@ def ensure_dependencies(
     installed: list[str] = []
     try:
         if missing["torch"]:
-            torch_req = next((r for r in missing["torch"] if r.startswith("torch==")), f"torch=={TORCH_VERSION}")
+            torch_req = missing["torch"][0]
+            # PyTorchUtils always installs torchvision too: pin the one that matches torch.
             vision_req = f"torchvision=={TORCHVISION_VERSION}"
             if torch_installer is not None:
                 log(f"PolypSAM: installing {torch_req} {vision_req} through the PyTorch extension")
@@ -223,5 +224,5 @@ def ensure_dependencies(
 
 def requirements_summary() -> Sequence[str]:
     """Every requirement the module may install (for documentation and the settings panel)."""
-    return [f"torch=={TORCH_VERSION}", f"torchvision=={TORCHVISION_VERSION}", f"sam2=={SAM2_VERSION}",
+    return [f"torch=={TORCH_VERSION}", f"sam2=={SAM2_VERSION}",
             *SAM2_RUNTIME.values()]

@@ -175,6 +175,18 @@ def test_dependencies_present_needs_no_dialog():
     assert status.ready and not env.calls
 
 
+def test_torch_without_torchvision_is_enough():
+    """PolypSAM never imports torchvision (a CPU-only torch has no PyPI torchvision here)."""
+    import PolypSAMDependencies as deps
+
+    env = _FakeEnv(ALL - {"torchvision"})
+    status = deps.ensure_dependencies(confirm=lambda text: pytest.fail("asked"),
+                                      pip_install=env.pip_install, torch_installer=None,
+                                      find_spec=env.find_spec)
+    assert status.ready and not env.calls
+    assert not any("torchvision" in r for r in deps.requirements_summary())
+
+
 def test_dependencies_declined_installs_nothing():
     import PolypSAMDependencies as deps
 
@@ -197,7 +209,7 @@ def test_dependencies_pip_flow_pins_torch_and_builds_sam2_without_cuda(monkeypat
                                       torch_installer=None, find_spec=env.find_spec)
     assert status.ready and not status.restart_needed, status
     reqs = [c[0] for c in env.calls]
-    assert reqs[0] == f"torch=={deps.TORCH_VERSION} torchvision=={deps.TORCHVISION_VERSION}"
+    assert reqs[0] == f"torch=={deps.TORCH_VERSION}", "torchvision is not needed"
     assert reqs[-1] == f"--no-deps --no-build-isolation sam2=={deps.SAM2_VERSION}"
     assert env.calls[-1][1] == "0", "sam2 must be built with SAM2_BUILD_CUDA=0"
     assert all(flag is None for _, flag in env.calls[:-1])

@@ -3,7 +3,9 @@
 #   bash scripts/setup.sh          # set up only
 #   bash scripts/setup.sh demo     # set up, then segment a sample frame (writes out/)
 #   bash scripts/setup.sh test     # set up, then run the test suite
-# Pins: torch/torchvision are pinned because an unpinned torch pulls several GB of CUDA wheels;
+# Pins: torch is pinned because an unpinned torch pulls several GB of CUDA wheels; torchvision is
+# installed only for the tests that compare with Meta's SAM2ImagePredictor (the library never
+# imports it). CPU-only, smaller and lighter: POLYPSAM_TORCH_SPEC="torch==2.13.0" (see README).
 # sam2's sdist is built without its CUDA extension and without build isolation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ if [ ! -f "$STAMP" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   echo "[setup] installing $TORCH_SPEC"
   .venv/bin/pip install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import torch, torchvision" # fail loudly if the pinned install failed
+  .venv/bin/python -c "import torch" # fail loudly if the pinned install failed
   echo "[setup] installing sam2 1.1.0 (no CUDA extension) and the library"
   SAM2_BUILD_CUDA=0 .venv/bin/pip install -q --no-deps --no-build-isolation sam2==1.1.0 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/pip install -q hydra-core iopath tqdm pillow numpy SimpleITK platformdirs \
