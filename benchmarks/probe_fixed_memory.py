@@ -1,8 +1,9 @@
 """Where a propagation process's memory goes before any slice is tracked (fixed costs).
 
 Prints resident memory (VmRSS) and peak (ru_maxrss) after each step in one process: importing
-torch, importing torchvision (sam2's ``SAM2ImagePredictor`` needs it), building the engine
-(random-weight SAM2.1 tiny), one 2-D encoding, and tracking 4 slices.
+torch, building the engine (random-weight SAM2.1 tiny), one 2-D encoding, and tracking 4 slices.
+``--with-torchvision`` also imports torchvision after torch, to show what it would cost (PolypSAM
+does not import it; sam2's ``SAM2ImagePredictor`` would).
 
     python benchmarks/probe_fixed_memory.py --image-size 512
 """
@@ -31,6 +32,7 @@ def report(step: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--with-torchvision", action="store_true")
     args = p.parse_args()
     import warnings
 
@@ -38,10 +40,11 @@ def main() -> None:
     report("start")
     import torch  # noqa: F401
 
-    report("import torch")
-    import torchvision  # noqa: F401
+    report(f"import torch {torch.__version__}")
+    if args.with_torchvision:
+        import torchvision  # noqa: F401
 
-    report("import torchvision")
+        report("import torchvision")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_propagation as bench
     from polypsam.engine import FramePrompt
@@ -57,6 +60,7 @@ def main() -> None:
                           start_frame=1, intensity=window):
         pass
     report("tracked 3 slices")
+    print(f"torchvision imported: {'torchvision' in sys.modules}")
 
 
 if __name__ == "__main__":
