@@ -3,8 +3,9 @@
 Nothing here runs at import time or in a module constructor: :func:`ensure_dependencies` is
 called when the user presses a button. It checks whether torch, sam2 and sam2's small runtime
 packages can be imported (torchvision is not needed: PolypSAM does not use sam2's
-``SAM2ImagePredictor``, the only part of sam2 that imports it), asks for consent (one dialog listing what will be
-installed), installs them and tells the caller whether Slicer must be restarted.
+``SAM2ImagePredictor``, the only part of sam2 that imports it), asks for consent (one dialog
+listing what will be installed), installs them and tells the caller whether Slicer must be
+restarted.
 
 * torch: through the PyTorch extension (``PyTorchUtils``, which picks the CUDA build matching
   the driver, and installs a matching torchvision with it) when it is installed, else

@@ -19,12 +19,11 @@ if [ ! -f "$STAMP" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   echo "[setup] installing $TORCH_SPEC"
   .venv/bin/pip install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import torch" # fail loudly if the pinned install failed
   echo "[setup] installing sam2 1.1.0 (no CUDA extension) and the library"
   SAM2_BUILD_CUDA=0 .venv/bin/pip install -q --no-deps --no-build-isolation sam2==1.1.0 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/pip install -q hydra-core iopath tqdm pillow numpy SimpleITK platformdirs \
       fastapi uvicorn httpx pytest slicer-core imageio av 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import sam2, SimpleITK, slicer, fastapi, pytest"
+  .venv/bin/python -c "import torch, sam2, SimpleITK, slicer, fastapi, pytest" # fail loudly
   touch "$STAMP"
 fi
 # The library itself is re-installed every time (editable, no dependency resolution): cheap.
