@@ -64,11 +64,11 @@ def test_masks_and_scores_equal_meta_image_predictor(engine, meta_predictor, nam
 
 
 def test_embedding_equals_meta_image_predictor(engine, meta_predictor):
-    rgb = to_model_rgb(synthetic_rgb(88, 140, seed=23))
+    image = synthetic_rgb(88, 140, seed=23)
     with torch.inference_mode():
-        engine.segment_2d(synthetic_rgb(88, 140, seed=23), [Box(10, 10, 60, 60)])
+        engine.segment_2d(image, [Box(10, 10, 60, 60)])
         ours = engine._cache[next(reversed(engine._cache))]
-        meta_predictor.set_image(rgb)
+        meta_predictor.set_image(to_model_rgb(image))
         theirs = meta_predictor._features
     torch.testing.assert_close(ours.image_embed, theirs["image_embed"], atol=1e-5, rtol=0)
     assert len(ours.high_res_feats) == len(theirs["high_res_feats"]) == 2
@@ -76,7 +76,7 @@ def test_embedding_equals_meta_image_predictor(engine, meta_predictor):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_segmentation_and_propagation_do_not_import_torchvision(tiny_checkpoint, tmp_path):
+def test_segmentation_and_propagation_do_not_import_torchvision(tiny_checkpoint):
     """The whole library path runs in a process where torchvision is never imported."""
     script = f"""
 import sys

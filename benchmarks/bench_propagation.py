@@ -10,9 +10,10 @@ Prints three measurements (issue 3):
 (c) official path: the same volume and box through SAM2's own route (slices written as a JPEG
     folder, ``init_state``, ``add_new_points_or_box`` with the box on the key slice,
     ``propagate_in_video`` forward then backward), fresh process each, each warmed up on 4
-    slices of its own route: wall ratio (ours / official) goal <= 1.0, peak-RSS ratio goal <= 0.5 at N_LARGE slices. Both start from the box
-    and end with a labelmap. ``--concurrent`` runs the two processes at the same time with
-    ``--threads`` each, so that load from other jobs on a shared machine hits both alike.
+    slices of its own route: wall ratio (ours / official) goal <= 1.0, peak-RSS ratio goal
+    <= 0.5 at N_LARGE slices. Both start from the box and end with a labelmap. ``--concurrent``
+    runs the two processes at the same time with ``--threads`` each, so that load from other
+    jobs on a shared machine hits both alike.
 
 Weights are random (compute and memory equal those of real weights). The volume is the
 TotalSegmentator example CT from the shared data (resampled in-plane to --slice-size and mirrored
