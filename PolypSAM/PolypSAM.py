@@ -92,7 +92,8 @@ class PolypSAMParameterNode:
     engine, model, customCheckpoint, device, imageSize (0 = checkpoint's), windowPreset - settings.
     """
 
-    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
+    # Slicer's parameterNodeWrapper needs None in a union of node types (it writes None first).
+    inputVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]]
     inputSequenceBrowser: vtkMRMLSequenceBrowserNode
     outputSegmentation: vtkMRMLSegmentationNode
     rois: list[vtkMRMLMarkupsROINode]
@@ -275,7 +276,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- actions -----------------------------------------------------------------------------
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        hasBoxes = bool(p and len(p.rois))
+        hasBoxes = bool(p and any(roi is not None for roi in p.rois))  # a removed ROI reads None
         hasVolume = bool(p and p.inputVolume)
         isVector = bool(hasVolume and p.inputVolume.IsA("vtkMRMLVectorVolumeNode"))
         self.ui.segmentButton.enabled = hasBoxes and hasVolume
@@ -560,6 +561,8 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_parameter_node_drives_the_gui()
+        self.setUp()
         self.test_segment_rgb_frame()
         self.setUp()
         self.test_propagate_volume()
@@ -593,6 +596,32 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         return roi
 
     # -- scenarios ---------------------------------------------------------------------------
+    def test_parameter_node_drives_the_gui(self):
+        import qt
+
+        self.delayDisplay("Parameter node and GUI stay in step")
+        slicer.util.selectModule("PolypSAM")
+        widget = slicer.modules.polypsam.widgetRepresentation().self()
+        p = widget._parameterNode
+        frame = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
+        p.inputVolume = frame
+        self.assertIs(widget.ui.inputSelector.currentNode(), frame)
+        p.imageSize = 512
+        self.assertEqual(widget.ui.imageSizeSpinBox.value, 512)
+        widget.ui.windowPresetComboBox.currentIndex = WINDOW_CHOICES.index("lung")
+        self.assertEqual(p.windowPreset, "lung")
+        self.assertFalse(widget.ui.segmentButton.enabled)  # no box yet
+        roi = self._roi([0, 0, 0], [10, 10, 1], "Box")
+        items = [widget.ui.roiListWidget.item(i) for i in range(widget.ui.roiListWidget.count)]
+        self.assertEqual([item.text() for item in items], ["Box"])
+        items[0].setCheckState(qt.Qt.Checked)
+        self.assertEqual([r.GetID() for r in p.rois], [roi.GetID()])
+        self.assertTrue(widget.ui.segmentButton.enabled)
+        self.assertFalse(widget.ui.propagateButton.enabled)  # an RGB frame has no slices
+        slicer.mrmlScene.RemoveNode(roi)
+        self.assertFalse(widget.ui.segmentButton.enabled)
+        self.delayDisplay("Parameter node and GUI passed")
+
     def test_segment_rgb_frame(self):
         import numpy as np
 

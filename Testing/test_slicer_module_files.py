@@ -112,6 +112,103 @@ def test_ui_parameter_names_are_parameter_node_fields():
     assert fields["outputSegmentation"] == "vtkMRMLSegmentationNode"
 
 
+class _Choice:
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+
+class _WithinRange:
+    def __init__(self, minimum, maximum):
+        self.minimum, self.maximum = minimum, maximum
+
+
+def _parameter_node_types(slicer_core) -> dict[str, object]:
+    """PolypSAMParameterNode's annotations as typing objects (its class body run from the AST).
+
+    The decorator is left out and ``Choice``/``WithinRange`` are recorded, not validated: what
+    is checked below is the shape Slicer's parameterNodeWrapper accepts.
+    """
+    import typing
+
+    import PolypSAMEngines
+    import slicer
+
+    tree = ast.parse(MODULE_FILE.read_text())
+    body = [n for n in tree.body
+            if (isinstance(n, ast.Assign) and all(isinstance(t, ast.Name) and t.id.endswith("_CHOICES")
+                                                  for t in n.targets))
+            or (isinstance(n, ast.ClassDef) and n.name == "PolypSAMParameterNode")]
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            node.decorator_list = []
+    namespace = {"Annotated": typing.Annotated, "Optional": typing.Optional, "Union": typing.Union,
+                 "Choice": _Choice, "WithinRange": _WithinRange, "PolypSAMEngines": PolypSAMEngines}
+    namespace.update({name: getattr(slicer, name) for name in dir(slicer) if name.startswith("vtkMRML")})
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(MODULE_FILE), "exec", dont_inherit=True),
+         namespace)
+    cls = namespace["PolypSAMParameterNode"]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {name: (hint, getattr(cls, name, None)) for name, hint in hints.items()}
+
+
+def _node_classes(hint) -> list | None:
+    """The node classes of a node field (one class, or a union of classes with None); else None."""
+    import typing
+
+    import slicer
+
+    if isinstance(hint, type) and issubclass(hint, slicer.vtkMRMLNode):
+        return [hint]
+    if typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        classes = [a for a in args if a is not type(None)]
+        if all(isinstance(a, type) and issubclass(a, slicer.vtkMRMLNode) for a in classes):
+            # Slicer writes the default (None) through the union: without None in it, building
+            # the parameter node fails ("Unable to write value 'None'").
+            assert type(None) in args, f"a union of node types needs None (Optional[...]): {hint}"
+            return classes
+    return None
+
+
+def test_ui_bindings_have_slicer_gui_connectors(slicer_core):
+    """Each bound (widget, field) pair is one Slicer's parameterNodeWrapper can connect.
+
+    Slicer's connectors (``slicer/parameterNodeWrapper/guiConnectors.py``) match on the exact
+    widget class: qMRMLNodeComboBox - node or union of nodes (its nodeTypes are set from the
+    field); QSpinBox - int; QComboBox - a type annotated with ``Choice`` (items are replaced by
+    the choices); QLineEdit - str. Defaults must pass the field's own validators.
+    """
+    import typing
+
+    fields = _parameter_node_types(slicer_core)
+    for name, w in _ui_widgets().items():
+        bound = [p.findtext("string") for p in w.findall("property") if p.get("name") == "SlicerParameterName"]
+        if not bound:
+            continue
+        hint, default = fields[bound[0]]
+        base, *extras = typing.get_args(hint) if typing.get_origin(hint) is typing.Annotated else (hint,)
+        widget_class = w.get("class")
+        if widget_class == "qMRMLNodeComboBox":
+            classes = _node_classes(base)
+            assert classes, f"{name} binds {bound[0]}, which is not a node field: {hint}"
+            ui_types = [s.text for s in w.find("property[@name='nodeTypes']").iter("string")]
+            assert ui_types == [c.__name__ for c in classes], (name, ui_types)
+        elif widget_class == "QSpinBox":
+            assert base is int, (name, hint)
+            ranges = [e for e in extras if isinstance(e, _WithinRange)]
+            assert ranges and ranges[0].minimum <= default <= ranges[0].maximum, (name, default)
+        elif widget_class == "QComboBox":
+            choices = [e for e in extras if isinstance(e, _Choice)]
+            assert base in (str, int, float, bool) and choices, f"{name}: a QComboBox needs Choice: {hint}"
+            assert default in choices[0].choices, (name, default, choices[0].choices)
+        elif widget_class == "QLineEdit":
+            assert base is str, (name, hint)
+        else:
+            raise AssertionError(f"{name}: no Slicer GUI connector is checked for {widget_class}")
+    rois, _ = fields["rois"]
+    assert typing.get_origin(rois) is list and _node_classes(typing.get_args(rois)[0])
+
+
 def test_node_selectors_follow_the_scene():
     root = ET.parse(UI_FILE).getroot()
     receivers = {c.findtext("receiver") for c in root.iter("connection")
