@@ -1,0 +1,174 @@
+"""Check PolypSAMParameterNode and the .ui bindings with Slicer's own parameterNodeWrapper.
+
+For developers without desktop Slicer but with a Slicer source checkout (its pure-Python
+``Base/Python/slicer/parameterNodeWrapper``)::
+
+    .venv/bin/python scripts/check_slicer_parameter_node.py /path/to/Slicer
+
+Slicer's wrapper code runs on real slicer-core MRML: it builds the parameter node (defaults,
+validators), writes and reads every kind of field, saves and reloads the scene, then lets
+Slicer's ``connectGui`` choose a GUI connector for every ``SlicerParameterName`` in the .ui.
+Qt is not available here, so ``qt``/``ctk`` and the widgets are import stand-ins: this checks
+types, defaults and connector choice, not widget behaviour (``PolypSAMTest`` does that in Slicer).
+Exits non-zero with the first failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+import types
+import typing
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_FILE = REPO / "PolypSAM" / "PolypSAM.py"
+UI_FILE = REPO / "PolypSAM" / "Resources" / "UI" / "PolypSAM.ui"
+
+
+class _Signal:
+    """Any widget attribute or method: callable, connectable, does nothing."""
+
+    def __call__(self, *args, **kwargs):
+        return None
+
+    def connect(self, *args):
+        pass
+
+    def disconnect(self, *args):
+        pass
+
+
+def _widget_class(name: str) -> type:
+    def __init__(self, properties=None):
+        object.__setattr__(self, "_properties", properties or {})
+
+    def __getattr__(self, attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return _Signal()
+
+    return type(name, (), {"__init__": __init__, "__getattr__": __getattr__,
+                           "property": lambda self, key: self._properties.get(key)})
+
+
+def _load_wrapper(slicer_source: Path, slicer) -> types.ModuleType:
+    folder = slicer_source / "Base" / "Python" / "slicer" / "parameterNodeWrapper"
+    if not (folder / "__init__.py").is_file():
+        raise SystemExit(f"no parameterNodeWrapper under {folder}: give the root of a Slicer checkout")
+    source = "\n".join(p.read_text() for p in folder.glob("*.py"))
+    qt, ctk = types.ModuleType("qt"), types.ModuleType("ctk")
+    qt.QColor = type("QColor", (), {"__init__": lambda self, *a: None})
+    qt.QWidget = _widget_class("QWidget")
+    owners = {"qt": qt, "ctk": ctk, "slicer": slicer}
+    for owner, name in set(re.findall(r"\b(qt|ctk|slicer)\.((?:Q|ctk|qMRML)[A-Za-z]+)", source)):
+        if not hasattr(owners[owner], name):
+            setattr(owners[owner], name, _widget_class(name))
+    sys.modules.update(qt=qt, ctk=ctk)
+    spec = importlib.util.spec_from_file_location("slicer.parameterNodeWrapper", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    wrapper = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = wrapper
+    spec.loader.exec_module(wrapper)
+    slicer.parameterNodeWrapper = wrapper
+    return wrapper
+
+
+def _parameter_node_class(wrapper, slicer):
+    sys.path[:0] = [str(REPO / "PolypSAM")]
+    import PolypSAMEngines
+
+    tree = ast.parse(MODULE_FILE.read_text())
+    body = [n for n in tree.body
+            if (isinstance(n, ast.Assign) and all(isinstance(t, ast.Name) and t.id.endswith("_CHOICES")
+                                                  for t in n.targets))
+            or (isinstance(n, ast.ClassDef) and n.name == "PolypSAMParameterNode")]
+    namespace = {"Annotated": typing.Annotated, "Optional": typing.Optional, "Union": typing.Union,
+                 "Choice": wrapper.Choice, "WithinRange": wrapper.WithinRange,
+                 "parameterNodeWrapper": wrapper.parameterNodeWrapper, "PolypSAMEngines": PolypSAMEngines}
+    namespace.update({n: getattr(slicer, n) for n in dir(slicer) if n.startswith("vtkMRML")})
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(MODULE_FILE), "exec", dont_inherit=True),
+         namespace)
+    return namespace["PolypSAMParameterNode"]
+
+
+def _expect_refused(action, what: str) -> None:
+    try:
+        action()
+    except (TypeError, ValueError) as exc:
+        print(f"  refused {what}: {exc}".splitlines()[0][:120])
+        return
+    raise AssertionError(f"{what} was accepted")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("slicer_source", type=Path, help="root of a Slicer source checkout")
+    args = parser.parse_args()
+
+    sys.path[:0] = [str(REPO / "Testing")]
+    from slicer_fixtures import init_slicer_core
+
+    scene = init_slicer_core().scene
+    import slicer
+
+    wrapper = _load_wrapper(args.slicer_source, slicer)
+    ParameterNode = _parameter_node_class(wrapper, slicer)
+
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    p = ParameterNode(node)
+    print("defaults:", {name: getattr(p, name) for name in ("engine", "model", "device", "imageSize",
+                                                             "windowPreset", "keySlice")})
+    frame = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    p.inputVolume = frame
+    assert p.inputVolume is frame
+    p.inputVolume = ct
+    assert p.inputVolume is ct
+    first, second = (scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", n) for n in ("A", "B"))
+    p.rois.append(first)
+    p.rois.append(second)
+    assert [r.GetID() for r in ParameterNode(node).rois] == [first.GetID(), second.GetID()]
+    scene.RemoveNode(first)
+    assert [r and r.GetName() for r in ParameterNode(node).rois] == [None, "B"]
+    p.rois = [second]
+    p.outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    _expect_refused(lambda: setattr(p, "engine", "nope"), "an unknown engine")
+    _expect_refused(lambda: setattr(p, "imageSize", 4096), "image size 4096")
+    _expect_refused(lambda: setattr(p, "inputVolume", p.outputSegmentation), "a segmentation as input")
+    print("settings:", p.engineSettings())
+
+    url = os.path.join(tempfile.mkdtemp(prefix="polypsam-pnw-"), "scene.mrml")
+    scene.SetURL(url)
+    scene.Commit()
+    reloaded = slicer.vtkMRMLScene()
+    reloaded.SetURL(url)
+    reloaded.Import()
+    q = ParameterNode(reloaded.GetFirstNodeByClass("vtkMRMLScriptedModuleNode"))
+    assert q.inputVolume.GetName() == "ct" and [r.GetName() for r in q.rois] == ["B"]
+    assert q.outputSegmentation.GetID() == p.outputSegmentation.GetID()
+    print("saved and reloaded with the scene")
+
+    ui = types.SimpleNamespace()
+    for w in ET.parse(UI_FILE).getroot().iter("widget"):
+        properties = {pr.get("name"): pr.findtext("string") for pr in w.findall("property")
+                      if pr.get("name") == "SlicerParameterName"}
+        cls = (getattr(slicer, w.get("class"), None) or getattr(sys.modules["qt"], w.get("class"), None)
+               or getattr(sys.modules["ctk"], w.get("class"), None) or _widget_class(w.get("class")))
+        setattr(ui, w.get("name"), cls(properties))
+    tag = p.connectGui(ui)
+    for name, connector in p._parameterGUIs[tag].items():
+        print(f"  {name:22s} -> {type(connector).__name__}")
+    p.disconnectGui(tag)
+    print("OK: Slicer's parameterNodeWrapper accepts PolypSAMParameterNode and every .ui binding")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
