@@ -418,16 +418,10 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
 
         With a sequence browser, the ROI remembers the frame it was drawn on (Track/Refine).
         """
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
-                                                  slicer.mrmlScene.GenerateUniqueName(name))
-        roi.CreateDefaultDisplayNodes()
-        if browser is not None:
-            roi.SetAttribute(PolypSAMOperations.FRAME_ATTRIBUTE, str(browser.GetSelectedItemNumber()))
-        slicer.modules.markups.logic().StartPlaceMode(False)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
-        selection.SetActivePlaceNodeID(roi.GetID())
-        return roi
+        appLogic = slicer.app.applicationLogic()
+        return PolypSAMOperations.place_box(
+            slicer.mrmlScene, appLogic.GetSelectionNode(), appLogic.GetInteractionNode(), name,
+            frame=browser.GetSelectedItemNumber() if browser is not None else None)
 
     @staticmethod
     def removeBox(roi) -> None:
@@ -436,12 +430,7 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def createSegmentation(referenceVolume=None):
-        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                  slicer.mrmlScene.GenerateUniqueName("PolypSAM"))
-        seg.CreateDefaultDisplayNodes()
-        if referenceVolume is not None:
-            seg.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
-        return seg
+        return PolypSAMOperations.new_segmentation(slicer.mrmlScene, referenceVolume)
 
     @staticmethod
     def undo(segmentationNode) -> bool:

@@ -71,6 +71,40 @@ class RunResult:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------------
+# Scene set-up (Add box, new output segmentation)
+# --------------------------------------------------------------------------------------------
+
+
+FRAME_ATTRIBUTE = "PolypSAM.frame"  # set on an ROI placed while a sequence browser showed a frame
+
+
+def place_box(scene: Any, selection_node: Any, interaction_node: Any, name: str = "Polyp",
+              frame: Optional[int] = None) -> Any:
+    """A new ROI with the slice views in place mode for it: the user's next click-drag draws it.
+
+    ``frame`` (the sequence browser's current item) is remembered on the ROI for Track/Refine.
+    """
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(name))
+    roi.CreateDefaultDisplayNodes()
+    if frame is not None:
+        roi.SetAttribute(FRAME_ATTRIBUTE, str(int(frame)))
+    selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
+    selection_node.SetActivePlaceNodeID(roi.GetID())
+    interaction_node.SetPlaceModePersistence(0)
+    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
+    return roi
+
+
+def new_segmentation(scene: Any, reference_volume: Any = None, name: str = "PolypSAM") -> Any:
+    """A new segmentation node whose reference geometry is ``reference_volume`` (if given)."""
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    segmentation.CreateDefaultDisplayNodes()
+    if reference_volume is not None:
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    return segmentation
+
+
 def _noop_progress(done: int, total: int, message: str) -> None:
     del done, total, message
 
@@ -245,9 +279,6 @@ def segment_2d(
 # --------------------------------------------------------------------------------------------
 # Propagate (3-D through a volume)
 # --------------------------------------------------------------------------------------------
-
-
-FRAME_ATTRIBUTE = "PolypSAM.frame"  # set on an ROI placed while a sequence browser showed a frame
 
 
 def _frame_of(roi: Any, default: int) -> int:

@@ -418,6 +418,45 @@ def _rgb_frame_node(scene, rgb):
     return node
 
 
+def test_add_box_puts_the_views_in_place_mode_for_a_new_roi(slicer_scene, slicer_core):
+    import PolypSAMOperations as ops
+
+    selection, interaction = slicer_core.app.GetSelectionNode(), slicer_core.app.GetInteractionNode()
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    first = ops.place_box(slicer_scene, selection, interaction)
+    second = ops.place_box(slicer_scene, selection, interaction, frame=7)
+    assert first.IsA("vtkMRMLMarkupsROINode") and first.GetDisplayNode() is not None
+    assert first.GetName() != second.GetName() and first.GetName().startswith("Polyp")
+    assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsROINode"
+    assert selection.GetActivePlaceNodeID() == second.GetID()
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert not interaction.GetPlaceModePersistence()
+    assert first.GetAttribute(ops.FRAME_ATTRIBUTE) is None
+    assert second.GetAttribute(ops.FRAME_ATTRIBUTE) == "7"
+    assert first.GetNumberOfControlPoints() == 0  # drawn by the user's click-drag
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+
+
+def test_new_segmentation_takes_the_input_geometry(slicer_scene):
+    import PolypSAMOperations as ops
+    import slicer
+    import vtk
+
+    volume = slicer_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    slicer.util.updateVolumeFromArray(volume, np.zeros((5, 6, 7), dtype=np.int16))
+    volume.SetSpacing(0.7, 0.8, 2.5)
+    volume.SetOrigin(10, -20, 30)
+    seg = ops.new_segmentation(slicer_scene, volume)
+    assert seg.GetDisplayNode() is not None and seg.GetName().startswith("PolypSAM")
+    geometry = seg.GetSegmentation().GetConversionParameter("Reference image geometry")
+    numbers = [float(v) for v in geometry.split(";") if v]  # IJK→RAS (row-major), then the extent
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    assert numbers[:16] == pytest.approx([ijk_to_ras.GetElement(r, c) for r in range(4) for c in range(4)])
+    assert numbers[16:] == [0, 6, 0, 5, 0, 4]
+    assert ops.new_segmentation(slicer_scene).GetName() != seg.GetName()
+
+
 def test_segment_2d_on_rgb_frame_writes_named_segments(slicer_scene, module_engine):
     import PolypSAMOperations as ops
     from polypsam import mrml
