@@ -124,10 +124,12 @@ def saveSegmentEditorUndoState(segmentationNode) -> None:
     Called by PolypSAMOperations just before a write, so the Segment Editor's Undo (Ctrl+Z)
     reverts PolypSAM's result like any other edit. PolypSAM's own Undo button works regardless.
     """
-    module = getattr(slicer.modules, "segmenteditor", None)
-    if module is None or segmentationNode is None:
+    # Slicer sets slicer.modules.SegmentEditorWidget once that widget exists; asking the module for
+    # its widgetRepresentation() would build the Segment Editor just to find it edits nothing.
+    widget = getattr(slicer.modules, "SegmentEditorWidget", None)
+    editor = getattr(widget, "editor", None)
+    if editor is None or segmentationNode is None:
         return
-    editor = module.widgetRepresentation().self().editor
     edited = editor.segmentationNode()
     if edited is not None and edited.GetID() == segmentationNode.GetID():
         editor.saveStateForUndo()
@@ -489,6 +491,7 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
             maximum=0)  # busy indicator until the first progress report
         dialog.setWindowModality(qt.Qt.WindowModal)
         dialog.connect("canceled()", cancel.cancel)
+        dialog.show()
 
         def whileWaiting() -> None:
             update = relay.take()
