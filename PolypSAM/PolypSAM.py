@@ -597,7 +597,7 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         p = widget._parameterNode
         frame = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
         p.inputVolume = frame
-        self.assertIs(widget.ui.inputSelector.currentNode(), frame)
+        self.assertEqual(widget.ui.inputSelector.currentNode().GetID(), frame.GetID())
         p.imageSize = 512
         self.assertEqual(widget.ui.imageSizeSpinBox.value, 512)
         widget.ui.windowPresetComboBox.currentIndex = WINDOW_CHOICES.index("lung")
