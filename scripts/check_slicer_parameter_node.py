@@ -1,29 +1,28 @@
-"""Check PolypSAMParameterNode and the .ui bindings with Slicer's own parameterNodeWrapper.
+"""Import the PolypSAM module with Slicer's own Python code and check its parameter node and .ui.
 
 For developers without desktop Slicer but with a Slicer source checkout (its pure-Python
-``Base/Python/slicer/parameterNodeWrapper``)::
+``Base/Python/slicer``: parameterNodeWrapper, ScriptedLoadableModule, i18n)::
 
     .venv/bin/python scripts/check_slicer_parameter_node.py /path/to/Slicer
 
-Slicer's wrapper code runs on real slicer-core MRML: it builds the parameter node (defaults,
-validators), writes and reads every kind of field, saves and reloads the scene, then lets
-Slicer's ``connectGui`` choose a GUI connector for every ``SlicerParameterName`` in the .ui.
-Qt is not available here, so ``qt``/``ctk`` and the widgets are import stand-ins: this checks
-types, defaults and connector choice, not widget behaviour (``PolypSAMTest`` does that in Slicer).
-Exits non-zero with the first failure.
+``PolypSAM.py`` is imported as Slicer would import it, on real slicer-core MRML. Then
+``PolypSAMLogic`` builds the parameter node (defaults, validators); every kind of field is
+written, read, saved and reloaded with the scene; Add box and the new output segmentation run;
+and Slicer's ``connectGui`` chooses a GUI connector for every ``SlicerParameterName`` in the .ui.
+Qt is not available here, so ``qt``/``ctk``, the widgets and ``slicer.app`` are stand-ins: this
+checks types, defaults, module-level code and connector choice, not widget behaviour
+(``PolypSAMTest`` does that in Slicer). Exits non-zero with the first failure.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import os
 import re
 import sys
 import tempfile
 import types
-import typing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -58,44 +57,41 @@ def _widget_class(name: str) -> type:
                            "property": lambda self, key: self._properties.get(key)})
 
 
-def _load_wrapper(slicer_source: Path, slicer) -> types.ModuleType:
-    folder = slicer_source / "Base" / "Python" / "slicer" / "parameterNodeWrapper"
-    if not (folder / "__init__.py").is_file():
-        raise SystemExit(f"no parameterNodeWrapper under {folder}: give the root of a Slicer checkout")
-    source = "\n".join(p.read_text() for p in folder.glob("*.py"))
+def _load(name: str, path: Path, package: bool = False) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        name, path / "__init__.py" if package else path,
+        submodule_search_locations=[str(path)] if package else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_polypsam(slicer_source: Path, slicer, app_logic) -> types.ModuleType:
+    """``import PolypSAM`` with Slicer's own slicer.parameterNodeWrapper/ScriptedLoadableModule/i18n."""
+    base = slicer_source / "Base" / "Python" / "slicer"
+    if not (base / "parameterNodeWrapper" / "__init__.py").is_file():
+        raise SystemExit(f"no parameterNodeWrapper under {base}: give the root of a Slicer checkout")
+    source = "\n".join(p.read_text() for p in [*(base / "parameterNodeWrapper").glob("*.py"),
+                                               base / "ScriptedLoadableModule.py"])
     qt, ctk = types.ModuleType("qt"), types.ModuleType("ctk")
     qt.QColor = type("QColor", (), {"__init__": lambda self, *a: None})
     qt.QWidget = _widget_class("QWidget")
+    qt.QIcon = type("QIcon", (), {"__init__": lambda self, path: setattr(self, "path", path)})
     owners = {"qt": qt, "ctk": ctk, "slicer": slicer}
     for owner, name in set(re.findall(r"\b(qt|ctk|slicer)\.((?:Q|ctk|qMRML)[A-Za-z]+)", source)):
         if not hasattr(owners[owner], name):
             setattr(owners[owner], name, _widget_class(name))
     sys.modules.update(qt=qt, ctk=ctk)
-    spec = importlib.util.spec_from_file_location("slicer.parameterNodeWrapper", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    wrapper = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = wrapper
-    spec.loader.exec_module(wrapper)
-    slicer.parameterNodeWrapper = wrapper
-    return wrapper
-
-
-def _parameter_node_class(wrapper, slicer):
+    slicer.app = types.SimpleNamespace(applicationLogic=lambda: app_logic,
+                                       translate=lambda context, text: text)
+    slicer.i18n = _load("slicer.i18n", base / "i18n.py")
+    slicer.parameterNodeWrapper = _load("slicer.parameterNodeWrapper", base / "parameterNodeWrapper", True)
+    slicer.ScriptedLoadableModule = _load("slicer.ScriptedLoadableModule", base / "ScriptedLoadableModule.py")
     sys.path[:0] = [str(REPO / "PolypSAM")]
-    import PolypSAMEngines
+    import PolypSAM
 
-    tree = ast.parse(MODULE_FILE.read_text())
-    body = [n for n in tree.body
-            if (isinstance(n, ast.Assign) and all(isinstance(t, ast.Name) and t.id.endswith("_CHOICES")
-                                                  for t in n.targets))
-            or (isinstance(n, ast.ClassDef) and n.name == "PolypSAMParameterNode")]
-    namespace = {"Annotated": typing.Annotated, "Optional": typing.Optional, "Union": typing.Union,
-                 "Choice": wrapper.Choice, "WithinRange": wrapper.WithinRange,
-                 "parameterNodeWrapper": wrapper.parameterNodeWrapper, "PolypSAMEngines": PolypSAMEngines}
-    namespace.update({n: getattr(slicer, n) for n in dir(slicer) if n.startswith("vtkMRML")})
-    exec(compile(ast.Module(body=body, type_ignores=[]), str(MODULE_FILE), "exec", dont_inherit=True),
-         namespace)
-    return namespace["PolypSAMParameterNode"]
+    return PolypSAM
 
 
 def _expect_refused(action, what: str) -> None:
@@ -113,16 +109,22 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path[:0] = [str(REPO / "Testing")]
-    from slicer_fixtures import init_slicer_core
+    from slicer_fixtures import init_slicer_core  # the slicer-core set-up the tests use
 
-    scene = init_slicer_core().scene
+    core = init_slicer_core()
+    scene = core.scene
     import slicer
 
-    wrapper = _load_wrapper(args.slicer_source, slicer)
-    ParameterNode = _parameter_node_class(wrapper, slicer)
-
-    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
-    p = ParameterNode(node)
+    module = _import_polypsam(args.slicer_source, slicer, core.app)
+    description = types.SimpleNamespace(path=str(MODULE_FILE))  # what Slicer hands the module
+    module.PolypSAM(description)
+    assert Path(description.icon.path).is_file(), "no module icon in PolypSAM/Resources/Icons"
+    print("module:", description.title, description.categories, Path(description.icon.path).name)
+    logic = module.PolypSAMLogic()
+    p = logic.getParameterNode()
+    ParameterNode = type(p)
+    node = p.parameterNode
+    assert logic.getParameterNode().parameterNode is node  # one parameter node per scene
     print("defaults:", {name: getattr(p, name) for name in ("engine", "model", "device", "imageSize",
                                                              "windowPreset", "keySlice")})
     frame = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
@@ -138,7 +140,10 @@ def main() -> int:
     scene.RemoveNode(first)
     assert [r and r.GetName() for r in ParameterNode(node).rois] == [None, "B"]
     p.rois = [second]
-    p.outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    p.outputSegmentation = logic.createSegmentation(ct)
+    box = logic.addBox()
+    assert core.app.GetSelectionNode().GetActivePlaceNodeID() == box.GetID()
+    logic.removeBox(box)
     _expect_refused(lambda: setattr(p, "engine", "nope"), "an unknown engine")
     _expect_refused(lambda: setattr(p, "imageSize", 4096), "image size 4096")
     _expect_refused(lambda: setattr(p, "inputVolume", p.outputSegmentation), "a segmentation as input")
