@@ -193,6 +193,32 @@ def add_rgb_video(scene, frames, selected=0, name="video"):
     return browser
 
 
+def add_volume_sequence(scene, volumes, ijk_to_ras=None, selected=0, name="ct4d", logic=None):
+    """A sequence browser over scalar ``volumes`` (``K x J x I`` each), one time point each.
+
+    Every time point gets ``ijk_to_ras`` (4x4, default identity). With the sequences ``logic``
+    the proxy volume is created at once.
+    """
+    import numpy as np
+    import slicer
+
+    matrix = slicer.util.vtkMatrixFromArray(np.eye(4) if ijk_to_ras is None else np.asarray(ijk_to_ras, float))
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    seq.SetIndexName("time")
+    seq.SetIndexUnit("s")
+    for t, array in enumerate(volumes):
+        node = slicer.vtkMRMLScalarVolumeNode()
+        slicer.util.updateVolumeFromArray(node, np.asarray(array))
+        node.SetIJKToRASMatrix(matrix)
+        seq.SetDataNodeAtValue(node, str(t))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    browser.SetSelectedItemNumber(selected)
+    if logic is not None:
+        logic.UpdateProxyNodesFromSequences(browser)
+    return browser
+
+
 def add_linear_transform(scene, matrix4, name="T"):
     """A linear transform node with ``matrix4`` as its to-parent matrix."""
     import numpy as np

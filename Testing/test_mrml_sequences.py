@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import add_rgb_video, add_volume
+from slicer_fixtures import add_rgb_video, add_volume, add_volume_sequence
 
 from polypsam.errors import InvalidInputError
 
@@ -128,3 +128,83 @@ def test_bad_tracked_masks_change_nothing(slicer_scene):
 def test_frame_reader_accepts_scalar_single_slice(slicer_scene):
     grey = add_volume(slicer_scene, np.arange(H * W, dtype=np.uint8).reshape(1, H, W))
     assert mrml.frame_from_vector_node(grey).shape == (H, W, 3)
+
+
+# -- 4-D sequences (one 3-D volume per time point) -------------------------------------------
+def oblique_flipped_ijk_to_ras():
+    from slicer_fixtures import rotation
+
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation("z", 30) @ np.diag([-0.8, 0.7, 2.5])
+    matrix[:3, 3] = (12.0, -40.0, 7.5)
+    return matrix
+
+
+def test_volumes_from_a_4d_sequence(slicer_scene):
+    volumes = [np.random.default_rng(t).integers(-100, 200, (5, H, W)).astype(np.int16) for t in range(3)]
+    browser = add_volume_sequence(slicer_scene, volumes, oblique_flipped_ijk_to_ras())
+    assert mrml.sequence_holds_volumes(browser)
+    seq = mrml.volumes_from_sequence(browser)
+    assert len(seq) == 3 and seq.shape == (5, H, W)
+    np.testing.assert_array_equal(seq[2], volumes[2])
+    through_time = seq.slices(4)
+    assert len(through_time) == 3
+    np.testing.assert_array_equal(through_time[1], volumes[1][4])
+    with pytest.raises(InvalidInputError, match="slice 5 is outside"):
+        seq.slices(5)
+    with pytest.raises(InvalidInputError, match="holds 3-D volumes"):
+        mrml.frames_from_sequence(browser)
+    video, _ = make_video(slicer_scene)
+    assert not mrml.sequence_holds_volumes(video)
+
+
+def test_4d_time_points_on_other_grids_are_rejected(slicer_scene):
+    volumes = [np.zeros((4, H, W), np.int16) for _ in range(2)]
+    browser = add_volume_sequence(slicer_scene, volumes)
+    moved = browser.GetMasterSequenceNode().GetNthDataNode(1)
+    moved.SetOrigin(0, 0, 1.0)
+    with pytest.raises(InvalidInputError, match="time point 1 .* another grid"):
+        mrml.volumes_from_sequence(browser)
+    resized = add_volume_sequence(slicer_scene, [np.zeros((4, H, W)), np.zeros((5, H, W))], name="b")
+    with pytest.raises(InvalidInputError, match="another grid"):
+        mrml.volumes_from_sequence(resized)
+
+
+def test_4d_masks_are_written_per_time_point_in_physical_space(slicer_core, slicer_scene, tmp_path):
+    import SimpleITK as sitk
+    import slicer
+
+    volumes = [np.zeros((5, H, W), np.int16) for _ in range(3)]
+    ijk_to_ras = oblique_flipped_ijk_to_ras()
+    browser = add_volume_sequence(slicer_scene, volumes, ijk_to_ras, selected=0,
+                                  logic=slicer_core.logics["sequences"])
+    masks = {}
+    for t in range(3):
+        mask = np.zeros((5, H, W), bool)
+        mask[1 + t % 3, 5:12, 4 + 5 * t: 10 + 5 * t] = True
+        masks[t] = mask
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    seq = mrml.write_tracked_masks_to_sequence(browser, seg, masks, segment="Lesion")
+    assert seq.GetNumberOfDataNodes() == 3
+    proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
+    for t in (2, 1):
+        browser.SetSelectedItemNumber(t)
+        slicer_core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
+        labels = mrml.export_segment_labelmap(seg, proxy, ["Lesion"])
+        np.testing.assert_array_equal(labels > 0, masks[t])
+    # physical space: time point 2's stored segmentation, saved as .seg.nrrd and read by
+    # SimpleITK (LPS), holds the mask exactly at the RAS points its IJK-to-RAS gives
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "t2.seg.nrrd"))
+    assert storage.WriteData(seq.GetNthDataNode(2))
+    image = sitk.ReadImage(str(tmp_path / "t2.seg.nrrd"))
+    data = sitk.GetArrayFromImage(image)
+    data = data[..., 0] if data.ndim == 4 else data
+    kji = np.argwhere(np.ones((5, H, W), bool))
+    lps = (np.diag([-1.0, -1.0, 1.0]) @ ((ijk_to_ras[:3, :3] @ kji[:, ::-1].T).T + ijk_to_ras[:3, 3]).T).T
+    found = np.zeros(len(kji), bool)
+    for n, point in enumerate(lps):
+        index = image.TransformPhysicalPointToIndex(point.tolist())
+        if all(0 <= index[a] < image.GetSize()[a] for a in range(3)):
+            found[n] = data[index[2], index[1], index[0]] > 0
+    np.testing.assert_array_equal(found.reshape(5, H, W), masks[2])

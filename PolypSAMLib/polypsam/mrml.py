@@ -356,6 +356,78 @@ def _master_sequence(browser_node: Any) -> Any:
     return master
 
 
+class SequenceVolumes:
+    """The 3-D volumes of a browser's master sequence (a 4-D image), read on demand.
+
+    ``[t]`` is time point ``t``'s voxels ``(K, J, I)`` (a copy); :meth:`slices` is the
+    ``FrameSource`` of one slice ``k`` through time. All time points share one grid.
+    """
+
+    def __init__(self, sequence_node: Any, shape: tuple[int, int, int]) -> None:
+        self.sequence_node = sequence_node
+        self.shape = shape  # (K, J, I)
+
+    def __len__(self) -> int:
+        return int(self.sequence_node.GetNumberOfDataNodes())
+
+    def _array(self, t: int) -> np.ndarray:
+        if not 0 <= t < len(self):
+            raise IndexError(f"time point {t} out of range 0..{len(self) - 1}")
+        return slicer.util.arrayFromVolume(self.sequence_node.GetNthDataNode(t))
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.array(self._array(t), copy=True)
+
+    def slices(self, k: int) -> "_SliceThroughTime":
+        if not 0 <= k < self.shape[0]:
+            raise InvalidInputError(f"slice {k} is outside the volumes' slices 0..{self.shape[0] - 1}")
+        return _SliceThroughTime(self, k)
+
+
+class _SliceThroughTime:
+    """Slice ``k`` of every time point: a ``FrameSource`` of 2-D scalar frames."""
+
+    def __init__(self, volumes: SequenceVolumes, k: int) -> None:
+        self.volumes, self.k = volumes, k
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.array(self.volumes._array(t)[self.k], copy=True)
+
+
+def sequence_holds_volumes(browser_node: Any) -> bool:
+    """Whether the browser's master sequence holds 3-D volumes (4-D CT) rather than frames."""
+    node = _master_sequence(browser_node).GetNthDataNode(0)
+    return node is not None and node.IsA("vtkMRMLVolumeNode") and _image_dims(node, "frame 0")[2] > 1
+
+
+def volumes_from_sequence(browser_node: Any) -> SequenceVolumes:
+    """The scalar volumes of a 4-D sequence; every time point must have the same grid."""
+    master = _master_sequence(browser_node)
+    first_grid = None
+    for t in range(master.GetNumberOfDataNodes()):
+        node = master.GetNthDataNode(t)
+        what = f"time point {t} of '{master.GetName()}'"
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InvalidInputError(f"{what} is not a scalar image volume")
+        if node.GetImageData() is None or node.GetImageData().GetNumberOfScalarComponents() != 1:
+            raise InvalidInputError(f"{what} is not a single-component volume")
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        grid = (_image_dims(node, what), _matrix_to_numpy(matrix))
+        if first_grid is None:
+            first_grid = grid
+        elif grid[0] != first_grid[0] or not np.allclose(grid[1], first_grid[1], atol=1e-4):
+            raise InvalidInputError(
+                f"{what} has another grid (size {grid[0]}) than time point 0 (size {first_grid[0]});"
+                " resample the time points onto one grid first"
+            )
+    (i, j, k), _ = first_grid
+    return SequenceVolumes(master, (k, j, i))
+
+
 def frames_from_sequence(browser_node: Any) -> SequenceFrames:
     """The RGB frames of the browser's master sequence; all frames must have one size."""
     master = _master_sequence(browser_node)
@@ -741,8 +813,9 @@ def write_tracked_masks_to_sequence(
 ) -> Any:
     """Write per-frame masks as a segmentation sequence synchronised with ``browser_node``.
 
-    ``masks_per_frame`` maps a frame's item number in the master sequence to an ``H x W`` mask
-    (written to segment ``segment``) or to ``{segment name: mask}``. Every frame of the master
+    ``masks_per_frame`` maps a frame's item number in the master sequence to a mask (``H x W``
+    for a video frame, ``K x J x I`` for a 4-D sequence's volume), written to segment
+    ``segment``, or to ``{segment name: mask}``. Every frame of the master
     sequence gets one segmentation (empty segments where no mask is given) on that frame's grid;
     ``segmentation_node`` becomes (or stays) the browser's proxy for the sequence, which is
     returned. If the node already has a sequence in this browser, only the given frames change.
@@ -758,13 +831,14 @@ def write_tracked_masks_to_sequence(
             raise InvalidInputError(f"frame {frame!r} is not an item of 0..{n_frames - 1}")
         masks = {segment: masks} if isinstance(masks, np.ndarray) else dict(masks)
         node = master.GetNthDataNode(int(frame))
-        i, j, _ = _image_dims(node, f"frame {frame}")
+        i, j, k = _image_dims(node, f"frame {frame}")
         for name, mask in masks.items():
-            mask = np.asarray(mask)
-            mask = mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask
-            if mask.shape != (j, i):
+            given = np.asarray(mask)
+            mask = given[None] if given.ndim == 2 else given
+            if mask.shape != (k, j, i):
                 raise InvalidInputError(
-                    f"mask '{name}' of frame {frame} has shape {mask.shape}; the frame is {(j, i)}"
+                    f"mask '{name}' of frame {frame} has shape {given.shape};"
+                    f" the frame is {(j, i) if k == 1 else (k, j, i)}"
                 )
             masks[name] = mask
             if name not in names:
@@ -794,7 +868,7 @@ def write_tracked_masks_to_sequence(
                 target.GetSegmentation().ClearSegment(ids[name])
                 continue
             write_mask_to_segment(
-                target, ids[name], mask[None], grid,
+                target, ids[name], mask, grid,
                 engine_info=engine_info if name in masks else None,
                 provenance=frame_tags if name in masks else None,
             )
