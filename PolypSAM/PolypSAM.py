@@ -65,7 +65,8 @@ class PolypSAM(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Segment polyps and lesions with Meta's SAM2 from box ROIs: <b>Add box</b> on an endoscopy frame
 or a CT slice, then <b>Segment</b> (2-D), <b>Propagate</b> (3-D through the box's slices),
-<b>Track</b> (through a video sequence) or <b>Refine</b> (extra boxes on other slices). Each box
+<b>Track</b> (through a video, or the time points of a 4-D CT) or <b>Refine</b> (extra boxes on
+other slices or frames). Each box
 gives a named segment tagged with its provenance (model, checkpoint SHA256, box, key slice).
 PyTorch and SAM2 are installed on first use and model weights downloaded, both only after you
 agree. Results can be undone.
@@ -456,9 +457,12 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
                                             window_preset=windowPreset, progress=progress,
                                             cancel=cancel, background=background)
 
-    def track(self, engine, browser, rois, segmentation, progress=None, cancel=None, background=None):
+    def track(self, engine, browser, rois, segmentation, windowPreset="display", progress=None,
+              cancel=None, background=None):
+        """Through a video, or through the time points of a 4-D volume sequence (in 3-D)."""
         return PolypSAMOperations.track(engine, browser, list(rois), segmentation,
-                                        progress=progress, cancel=cancel, background=background)
+                                        window_preset=windowPreset, progress=progress,
+                                        cancel=cancel, background=background)
 
     def refine(self, engine, inputVolume, rois, segmentation, browser=None, keySlice=-1,
                sliceRange=(-1, -1), windowPreset="display", progress=None, cancel=None,
@@ -518,7 +522,7 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
                                       relay, cancel, background)
             if operation == "track":
                 return self.track(engine, p.inputSequenceBrowser, rois, p.outputSegmentation,
-                                  relay, cancel, background)
+                                  p.windowPreset, relay, cancel, background)
             if operation == "refine":
                 return self.refine(engine, p.inputVolume, rois, p.outputSegmentation,
                                    p.inputSequenceBrowser, p.keySlice,
@@ -558,6 +562,8 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         self.test_segment_rgb_frame()
         self.setUp()
         self.test_propagate_volume()
+        self.setUp()
+        self.test_track_4d_volume()
         self.setUp()
         self.test_cancel_leaves_segments_untouched()
 
@@ -676,6 +682,31 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         self.assertTrue(PolypSAMLogic.undo(seg))
         self.assertIsNone(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion") or None)
         self.delayDisplay("3-D propagate passed")
+
+    def test_track_4d_volume(self):
+        import numpy as np
+
+        self.delayDisplay("Track through the time points of a 4-D volume")
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "ct4d")
+        for t in range(3):
+            array = np.full((5, 48, 48), -80, dtype=np.int16)
+            array[1:4, 16:30, 12 + 3 * t:26 + 3 * t] = 70
+            volume = slicer.vtkMRMLScalarVolumeNode()
+            slicer.util.updateVolumeFromArray(volume, array)
+            volume.SetSpacing(0.8, 0.8, 2.0)
+            sequence.SetDataNodeAtValue(volume, str(t))
+        browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "ct4d browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+        slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+        proxy = browser.GetProxyNode(sequence)
+        ijkToRas = vtk.vtkMatrix4x4()
+        proxy.GetIJKToRASMatrix(ijkToRas)
+        roi = self._roi(ijkToRas.MultiplyPoint([19, 23, 2, 1])[:3], [16 * 0.8, 16 * 0.8, 3 * 2.0], "Lesion")
+        seg = PolypSAMLogic.createSegmentation(proxy)
+        result = PolypSAMLogic().track(self._engine(), browser, [roi], seg)
+        self.assertIn("3 time point(s)", result.summary)
+        self.assertEqual(browser.GetSequenceNode(seg).GetNumberOfDataNodes(), 3)
+        self.delayDisplay("4-D track passed")
 
     def test_cancel_leaves_segments_untouched(self):
         import numpy as np

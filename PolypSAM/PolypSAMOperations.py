@@ -390,6 +390,7 @@ def track(
     segmentation_node: Any,
     *,
     refinement_rois: Sequence[Any] = (),
+    window_preset: str = "display",
     progress: Optional[ProgressFn] = None,
     cancel=None,
     background: Optional[Background] = None,
@@ -400,6 +401,8 @@ def track(
     current frame. ``refinement_rois`` are extra boxes for the first ROI's object on other
     frames. Writes one segmentation per frame into a segmentation sequence synchronised to the
     browser (the output node becomes its proxy). Nothing is written unless every frame succeeded.
+    A sequence of 3-D volumes (4-D CT) is tracked through time by :func:`_track_volumes`;
+    ``window_preset`` applies there.
     """
     from polypsam import mrml, propagation
     from polypsam.engine import FramePrompt
@@ -410,11 +413,11 @@ def track(
         raise InvalidInputError("no sequence browser selected: Track needs a video sequence")
     segmentation_node = _require_output(segmentation_node)
     rois = _require_rois(rois)
+    if mrml.sequence_holds_volumes(browser_node):
+        return _track_volumes(engine, browser_node, rois, segmentation_node, list(refinement_rois),
+                              window_preset, progress, cancel, background)
     frames = mrml.frames_from_sequence(browser_node)
-    master = browser_node.GetMasterSequenceNode()
-    proxy = browser_node.GetProxyNode(master)
-    if proxy is None:
-        raise InvalidInputError(f"sequence browser '{browser_node.GetName()}' shows no frame")
+    proxy = _sequence_proxy(browser_node, browser_node.GetMasterSequenceNode())
     current = max(0, int(browser_node.GetSelectedItemNumber()))
     frame_index = _frame_of(rois[0], current)
     boxes = [mrml.roi_to_voxel_box(roi, proxy).box_on_slice(0) for roi in rois]
@@ -454,6 +457,105 @@ def track(
     return result
 
 
+def _sequence_proxy(browser_node: Any, master: Any) -> Any:
+    from polypsam.errors import InvalidInputError
+
+    proxy = browser_node.GetProxyNode(master)
+    if proxy is None:
+        raise InvalidInputError(f"sequence browser '{browser_node.GetName()}' shows no frame")
+    return proxy
+
+
+def _mask_box(mask: np.ndarray) -> Any:
+    """The bounding box (x = I, y = J) of a non-empty 2-D mask."""
+    from polypsam.geometry import Box
+
+    rows, cols = np.nonzero(mask)
+    return Box(float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max()))
+
+
+def _track_volumes(engine, browser_node, rois, segmentation_node, refinement_rois, window_preset,
+                   progress, cancel, background) -> RunResult:
+    """Track ROIs through the time points of a 4-D sequence (one 3-D volume per time point).
+
+    Per ROI: its key slice (the slice it was drawn on) is tracked through time with SAM2's
+    video predictor from the time point the ROI was drawn on; at every time point where the
+    object is found, the bounding box of the tracked key-slice mask prompts a 3-D propagation
+    through the ROI's slice range of that time point's volume. A time point where the object is
+    lost gets an empty segment. ``refinement_rois`` add boxes for the first ROI on other time
+    points (on its key slice).
+    """
+    from polypsam import mrml, propagation
+    from polypsam.engine import FramePrompt
+    from polypsam.preprocess import Window
+
+    volumes = mrml.volumes_from_sequence(browser_node)
+    proxy = _sequence_proxy(browser_node, volumes.sequence_node)
+    depth = volumes.shape[0]
+    n_times = len(volumes)
+    current = max(0, int(browser_node.GetSelectedItemNumber()))
+    preset = intensity_for(proxy, window_preset)
+    jobs = []
+    for index, roi in enumerate(rois):
+        vb = mrml.roi_to_voxel_box(roi, proxy)
+        k0, k1, key = max(0, vb.k0), min(depth - 1, vb.k1), vb.key_slice
+        refinements = []
+        for extra in refinement_rois if index == 0 else []:
+            evb = mrml.roi_to_voxel_box(extra, proxy)
+            box = evb.box_on_slice(key) if evb.k0 <= key <= evb.k1 else evb.box()
+            refinements.append(FramePrompt(frame=_frame_of(extra, current), obj_id=1, box=box))
+        jobs.append(dict(name=_segment_name(roi), time=_frame_of(roi, current), key=key, k0=k0,
+                         k1=k1, box=vb.box_on_slice(key), refinements=refinements))
+    steps = len(jobs) * 2 * n_times
+
+    def compute() -> dict[int, dict[str, np.ndarray]]:
+        per_time: dict[int, dict[str, np.ndarray]] = {t: {} for t in range(n_times)}
+        for index, job in enumerate(jobs):
+            base = index * 2 * n_times
+            start = volumes[job["time"]][job["k0"]:job["k1"] + 1]
+            intensity = preset if isinstance(preset, Window) else propagation.volume_intensity(start, preset)
+            del start
+            tracked = propagation.track(
+                engine, volumes.slices(job["key"]), job["time"], [job["box"]],
+                refinements=job["refinements"], intensity=intensity, cancel=cancel,
+                progress=lambda done, total, _b=base, _i=index: progress(
+                    _b + done, steps, f"box {_i + 1}/{len(jobs)}: key slice through time {done}/{total}"))
+            for t in range(n_times):
+                _check_cancel(cancel)
+                found = tracked.labels[t] == 1
+                if found.any():
+                    out = propagation.propagate(engine, volumes[t], [_mask_box(found)],
+                                                (job["k0"], job["k1"]), job["key"],
+                                                intensity=intensity, cancel=cancel)
+                    per_time[t][job["name"]] = out.labelmap.array == 1
+                progress(base + n_times + t + 1, steps,
+                         f"box {index + 1}/{len(jobs)}: time point {t + 1}/{n_times} in 3-D")
+        return per_time
+
+    per_time = _compute(compute, background)
+    _check_cancel(cancel)
+    names = [job["name"] for job in jobs]
+    for name in names:  # a name with no mask anywhere still gets its (empty) segment
+        per_time.setdefault(0, {}).setdefault(name, np.zeros(volumes.shape, dtype=bool))
+    progress(steps, steps, "writing the segmentation sequence")
+    _save_undo_state(segmentation_node)
+    first = jobs[0]
+    seq = mrml.write_tracked_masks_to_sequence(
+        browser_node, segmentation_node, per_time,
+        colors={name: _color(i) for i, name in enumerate(names)},
+        engine_info=engine.info,
+        provenance={"operation": "refine" if first["refinements"] else "track",
+                    "start_frame": first["time"], "key_slice": first["key"],
+                    "slice_range": (first["k0"], first["k1"]),
+                    "boxes": ";".join(",".join(f"{v:g}" for v in job["box"].to_list()) for job in jobs),
+                    "refinement_frames": tuple(p.frame for p in first["refinements"])},
+    )
+    result = RunResult(segment_ids={name: name for name in names})
+    result.summary = (f"tracked {len(names)} box(es) through {n_times} time point(s) in 3-D"
+                      f" into {seq.GetName()}")
+    return result
+
+
 def refine(
     engine: Any,
     input_node: Any,
@@ -471,14 +573,17 @@ def refine(
     """Re-run the first ROI's object with the other ROIs as extra boxes on other slices/frames.
 
     * a scalar volume: propagation with the extra boxes as conditioning slices;
-    * a sequence (browser given, RGB frames): tracking with the extra boxes as conditioning frames;
+    * a sequence (browser given, and the input is none, an RGB frame or the browser's proxy):
+      tracking with the extra boxes as conditioning frames (time points of a 4-D sequence);
     * a single RGB frame: each box re-segments the first ROI's segment in 2-D.
     """
     rois = _require_rois(rois)
     first, extra = rois[0], list(rois[1:])
-    if browser_node is not None and (input_node is None or input_node.IsA("vtkMRMLVectorVolumeNode")):
+    if browser_node is not None and (input_node is None or input_node.IsA("vtkMRMLVectorVolumeNode")
+                                     or browser_node.IsProxyNodeID(input_node.GetID())):
         return track(engine, browser_node, [first], segmentation_node, refinement_rois=extra,
-                     progress=progress, cancel=cancel, background=background)
+                     window_preset=window_preset, progress=progress, cancel=cancel,
+                     background=background)
     input_node = _require_input(input_node)
     if not input_node.IsA("vtkMRMLVectorVolumeNode"):
         return propagate(engine, input_node, [first], segmentation_node, key_slice=key_slice,

@@ -654,3 +654,128 @@ def test_track_writes_a_synchronised_segmentation_sequence(slicer_scene, slicer_
     assert "4 frame" in result.summary
     seg_seq = browser.GetSequenceNode(seg)
     assert seg_seq is not None and seg_seq.GetNumberOfDataNodes() == 4
+
+
+class _CallCounter:
+    """The real engine, counting calls (and the slices/frames handed to each track call)."""
+
+    def __init__(self, engine):
+        self.engine, self.segment_2d_calls, self.track_frames = engine, 0, []
+
+    @property
+    def info(self):
+        return self.engine.info
+
+    def segment_2d(self, *args, **kwargs):
+        self.segment_2d_calls += 1
+        return self.engine.segment_2d(*args, **kwargs)
+
+    def track(self, frames, prompts, *args, **kwargs):
+        self.track_frames.append(len(frames))
+        return self.engine.track(frames, prompts, *args, **kwargs)
+
+
+def _ct_4d(slicer_scene, slicer_core, n_times=3, selected=1):
+    """A 4-D CT (7 x 40 x 48 per time point, oblique 0.8/0.9/2.5 mm) whose lesion moves in I."""
+    from slicer_fixtures import add_volume_sequence, rotation
+
+    kk, jj, ii = np.mgrid[:7, :40, :48]
+    volumes = []
+    for t in range(n_times):
+        array = np.full((7, 40, 48), -80, np.int16)
+        array[((kk - 3) / 2.0) ** 2 + ((jj - 20) / 7.0) ** 2 + ((ii - 18 - 3 * t) / 7.0) ** 2 < 1] = 70
+        volumes.append(array)
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = rotation("z", 20) @ np.diag([0.8, -0.9, 2.5])
+    ijk_to_ras[:3, 3] = (5.0, 30.0, -12.0)
+    browser = add_volume_sequence(slicer_scene, volumes, ijk_to_ras, selected=selected,
+                                  logic=slicer_core.logics["sequences"])
+    proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
+    assert proxy is not None and proxy.IsA("vtkMRMLScalarVolumeNode")
+    return browser, proxy, volumes
+
+
+def _sequence_labels(seg_seq, name, reference, n_times):
+    from polypsam import mrml
+
+    out = []
+    for t in range(n_times):
+        stored = seg_seq.GetNthDataNode(t)
+        out.append(mrml.export_segment_labelmap(stored, reference, [name]) > 0
+                   if stored.GetSegmentation().GetSegmentIdBySegmentName(name) else None)
+    return out
+
+
+def test_track_4d_ct_tracks_the_key_slice_through_time_then_propagates_each_time_point(
+        slicer_scene, slicer_core, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+
+    browser, proxy, volumes = _ct_4d(slicer_scene, slicer_core)
+    roi = add_roi_on_ijk(slicer_scene, proxy, (18, 20, 3), (18, 18, 3), "Lesion")  # slices 2..4
+    roi.SetAttribute(ops.FRAME_ATTRIBUTE, "1")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    engine = _CallCounter(module_engine)
+    steps = []
+    result = ops.track(engine, browser, [roi], seg, window_preset="abdomen",
+                       progress=lambda d, t, m: steps.append((d, t)))
+    assert "3 time point(s) in 3-D" in result.summary
+    assert steps[-1][0] == steps[-1][1] and all(d <= t for d, t in steps)
+    seg_seq = browser.GetSequenceNode(seg)
+    assert seg_seq is not None and seg_seq.GetNumberOfDataNodes() == 3
+    # the key slice through time first (3 frames, from time point 1 both ways), then one 3-D
+    # propagation (segment_2d on the key slice, tracking within slices 2..4) per time point found
+    # (random weights: the model finds something at every time point here)
+    labels = _sequence_labels(seg_seq, "Lesion", proxy, 3)
+    found = [t for t, mask in enumerate(labels) if mask is not None and mask.any()]
+    assert found == [0, 1, 2]
+    assert engine.segment_2d_calls == 1 + len(found)
+    assert engine.track_frames == [3, 3] + [7, 7] * len(found)
+    for t in found:
+        assert labels[t].shape == volumes[t].shape and labels[t][3].any()
+        assert not labels[t][:2].any() and not labels[t][5:].any(), "only the ROI's slices 2..4"
+    tags = mrml.read_provenance(seg_seq.GetNthDataNode(1), "Lesion")
+    assert tags["operation"] == "track" and tags["key_slice"] == "3"
+    assert tags["slice_range"] == "2,4" and tags["start_frame"] == "1" and tags["frame"] == "1"
+
+
+def test_refine_4d_ct_uses_a_box_on_another_time_point(slicer_scene, slicer_core, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+
+    browser, proxy, _ = _ct_4d(slicer_scene, slicer_core, selected=0)
+    first = add_roi_on_ijk(slicer_scene, proxy, (18, 20, 3), (18, 18, 3), "Lesion")
+    first.SetAttribute(ops.FRAME_ATTRIBUTE, "0")
+    extra = add_roi_on_ijk(slicer_scene, proxy, (24, 20, 3), (16, 16, 1), "extra box")
+    extra.SetAttribute(ops.FRAME_ATTRIBUTE, "2")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    ops.refine(module_engine, proxy, [first, extra], seg, browser_node=browser)
+    seg_seq = browser.GetSequenceNode(seg)
+    assert seg_seq.GetNumberOfDataNodes() == 3
+    tags = mrml.read_provenance(seg_seq.GetNthDataNode(0), "Lesion")
+    assert tags["operation"] == "refine" and tags["refinement_frames"] == "2"
+
+
+def test_cancelled_4d_track_leaves_the_segmentation_untouched(slicer_scene, slicer_core, module_engine):
+    import PolypSAMOperations as ops
+    from polypsam import mrml
+    from polypsam.engine import CancelToken
+    from polypsam.errors import CancelledError
+
+    browser, proxy, volumes = _ct_4d(slicer_scene, slicer_core)
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    before = np.zeros(volumes[0].shape, bool)
+    before[0, 2:6, 2:6] = True
+    mrml.write_mask_to_segment(seg, "Other", before, proxy)
+    roi = add_roi_on_ijk(slicer_scene, proxy, (18, 20, 3), (18, 18, 3), "Lesion")
+    cancel = CancelToken()
+
+    def progress(done, total, message):
+        if "in 3-D" in message:
+            cancel.cancel()  # after the key slice was tracked, during the 3-D time points
+
+    with pytest.raises(CancelledError):
+        ops.track(module_engine, browser, [roi], seg, progress=progress, cancel=cancel)
+    assert browser.GetSequenceNode(seg) is None
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(mrml.export_segment_labelmap(seg, proxy, ["Other"]) > 0, before)
