@@ -487,7 +487,6 @@ def _track_volumes(engine, browser_node, rois, segmentation_node, refinement_roi
     """
     from polypsam import mrml, propagation
     from polypsam.engine import FramePrompt
-    from polypsam.preprocess import Window
 
     volumes = mrml.volumes_from_sequence(browser_node)
     proxy = _sequence_proxy(browser_node, volumes.sequence_node)
@@ -512,9 +511,9 @@ def _track_volumes(engine, browser_node, rois, segmentation_node, refinement_roi
         per_time: dict[int, dict[str, np.ndarray]] = {t: {} for t in range(n_times)}
         for index, job in enumerate(jobs):
             base = index * 2 * n_times
-            start = volumes[job["time"]][job["k0"]:job["k1"] + 1]
-            intensity = preset if isinstance(preset, Window) else propagation.volume_intensity(start, preset)
-            del start
+            # a window stays; percentiles are taken once, over the ROI's slices where it was drawn
+            intensity = propagation.volume_intensity(
+                volumes[job["time"]][job["k0"]:job["k1"] + 1], preset)
             tracked = propagation.track(
                 engine, volumes.slices(job["key"]), job["time"], [job["box"]],
                 refinements=job["refinements"], intensity=intensity, cancel=cancel,
