@@ -419,11 +419,12 @@ def volumes_from_sequence(browser_node: Any) -> SequenceVolumes:
         grid = (_image_dims(node, what), _matrix_to_numpy(matrix))
         if first_grid is None:
             first_grid = grid
-        elif grid[0] != first_grid[0] or not np.allclose(grid[1], first_grid[1], atol=1e-4):
-            raise InvalidInputError(
-                f"{what} has another grid (size {grid[0]}) than time point 0 (size {first_grid[0]});"
-                " resample the time points onto one grid first"
-            )
+        elif grid[0] != first_grid[0]:
+            raise InvalidInputError(f"{what} has another grid than time point 0: size {grid[0]}, not"
+                                    f" {first_grid[0]}; resample the time points onto one grid first")
+        elif not np.allclose(grid[1], first_grid[1], atol=1e-4):
+            raise InvalidInputError(f"{what} has another grid than time point 0: its origin, spacing or"
+                                    " axes differ; resample the time points onto one grid first")
     (i, j, k), _ = first_grid
     return SequenceVolumes(master, (k, j, i))
 
