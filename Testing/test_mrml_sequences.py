@@ -166,7 +166,7 @@ def test_4d_time_points_on_other_grids_are_rejected(slicer_scene):
     with pytest.raises(InvalidInputError, match="time point 1 .* another grid .* origin, spacing or axes"):
         mrml.volumes_from_sequence(browser)
     resized = add_volume_sequence(slicer_scene, [np.zeros((4, H, W)), np.zeros((5, H, W))], name="b")
-    with pytest.raises(InvalidInputError, match=rf"another grid .* size \(32, 24, 5\), not \(32, 24, 4\)"):
+    with pytest.raises(InvalidInputError, match=r"another grid .* size \(32, 24, 5\), not \(32, 24, 4\)"):
         mrml.volumes_from_sequence(resized)
 
 
