@@ -66,8 +66,8 @@ class PolypSAM(ScriptedLoadableModule):
 Segment polyps and lesions with Meta's SAM2 from box ROIs: <b>Add box</b> on an endoscopy frame
 or a CT slice, then <b>Segment</b> (2-D), <b>Propagate</b> (3-D through the box's slices),
 <b>Track</b> (through a video, or the time points of a 4-D CT) or <b>Refine</b> (extra boxes on
-other slices or frames). Each box
-gives a named segment tagged with its provenance (model, checkpoint SHA256, box, key slice).
+other slices or frames). Each box gives a named segment tagged with its provenance (model,
+checkpoint SHA256, box, key slice).
 PyTorch and SAM2 are installed on first use and model weights downloaded, both only after you
 agree. Results can be undone.
 """)
