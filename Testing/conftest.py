@@ -57,9 +57,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_checkpoint):
     """An in-process SAM2 engine on the random-weight tiny checkpoint at a small image size."""
-    from polypsam.sam2_engine import engine_from_files
+    from polypsam.engines import engine_for
 
-    eng = engine_from_files(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
+    eng = engine_for(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
     yield eng
     eng.close()
 

@@ -9,7 +9,7 @@ from conftest import TINY_CONFIG, synthetic_rgb
 from polypsam.checkpoints import resolve_checkpoint
 from polypsam.errors import CheckpointError, DeviceError, InvalidInputError
 from polypsam.geometry import Box
-from polypsam.sam2_engine import engine_from_files
+from polypsam.engines import engine_for
 from polypsam.sam2_model import build_model, select_device
 
 
@@ -59,21 +59,21 @@ def test_float_rgb_is_refused(engine):
 
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        engine_from_files(tmp_path / "absent.pt", TINY_CONFIG, device="cpu")
+        engine_for(tmp_path / "absent.pt", TINY_CONFIG, device="cpu")
 
 
 def test_corrupt_checkpoint(tmp_path):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"this is not a zip archive" * 100)
     with pytest.raises(CheckpointError, match="could not be read"):
-        engine_from_files(bad, TINY_CONFIG, device="cpu")
+        engine_for(bad, TINY_CONFIG, device="cpu")
 
 
 def test_truncated_checkpoint(tmp_path, tiny_checkpoint):
     cut = tmp_path / "truncated.pt"
     cut.write_bytes(tiny_checkpoint.read_bytes()[: 1 << 20])
     with pytest.raises(CheckpointError, match="could not be read"):
-        engine_from_files(cut, TINY_CONFIG, device="cpu")
+        engine_for(cut, TINY_CONFIG, device="cpu")
 
 
 def test_checkpoint_without_model_key(tmp_path):
@@ -82,13 +82,13 @@ def test_checkpoint_without_model_key(tmp_path):
     odd = tmp_path / "odd.pt"
     torch.save({"weights": {}}, odd)
     with pytest.raises(CheckpointError, match="official SAM2 format"):
-        engine_from_files(odd, TINY_CONFIG, device="cpu")
+        engine_for(odd, TINY_CONFIG, device="cpu")
 
 
 def test_config_checkpoint_mismatch(tiny_checkpoint):
     # A tiny checkpoint loaded into the small config: same keys for most layers, other shapes.
     with pytest.raises(CheckpointError, match="does not match config"):
-        engine_from_files(tiny_checkpoint, "configs/sam2.1/sam2.1_hiera_s.yaml", device="cpu")
+        engine_for(tiny_checkpoint, "configs/sam2.1/sam2.1_hiera_s.yaml", device="cpu")
 
 
 def test_unknown_config():
@@ -117,7 +117,7 @@ def test_auto_device_is_usable():
 
 def test_bad_image_size(tiny_checkpoint):
     with pytest.raises(InvalidInputError, match="image size"):
-        engine_from_files(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=300)
+        engine_for(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=300)
 
 
 def test_custom_checkpoint_resolves_with_sha256(tiny_checkpoint):

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
 from polypsam import cli
+from polypsam.cli import options as cli_options
 from polypsam.engine import EngineInfo, FrameMasks, MaskResult
 
 CT = "ct/totalsegmentator/example_ct_sm.nii.gz"
@@ -22,7 +23,7 @@ def engine_args(checkpoint) -> list[str]:
 @pytest.fixture
 def use_engine(monkeypatch, engine):
     """Reuse the session engine instead of building one per command (the build is tested once)."""
-    monkeypatch.setattr(cli, "engine_from_args", lambda args: engine)
+    monkeypatch.setattr(cli_options, "engine_from_args", lambda args: engine)
     return engine
 
 
@@ -138,7 +139,7 @@ class InterruptingEngine:
 
 
 def test_ctrl_c_stops_cleanly_with_exit_130(shared_data, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "engine_from_args", lambda args: InterruptingEngine())
+    monkeypatch.setattr(cli_options, "engine_from_args", lambda args: InterruptingEngine())
     out = tmp_path / "seg.nii.gz"
     rc = cli.main(["propagate", str(shared_data / CT), "--box", "30", "30", "70", "60",
                    "--slices", "10", "14", "-o", str(out)])

@@ -298,7 +298,7 @@ def test_sam2_lesion_propagation_geometry_and_key_slice(engine, shared_data, tmp
     assert not lab[:k0].any() and not lab[k1 + 1 :].any()
     # the key slice is exactly the 2-D result (same window as propagate used)
     from polypsam.overlay import labelmap_from_masks
-    from polypsam.propagation import volume_intensity
+    from polypsam.preprocess import volume_intensity
 
     window = volume_intensity(img.array[k0 : k1 + 1], None)
     two_d = engine.segment_2d(img.array[key], [lesion_box, other], intensity=window)

@@ -81,11 +81,11 @@ def test_segmentation_and_propagation_do_not_import_torchvision(tiny_checkpoint)
     script = f"""
 import sys
 import numpy as np
-from polypsam.sam2_engine import engine_from_files
+from polypsam.engines import engine_for
 from polypsam.propagation import propagate
 from polypsam.geometry import Box
 from polypsam.preprocess import Window
-engine = engine_from_files({str(tiny_checkpoint)!r}, {TINY_CONFIG!r}, device="cpu", image_size=256)
+engine = engine_for({str(tiny_checkpoint)!r}, {TINY_CONFIG!r}, device="cpu", image_size=256)
 rng = np.random.default_rng(0)
 volume = rng.normal(0, 50, size=(5, 64, 80)).astype(np.int16)
 (res,) = engine.segment_2d(volume[2], [Box(10, 10, 50, 40)], intensity=Window(40, 400))

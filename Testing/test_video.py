@@ -187,9 +187,9 @@ def _fresh_volume(seed: int, n: int = 9):
 def test_propagation_encodes_every_slice_once(tiny_checkpoint):
     from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
     from polypsam.propagation import propagate
-    from polypsam.sam2_engine import engine_from_files
+    from polypsam.engines import engine_for
 
-    eng = engine_from_files(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
+    eng = engine_for(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
     volume = _fresh_volume(seed=11)
     counter = EncoderCounter(eng.model)
     try:
@@ -206,14 +206,14 @@ def test_propagation_encodes_every_slice_once(tiny_checkpoint):
 def test_shared_encoding_gives_the_same_results(tiny_checkpoint):
     from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
     from polypsam.propagation import propagate
-    from polypsam.sam2_engine import engine_from_files
+    from polypsam.engines import engine_for
     from polypsam.video import BackboneCache
 
     volume = _fresh_volume(seed=12)
     refinement = [FramePrompt(frame=7, obj_id=1, box=Box(12, 14, 34, 36))]
     results = []
     for share in (True, False):
-        eng = engine_from_files(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
+        eng = engine_for(tiny_checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
         if not share:
             eng._backbones = BackboneCache(max_items=0)
         counter = EncoderCounter(eng.model)

@@ -79,7 +79,7 @@ def bench_box(size: int):
 def build_engine(image_size: int, checkpoint: str | None):
     import torch
 
-    from polypsam.sam2_engine import engine_from_files
+    from polypsam.engines import engine_for
     from polypsam.sam2_model import build_model, save_checkpoint
 
     if checkpoint is None:
@@ -88,7 +88,7 @@ def build_engine(image_size: int, checkpoint: str | None):
             torch.manual_seed(0)
             save_checkpoint(build_model(CONFIG, None, "cpu"), path)
         checkpoint = str(path)
-    return engine_from_files(checkpoint, CONFIG, device=os.environ.get("BENCH_DEVICE", "cpu"),
+    return engine_for(checkpoint, CONFIG, device=os.environ.get("BENCH_DEVICE", "cpu"),
                              image_size=image_size)
 
 

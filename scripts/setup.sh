@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${POLYPSAM_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-STAMP=.venv/.polypsam-setup-v2
+# The stamp names the requirements it installed: editing scripts/requirements.txt re-runs set-up.
+STAMP=.venv/.polypsam-setup-$(cat scripts/requirements.txt | "$PY" -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])")
 
 if [ ! -f "$STAMP" ]; then
   echo "[setup] creating .venv with $($PY --version)"
@@ -21,8 +22,7 @@ if [ ! -f "$STAMP" ]; then
   .venv/bin/pip install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING: Location' || true
   echo "[setup] installing sam2 1.1.0 (no CUDA extension) and the library"
   SAM2_BUILD_CUDA=0 .venv/bin/pip install -q --no-deps --no-build-isolation sam2==1.1.0 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/pip install -q hydra-core iopath tqdm pillow numpy SimpleITK platformdirs \
-      fastapi uvicorn httpx pytest slicer-core imageio av 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/pip install -q -r scripts/requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c "import torch, sam2, SimpleITK, slicer, fastapi, pytest" # fail loudly
   touch "$STAMP"
 fi

@@ -73,6 +73,62 @@ class Box:
         return [self.x0, self.y0, self.x1, self.y1]
 
 
+def as_box(value: "Box | Sequence[float]") -> Box:
+    """A :class:`Box` from a box or four numbers ``(x0, y0, x1, y1)``."""
+    return value if isinstance(value, Box) else Box.from_sequence(value)
+
+
+def as_boxes(boxes: "Box | Sequence", width: int | None = None, height: int | None = None) -> list[Box]:
+    """Coerce one box, four numbers, an ``N x 4`` array or a list of boxes to checked boxes.
+
+    With ``width`` and ``height`` every box is validated against that image. The one home of box
+    coercion and validation: engines, propagation, the CLI and the MRML layer all call it.
+    """
+    if isinstance(boxes, Box):
+        items = [boxes]
+    elif isinstance(boxes, np.ndarray):
+        items = [boxes] if boxes.ndim == 1 else list(boxes)
+    else:
+        items = list(boxes)
+        if len(items) == 4 and all(np.isscalar(v) for v in items):
+            items = [items]
+    if not items:
+        raise InvalidInputError("at least one box is needed")
+    out = [as_box(b) for b in items]
+    if width is not None and height is not None:
+        for b in out:
+            b.validate(width, height)
+    return out
+
+
+def check_index(index: object, count: int, what: str, container: str) -> int:
+    """``index`` as an int in ``0..count-1``; the error names ``what`` and the ``container``."""
+    try:
+        value = int(index)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} must be an integer, got {index!r}") from exc
+    if not 0 <= value < count:
+        raise InvalidInputError(f"{what} lies outside {container} 0..{count - 1}")
+    return value
+
+
+def check_slice_range(slice_range: object, count: int, what: str = "slice range") -> tuple[int, int]:
+    """An inclusive ``(k0, k1)`` inside ``0..count-1``; ``None`` means all slices."""
+    if slice_range is None:
+        return 0, count - 1
+    try:
+        k0, k1 = (int(v) for v in slice_range)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} must be two integers K0 K1, got {slice_range!r}") from exc
+    if k0 > k1:
+        raise InvalidInputError(f"{what} {k0}..{k1} is inverted: need K0 <= K1")
+    if k0 < 0 or k1 > count - 1:
+        raise InvalidInputError(
+            f"{what} {k0}..{k1} lies outside the volume, which has slices 0..{count - 1}"
+        )
+    return k0, k1
+
+
 def box_of_mask(mask: np.ndarray) -> Box | None:
     """Inclusive bounding box of a 2-D boolean mask, or ``None`` if it is empty."""
     ys, xs = np.nonzero(mask)

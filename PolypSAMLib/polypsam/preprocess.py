@@ -134,3 +134,22 @@ def scale_scalar(image: np.ndarray, intensity: Intensity | None = None) -> np.nd
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float32)
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def volume_intensity(array: np.ndarray, intensity: Intensity | None) -> Intensity | None:
+    """One intensity mapping for all slices: percentiles are taken over the whole sub-volume.
+
+    Per-slice percentiles would change the contrast from slice to slice, which SAM2's memory sees
+    as motion; a window is kept as it is.
+    """
+    if intensity is not None and not isinstance(intensity, Percentile):
+        return intensity
+    policy = intensity or Percentile()
+    values = np.asarray(array)
+    if values.size > 4_000_000:  # a strided sample is enough for percentiles
+        step = int(np.ceil((values.size / 4_000_000) ** (1 / 3)))
+        values = values[::step, ::step, ::step]
+    lo, hi = (float(v) for v in np.percentile(values.astype(np.float32), [policy.low, policy.high]))
+    if hi <= lo:
+        hi = lo + 1.0
+    return Window(level=(lo + hi) / 2.0, width=hi - lo)

@@ -29,8 +29,8 @@ import numpy as np
 
 from .engine import CancelToken, Engine, FrameMasks, FramePrompt, FrameSource, ProgressCallback
 from .errors import InvalidInputError
-from .geometry import Box, Volume
-from .preprocess import Intensity, Percentile
+from .geometry import Box, Volume, as_box, as_boxes, check_index, check_slice_range
+from .preprocess import Intensity, volume_intensity
 
 Until = Literal["range", "lost"]
 # Score given to a user-supplied mask prompt when merging overlaps (it beats any model output).
@@ -81,23 +81,6 @@ class _SameSizeFrames:
         return frame
 
 
-def _as_boxes(boxes: Box | Sequence, width: int, height: int) -> list[Box]:
-    if isinstance(boxes, Box):
-        items = [boxes]
-    elif isinstance(boxes, np.ndarray):
-        items = [boxes] if boxes.ndim == 1 else list(boxes)
-    else:
-        items = list(boxes)
-        if len(items) == 4 and all(np.isscalar(v) for v in items):
-            items = [items]
-    if not items:
-        raise InvalidInputError("at least one box is needed")
-    out = [b if isinstance(b, Box) else Box.from_sequence(b) for b in items]
-    for b in out:
-        b.validate(width, height)
-    return out
-
-
 def _as_volume(volume) -> Volume:
     if isinstance(volume, Volume):
         return volume
@@ -112,27 +95,6 @@ def _as_volume(volume) -> Volume:
             f"propagate needs a 3-D scalar volume (K, J, I); got an array of shape {array.shape}"
         )
     return Volume(array)
-
-
-def volume_intensity(array: np.ndarray, intensity: Intensity | None) -> Intensity | None:
-    """One intensity mapping for all slices: percentiles are taken over the whole sub-volume.
-
-    Per-slice percentiles would change the contrast from slice to slice, which SAM2's memory sees
-    as motion; a window is kept as it is.
-    """
-    from .preprocess import Window
-
-    if intensity is not None and not isinstance(intensity, Percentile):
-        return intensity
-    policy = intensity or Percentile()
-    values = np.asarray(array)
-    if values.size > 4_000_000:  # a strided sample is enough for percentiles
-        step = int(np.ceil((values.size / 4_000_000) ** (1 / 3)))
-        values = values[::step, ::step, ::step]
-    lo, hi = (float(v) for v in np.percentile(values.astype(np.float32), [policy.low, policy.high]))
-    if hi <= lo:
-        hi = lo + 1.0
-    return Window(level=(lo + hi) / 2.0, width=hi - lo)
 
 
 def _label_dtype(n: int):
@@ -210,7 +172,7 @@ def _conditioning(
     for frame, prompts in sorted(by_frame.items()):
         box_prompts = [p for p in prompts if p.box is not None]
         if box_prompts:
-            rb = [p.box if isinstance(p.box, Box) else Box.from_sequence(p.box) for p in box_prompts]
+            rb = [as_box(p.box) for p in box_prompts]
             for b in rb:
                 b.validate(width, height)
             results = engine.segment_2d(frames[frame], rb, intensity=intensity)
@@ -320,22 +282,11 @@ def propagate(
     _check_until(until)
     volume = _as_volume(volume)
     nk, nj, ni = volume.shape
-    if slice_range is None:
-        slice_range = (0, nk - 1)
-    try:
-        k0, k1 = (int(v) for v in slice_range)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"slice range must be two integers K0 K1, got {slice_range!r}") from exc
-    if k0 > k1:
-        raise InvalidInputError(f"slice range {k0}..{k1} is inverted: need K0 <= K1")
-    if k0 < 0 or k1 > nk - 1:
-        raise InvalidInputError(
-            f"slice range {k0}..{k1} lies outside the volume, which has slices 0..{nk - 1}"
-        )
+    k0, k1 = check_slice_range(slice_range, nk)
     key = (k0 + k1) // 2 if key_slice is None else int(key_slice)
     if not k0 <= key <= k1:
         raise InvalidInputError(f"key slice {key} lies outside the slice range {k0}..{k1}")
-    box_list = _as_boxes(boxes, ni, nj)
+    box_list = as_boxes(boxes, ni, nj)
     n_obj = len(box_list)
     intensity = volume_intensity(volume.array[k0 : k1 + 1], intensity)
     frames = volume.array  # a (K, J, I) array is a FrameSource: len = K, [k] = slice k
@@ -434,12 +385,7 @@ def iter_track(
     if frames is None or len(frames) == 0:
         raise InvalidInputError("the frame sequence is empty")
     n = len(frames)
-    try:
-        frame_index = int(frame_index)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"frame index must be an integer, got {frame_index!r}") from exc
-    if not 0 <= frame_index < n:
-        raise InvalidInputError(f"frame {frame_index} lies outside the sequence's frames 0..{n - 1}")
+    frame_index = check_index(frame_index, n, f"frame {frame_index}", "the sequence's frames")
     key_frame = np.asarray(frames[frame_index])
     if key_frame.ndim not in (2, 3):
         raise InvalidInputError(
@@ -447,7 +393,7 @@ def iter_track(
         )
     shape = key_frame.shape[:2]
     checked = _SameSizeFrames(frames, shape)
-    box_list = _as_boxes(boxes, shape[1], shape[0])
+    box_list = as_boxes(boxes, shape[1], shape[0])
     n_obj = len(box_list)
     if key_frame.ndim == 2:  # a scalar sequence: one mapping for all frames
         intensity = volume_intensity(key_frame[None], intensity)

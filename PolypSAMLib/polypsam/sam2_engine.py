@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from . import __version__
-from .checkpoints import ResolvedCheckpoint, resolve_checkpoint
+from .checkpoints import ResolvedCheckpoint
 from .engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult
 from .errors import InvalidInputError
-from .geometry import Box
+from .geometry import Box, as_boxes
 from .preprocess import Intensity, to_model_rgb
 from .sam2_image import ImageEmbedding, embed_image, model_input, predict_box
 from .sam2_model import build_model, select_device
@@ -53,20 +52,6 @@ class SAM2Engine:
         self._lock = threading.RLock()
         self.encoder_runs = 0  # number of image encodings; lets callers/tests see cache hits
 
-    @classmethod
-    def from_name(
-        cls,
-        model: str = "sam2.1_hiera_tiny",
-        *,
-        config: str | None = None,
-        device: str | None = None,
-        image_size: int | None = None,
-        download: bool = False,
-    ) -> "SAM2Engine":
-        """Engine for a registry model name or a custom ``.pt`` (then ``config`` is required)."""
-        resolved = resolve_checkpoint(model, config=config, download=download)
-        return cls(resolved, device=device, image_size=image_size)
-
     @property
     def model(self):
         """The underlying ``SAM2VideoPredictor`` (a ``SAM2Base``)."""
@@ -97,11 +82,7 @@ class SAM2Engine:
 
         rgb = to_model_rgb(image, intensity)
         height, width = rgb.shape[:2]
-        boxes = [Box.from_sequence(b) if not isinstance(b, Box) else b for b in boxes]
-        if not boxes:
-            raise InvalidInputError("at least one box is needed")
-        for box in boxes:
-            box.validate(width, height)
+        boxes = as_boxes(boxes, width, height)
         with self._lock, torch.inference_mode():
             embedding = self._embedding_for(rgb)
             results = []
@@ -159,9 +140,3 @@ class SAM2Engine:
             self._backbones.clear()
             self._model = None
 
-
-def engine_from_files(
-    checkpoint: str | Path, config: str, *, device: str | None = None, image_size: int | None = None
-) -> SAM2Engine:
-    """Engine from an explicit checkpoint file and config (SHA256 computed, not checked)."""
-    return SAM2Engine.from_name(str(checkpoint), config=config, device=device, image_size=image_size)

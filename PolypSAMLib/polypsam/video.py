@@ -32,7 +32,7 @@ import numpy as np
 
 from .engine import CancelToken, FrameMasks, FramePrompt, FrameSource
 from .errors import InvalidInputError
-from .geometry import Box
+from .geometry import as_box
 from .preprocess import Intensity, to_model_rgb
 from .sam2_image import model_input
 
@@ -321,7 +321,7 @@ class VideoSession:
                         f" {h} x {w}"
                     )
             else:
-                box = p.box if isinstance(p.box, Box) else Box.from_sequence(p.box)
+                box = as_box(p.box)
                 box.validate(w, h)
 
     def _digest(self, frame: int, rgb: np.ndarray | None = None) -> str:
@@ -359,7 +359,7 @@ class VideoSession:
                         self.state, p.frame, p.obj_id, np.asarray(p.mask).astype(bool)
                     )
                 else:
-                    box = p.box if isinstance(p.box, Box) else Box.from_sequence(p.box)
+                    box = as_box(p.box)
                     self.model.add_new_points_or_box(
                         self.state, p.frame, p.obj_id, box=box.as_xyxy()
                     )

@@ -1,34 +1,35 @@
-"""The engine factory the settings panel calls (no Qt, no ``slicer``).
+"""The one engine factory: settings → an object implementing :class:`polypsam.engine.Engine`.
 
-The module's logic never builds SAM2: it receives an object implementing
-:class:`polypsam.engine.Engine`. This file is the one place that turns the settings panel's
-choices into such an engine, so a later engine kind (a local GPU server client) is one more
-branch in :func:`create_engine` plus a choice in the settings panel, nothing else.
-
-Weights are never fetched silently: :func:`weights_to_download` tells the caller which registry
-checkpoint is missing from the user cache so it can ask for consent, and only then is
-:func:`create_engine` called with ``allow_download=True`` (download into the user cache through
-:mod:`polypsam.checkpoints` / :mod:`polypsam.download`, SHA256-checked).
+The CLI, the Slicer module, the server and the benchmarks build engines only here, so a new
+engine kind is one more branch in :func:`create_engine`. Weights are never fetched silently:
+:func:`weights_to_download` tells a GUI which registry checkpoint is missing so it can ask first,
+then :func:`create_engine` is called with ``allow_download=True``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-ENGINE_KINDS = {"in-process": "SAM2 in Slicer's Python (CPU, CUDA or MPS)"}
+from .errors import InvalidInputError
+
+ENGINE_KINDS = {"in-process": "SAM2 in this Python process (CPU, CUDA or MPS)"}
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """What the settings panel chose. ``image_size=0`` keeps the checkpoint's own size."""
+    """What to build. ``image_size=0`` keeps the checkpoint's own size.
+
+    ``model`` is a registry name; ``checkpoint`` a custom ``.pt`` in SAM2's official layout whose
+    config is ``config``, else the config of ``model`` (a GUI's architecture choice).
+    """
 
     kind: str = "in-process"
     model: str = DEFAULT_MODEL
-    checkpoint: str = ""  # a custom .pt file (architecture = ``model``'s config) or empty
-    config: str = ""  # overrides the config of ``model`` (a YAML path or a sam2 config name)
+    checkpoint: str = ""
+    config: str = ""
     device: str = "auto"
     image_size: int = 0
 
@@ -37,27 +38,50 @@ class EngineSettings:
         size = self.image_size or "default"
         return f"{self.kind}: {weights} on {self.device}, image size {size}"
 
+    def with_changes(self, **changes) -> "EngineSettings":
+        return replace(self, **changes)
+
+
+def settings_for(
+    checkpoint: str | Path,
+    config: str | None = None,
+    *,
+    device: str | None = "auto",
+    image_size: int | None = None,
+) -> EngineSettings:
+    """Settings from a registry name or a ``.pt`` path (the CLI's ``--checkpoint``).
+
+    A custom file gets no fallback architecture: its config must be given (or come from a
+    sidecar written by fine-tuning).
+    """
+    from .checkpoints import REGISTRY
+
+    name = str(checkpoint)
+    custom = name not in REGISTRY
+    return EngineSettings(
+        model="" if custom else name,
+        checkpoint=name if custom else "",
+        config=config or "",
+        device=device or "auto",
+        image_size=int(image_size or 0),
+    )
+
 
 def model_choices() -> list[tuple[str, str]]:
-    """``(registry name, description)`` for the model combo box."""
-    from polypsam.checkpoints import REGISTRY
+    """``(registry name, description)`` for a model combo box."""
+    from .checkpoints import REGISTRY
 
     return [(name, spec.description or name) for name, spec in REGISTRY.items()]
 
 
 def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str]]:
     """``(model argument, config)`` for :func:`polypsam.checkpoints.resolve_checkpoint`."""
-    from polypsam.checkpoints import REGISTRY
-    from polypsam.errors import InvalidInputError
+    from .checkpoints import REGISTRY
 
     if settings.checkpoint:
-        config = settings.config or (REGISTRY[settings.model].config if settings.model in REGISTRY else "")
-        if not config:
-            raise InvalidInputError(
-                f"custom checkpoint {Path(settings.checkpoint).name} needs a config: choose the"
-                " model architecture it was trained from"
-            )
-        return str(Path(settings.checkpoint).expanduser()), config
+        config = settings.config or (REGISTRY[settings.model].config
+                                     if settings.model in REGISTRY else "")
+        return str(Path(settings.checkpoint).expanduser()), config or None
     if settings.model not in REGISTRY:
         names = ", ".join(REGISTRY)
         raise InvalidInputError(f"unknown model {settings.model!r}: use one of {names}")
@@ -66,7 +90,7 @@ def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str]]:
 
 def weights_to_download(settings: EngineSettings):
     """The registry :class:`~polypsam.checkpoints.ModelSpec` whose file is not cached, or ``None``."""
-    from polypsam.checkpoints import REGISTRY, cache_dir
+    from .checkpoints import REGISTRY, cache_dir
 
     if settings.checkpoint or settings.kind != "in-process":
         return None
@@ -78,18 +102,16 @@ def weights_to_download(settings: EngineSettings):
 
 def create_engine(settings: EngineSettings, *, allow_download: bool = False):
     """Build the engine for ``settings`` (may take seconds: model construction, weights load)."""
-    from polypsam.checkpoints import resolve_checkpoint
-    from polypsam.errors import InvalidInputError
-
     if settings.kind not in ENGINE_KINDS:
         raise InvalidInputError(
             f"unknown engine {settings.kind!r}: use one of {', '.join(ENGINE_KINDS)}"
         )
+    from .checkpoints import resolve_checkpoint
+    from .sam2_engine import SAM2Engine
+
     model, config = _resolve_args(settings)
     resolved = resolve_checkpoint(model, config=config, download=allow_download,
                                   image_size=settings.image_size or None)
-    from polypsam.sam2_engine import SAM2Engine
-
     device = None if settings.device in ("", "auto") else settings.device
     return SAM2Engine(resolved, device=device, image_size=settings.image_size or None)
 
@@ -120,3 +142,16 @@ class EngineCache:
             finally:
                 self._engine = None
                 self._settings = None
+
+
+def engine_for(
+    checkpoint: str | Path,
+    config: str | None = None,
+    *,
+    device: str | None = "auto",
+    image_size: int | None = None,
+    allow_download: bool = False,
+):
+    """Shorthand: :func:`create_engine` for a registry name or ``.pt`` path (see :func:`settings_for`)."""
+    return create_engine(settings_for(checkpoint, config, device=device, image_size=image_size),
+                         allow_download=allow_download)

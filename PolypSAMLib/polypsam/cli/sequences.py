@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .geometry import Box
-
-EXIT_INTERRUPTED = 130
+from . import options
+from ..errors import InvalidInputError
+from .options import EXIT_INTERRUPTED
 
 
 def register(subparsers) -> None:
     """Add the ``propagate`` and ``track`` commands to the main parser's subparsers."""
-    from . import cli
-
     p = subparsers.add_parser(
         "propagate", help="segment a key slice from boxes and propagate through a volume",
         description="Segment the key slice (default: middle of --slices) of a NIfTI/NRRD volume or"
@@ -32,7 +29,7 @@ def register(subparsers) -> None:
                     " through the slice range. One label per box (1..N); the labelmap keeps the"
                     " input's origin, spacing and direction.")
     p.add_argument("volume", type=Path, help="NIfTI/NRRD/MHA file or DICOM series folder")
-    cli.add_box_option(p)
+    options.add_box_option(p)
     p.add_argument("--slices", nargs=2, type=int, required=True, metavar=("K0", "K1"),
                    help="slice range along the volume's K axis as stored (inclusive)")
     p.add_argument("--key-slice", type=int, default=None, metavar="K",
@@ -43,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--largest-component", action="store_true",
                    help="keep only each label's largest 3-D connected component")
     p.add_argument("-o", "--output", type=Path, required=True, help="labelmap .nrrd or .nii.gz")
-    cli.add_engine_options(p)
+    options.add_engine_options(p)
     p.set_defaults(handler=run_propagate)
 
     t = subparsers.add_parser(
@@ -54,46 +51,29 @@ def register(subparsers) -> None:
     t.add_argument("frames", type=Path, help="folder of PNG/JPEG frames or a video file")
     t.add_argument("--frame", type=int, required=True, metavar="I",
                    help="index of the frame the boxes are drawn on (0-based, natural order)")
-    cli.add_box_option(t)
+    options.add_box_option(t)
     t.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     t.add_argument("--overlay", action="store_true",
                    help="also write overlay PNGs (contours on the frame) to OUT_DIR/overlay/")
-    cli.add_engine_options(t)
+    options.add_engine_options(t)
     t.set_defaults(handler=run_track)
 
 
-def _progress_bar(total: int, unit: str, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                disable=None)
-
-
 def run_propagate(args: argparse.Namespace) -> int:
-    from . import cli, io
-    from .propagation import propagate
+    from .. import io
+    from ..geometry import check_slice_range
+    from ..propagation import propagate
 
-    if io.full_suffix(args.output) not in (".nrrd", ".nii", ".nii.gz", ".mha"):
-        raise InvalidInputError(
-            f"-o must be a .nrrd or .nii.gz labelmap, got {args.output.name}"
-        )
-    boxes = [Box.from_sequence(b) for b in args.box]
-    intensity = cli.intensity_from_args(args)
+    options.check_suffix(args.output, options.VOLUME_SUFFIXES, "-o (a labelmap)")
+    intensity = options.intensity_from_args(args)
     volume = io.read_volume(args.volume)
-    k0, k1 = args.slices
     nk, nj, ni = volume.shape
-    if k0 > k1:
-        raise InvalidInputError(f"--slices {k0} {k1} is inverted: need K0 <= K1")
-    if k0 < 0 or k1 > nk - 1:
-        raise InvalidInputError(
-            f"--slices {k0} {k1} lies outside the volume, which has slices 0..{nk - 1}"
-        )
+    k0, k1 = check_slice_range(args.slices, nk, "--slices")
     if args.key_slice is not None and not k0 <= args.key_slice <= k1:
         raise InvalidInputError(f"--key-slice {args.key_slice} lies outside --slices {k0} {k1}")
-    for box in boxes:
-        box.validate(ni, nj)
-    engine = cli.engine_from_args(args)
-    bar = _progress_bar(k1 - k0 + 1, "slice", "propagate")
+    boxes = options.boxes_from_args(args, ni, nj)
+    engine = options.engine_from_args(args)
+    bar = options.progress_bar(k1 - k0 + 1, "slice", "propagate")
 
     def progress(done: int, total: int) -> None:
         if args.until == "lost" and done > bar.total:
@@ -122,27 +102,25 @@ def run_propagate(args: argparse.Namespace) -> int:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from . import cli, io
-    from .frames import read_frames
-    from .overlay import draw_overlay
-    from .propagation import iter_track
+    from .. import io
+    from ..frames import read_frames
+    from ..geometry import check_index
+    from ..overlay import draw_overlay
+    from ..propagation import iter_track
 
-    boxes = [Box.from_sequence(b) for b in args.box]
-    intensity = cli.intensity_from_args(args)
+    intensity = options.intensity_from_args(args)
     frames = read_frames(args.frames)
     n = len(frames)
-    if not 0 <= args.frame < n:
-        raise InvalidInputError(f"--frame {args.frame} lies outside the sequence's frames 0..{n - 1}")
+    check_index(args.frame, n, f"--frame {args.frame}", "the sequence's frames")
     first = np.asarray(frames[args.frame])
-    for box in boxes:
-        box.validate(first.shape[1], first.shape[0])
+    boxes = options.boxes_from_args(args, first.shape[1], first.shape[0])
     if args.output.exists() and not args.output.is_dir():
         raise InvalidInputError(f"-o {args.output} exists and is not a folder")
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
-    engine = cli.engine_from_args(args)
+    engine = options.engine_from_args(args)
     args.output.mkdir(parents=True, exist_ok=True)
     overlay_dir = args.output / "overlay"
-    bar = _progress_bar(n, "frame", "track")
+    bar = options.progress_bar(n, "frame", "track")
     written = 0
     try:
         for frame, labels, _scores in iter_track(
@@ -150,7 +128,8 @@ def run_track(args: argparse.Namespace) -> int:
         ):
             io.write_png(labels, args.output / f"{names[frame]}.png")
             if args.overlay:
-                io.write_png(draw_overlay(np.asarray(frames[frame]), labels, intensity),
+                io.write_png(draw_overlay(np.asarray(frames[frame]), labels, intensity,
+                                          boxes=boxes if frame == args.frame else ()),
                              overlay_dir / f"{names[frame]}.png")
             written += 1
             bar.update(1)
