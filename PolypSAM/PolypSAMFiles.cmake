@@ -13,11 +13,10 @@
 #                                  PolypSAM.py: a new library file cannot be forgotten.
 #   POLYPSAM_LIB_PYTHON_RESOURCES  package data of the library (.yaml, .json), same layout.
 
+# Only PolypSAM.py: Slicer loads every .py in a module folder as a module, so the module's
+# Qt-free helpers live in the library (polypsam.mrml, polypsam.engines).
 set(MODULE_PYTHON_SCRIPTS
   PolypSAM.py
-  PolypSAMDependencies.py
-  PolypSAMEngines.py
-  PolypSAMOperations.py
   )
 
 set(MODULE_PYTHON_RESOURCES

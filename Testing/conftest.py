@@ -64,6 +64,20 @@ def engine(tiny_checkpoint):
     eng.close()
 
 
+@pytest.fixture(scope="module")
+def module_engine(tiny_checkpoint):
+    """An engine built the way the Slicer module builds it: settings → EngineCache (worker thread)."""
+    from polypsam.engines import EngineCache, EngineSettings
+
+    cache = EngineCache()
+    settings = EngineSettings(model="sam2.1_hiera_tiny", checkpoint=str(tiny_checkpoint),
+                              device="cpu", image_size=TEST_IMAGE_SIZE)
+    engine = cache.get(settings)
+    assert cache.get(settings) is engine, "same settings reuse the loaded engine"
+    yield engine
+    cache.close()
+
+
 def synthetic_rgb(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
     """An RGB frame with a bright disc (a stand-in polyp) on a textured background."""
     rng = np.random.default_rng(seed)

@@ -108,13 +108,22 @@ class ThreadLog:
 
 
 @pytest.fixture
-def thread_log(engine):
-    import PolypSAMOperations as ops
+def thread_log(engine, monkeypatch):
+    """Threads that encoded, wrote the scene, and read voxels from MRML nodes."""
+    from polypsam.mrml import history, volumes
 
     log = ThreadLog(engine)
-    ops.add_before_write_hook(log.on_write)
+    log.reads = set()
+    read = volumes._voxels
+
+    def logged_read(node, what):
+        log.reads.add(threading.get_ident())
+        return read(node, what)
+
+    monkeypatch.setattr(volumes, "_voxels", logged_read)
+    history.add_before_write_hook(log.on_write)
     yield log
-    ops.remove_before_write_hook(log.on_write)
+    history.remove_before_write_hook(log.on_write)
     log.remove()
 
 
@@ -131,7 +140,7 @@ def _lesion_scene(scene, seed: int):
 
 
 def test_propagate_in_worker_equals_a_foreground_run(slicer_scene, engine, thread_log):
-    import PolypSAMOperations as ops
+    from polypsam.mrml import operations as ops
     from polypsam import mrml
 
     _, volume, roi = _lesion_scene(slicer_scene, seed=21)
@@ -168,7 +177,7 @@ def test_propagate_in_worker_equals_a_foreground_run(slicer_scene, engine, threa
 
 
 def test_cancel_from_the_calling_thread_leaves_segments_untouched(slicer_scene, engine, thread_log):
-    import PolypSAMOperations as ops
+    from polypsam.mrml import operations as ops
     from polypsam import mrml
 
     array, volume, roi = _lesion_scene(slicer_scene, seed=22)
@@ -196,7 +205,7 @@ def test_cancel_from_the_calling_thread_leaves_segments_untouched(slicer_scene, 
 
 
 def test_segment_and_track_in_worker(slicer_scene, slicer_core, engine, thread_log):
-    import PolypSAMOperations as ops
+    from polypsam.mrml import operations as ops
 
     from conftest import synthetic_rgb
 
@@ -215,3 +224,35 @@ def test_segment_and_track_in_worker(slicer_scene, slicer_core, engine, thread_l
     assert "3 frame" in result.summary
     assert browser.GetSequenceNode(seg).GetNumberOfDataNodes() == 3
     assert caller not in thread_log.encoder and thread_log.writes == {caller}
+    assert thread_log.reads == {caller}, "frames were read from MRML on the calling thread only"
+
+
+def test_engine_worker_is_one_persistent_thread():
+    """Every run of one engine happens on the same thread (GPU libraries keep per-thread state)."""
+    from polypsam.background import EngineWorker
+
+    worker = EngineWorker()
+    try:
+        threads = {worker.run(threading.get_ident, interval_s=0.001) for _ in range(4)}
+        assert len(threads) == 1 and threading.get_ident() not in threads
+    finally:
+        worker.close()
+
+
+def test_engine_cache_loads_and_runs_on_its_worker(tiny_checkpoint):
+    from polypsam.engines import EngineCache, EngineSettings
+
+    cache = EngineCache()
+    try:
+        loaded_on = []
+        settings = EngineSettings(model="sam2.1_hiera_tiny", checkpoint=str(tiny_checkpoint),
+                                  device="cpu", image_size=256)
+        engine = cache.get(settings, while_waiting=lambda: loaded_on.append(threading.get_ident()))
+        assert cache.get(settings) is engine
+        worker_thread = cache.worker.run(threading.get_ident)
+        assert worker_thread != threading.get_ident()
+        assert cache.worker.run(lambda: engine.segment_2d(np.zeros((32, 32), np.int16) + np.arange(32),
+                                                          [(4, 4, 20, 20)])[0].mask.shape) == (32, 32)
+    finally:
+        cache.close()
+    assert cache.engine is None

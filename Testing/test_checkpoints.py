@@ -400,3 +400,32 @@ def test_registry_configs_ship_with_sam2_and_published_hashes_are_well_formed():
     assert REGISTRY["sam2_hiera_tiny"].sha256.startswith("65b50056")
     assert {"sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus",
             "sam2.1_hiera_large", "medsam2"} <= set(REGISTRY)
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    """Two writers at once (two benchmark processes on a fresh machine) and a failed write never
+    leave a half-written or stray file."""
+    import threading
+
+    import torch
+
+    from polypsam.sam2_model import save_checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    models = [torch.nn.Linear(256, 256) for _ in range(4)]
+    threads = [threading.Thread(target=save_checkpoint, args=(m, path)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = torch.load(path, weights_only=True)["model"]
+    assert any(torch.equal(state["weight"], m.weight) for m in models)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+    class Broken(torch.nn.Module):
+        def state_dict(self, *args, **kwargs):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(Broken(), tmp_path / "other.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]

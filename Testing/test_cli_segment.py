@@ -47,8 +47,15 @@ def test_segment_colonoscopy_frame_with_two_boxes(shared_data, manifest, model_a
     source = np.asarray(Image.open(shared_data / entry["image"]).convert("RGB"))
     assert picture.shape == (height, width, 3)
     changed = np.any(picture != source, axis=2)
-    # contours are drawn only where there is a mask, and nowhere else
-    assert not np.any(changed & (labels == 0))
+    # the box prompts are drawn as 1-pixel outlines, in their label's colour
+    outline = np.zeros_like(changed)
+    for bx0, by0, bx1, by1 in ((x0, y0, x1, y1), (300, 20, 370, 80)):
+        bx0, by0, bx1, by1 = (int(round(v)) for v in (bx0, by0, bx1, by1))
+        outline[by0, bx0:bx1 + 1] = outline[by1, bx0:bx1 + 1] = True
+        outline[by0:by1 + 1, bx0] = outline[by0:by1 + 1, bx1] = True
+    assert np.all(picture[int(round(y0)), int(round(x0)):int(round(x1)) + 1] == (0, 255, 0))
+    # contours are drawn only where there is a mask, the prompts on their outline, nowhere else
+    assert not np.any(changed & (labels == 0) & ~outline)
     assert "label 1: box (40, 155, 263, 279)" in proc.stdout or f"({x0}, {y0}" in proc.stdout
 
 

@@ -84,12 +84,12 @@ def build_engine(image_size: int, checkpoint: str | None):
 
     if checkpoint is None:
         path = Path(tempfile.gettempdir()) / "polypsam_bench_tiny_random.pt"
-        if not path.is_file():
+        if not path.is_file():  # concurrent workers may both build it: the write is atomic
             torch.manual_seed(0)
             save_checkpoint(build_model(CONFIG, None, "cpu"), path)
         checkpoint = str(path)
     return engine_for(checkpoint, CONFIG, device=os.environ.get("BENCH_DEVICE", "cpu"),
-                             image_size=image_size)
+                      image_size=image_size)
 
 
 class ForwardTimer:

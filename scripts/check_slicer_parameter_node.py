@@ -5,6 +5,9 @@ For developers without desktop Slicer but with a Slicer source checkout (its pur
 
     .venv/bin/python scripts/check_slicer_parameter_node.py /path/to/Slicer
 
+The test suite runs it on every CI run against ``../shared/vendor/Slicer`` (Slicer's framework in
+the layout of a checkout), see ``Testing/test_slicer_framework.py``.
+
 ``PolypSAM.py`` is imported as Slicer would import it, on real slicer-core MRML. Then
 ``PolypSAMLogic`` builds the parameter node (defaults, validators); every kind of field is
 written, read, saved and reloaded with the scene; Add box and the new output segmentation run;
@@ -144,6 +147,12 @@ def main() -> int:
     box = logic.addBox()
     assert core.app.GetSelectionNode().GetActivePlaceNodeID() == box.GetID()
     logic.removeBox(box)
+    added = module.ensureLibraryOnPath(str(MODULE_FILE.parent))
+    assert added == str(REPO / "PolypSAMLib") and sys.path[0] == added, added
+    import polypsam
+
+    assert Path(polypsam.__file__).parent == REPO / "PolypSAMLib" / "polypsam"
+    assert "torch" not in sys.modules, "importing the module must not import torch"
     _expect_refused(lambda: setattr(p, "engine", "nope"), "an unknown engine")
     _expect_refused(lambda: setattr(p, "imageSize", 4096), "image size 4096")
     _expect_refused(lambda: setattr(p, "inputVolume", p.outputSegmentation), "a segmentation as input")

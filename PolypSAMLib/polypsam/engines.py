@@ -117,31 +117,51 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
 
 
 class EngineCache:
-    """Keeps one engine alive while the settings stay the same (weights load once)."""
+    """Keeps one engine alive while the settings stay the same (weights load once), with one
+    persistent worker thread (:class:`~polypsam.background.EngineWorker`) that loads it and runs
+    all of its model work."""
 
     def __init__(self) -> None:
         self._settings: Optional[EngineSettings] = None
         self._engine = None
+        self._worker = None
 
     @property
     def engine(self):
         return self._engine
 
-    def get(self, settings: EngineSettings, *, allow_download: bool = False):
+    @property
+    def worker(self):
+        """The engine's worker thread (started on first use)."""
+        if self._worker is None:
+            from .background import EngineWorker
+
+            self._worker = EngineWorker()
+        return self._worker
+
+    def get(self, settings: EngineSettings, *, allow_download: bool = False,
+            while_waiting=None):
+        """The engine for ``settings``, built on the worker thread when they changed;
+        ``while_waiting`` is called on this thread meanwhile (e.g. to repaint a GUI)."""
         if self._engine is not None and settings == self._settings:
             return self._engine
         self.close()
-        self._engine = create_engine(settings, allow_download=allow_download)
+        self._engine = self.worker.run(
+            lambda: create_engine(settings, allow_download=allow_download),
+            while_waiting=while_waiting or (lambda: None))
         self._settings = settings
         return self._engine
 
     def close(self) -> None:
-        if self._engine is not None:
-            try:
-                self._engine.close()
-            finally:
-                self._engine = None
-                self._settings = None
+        """Release the engine and end its worker thread."""
+        engine, worker = self._engine, self._worker
+        self._engine = self._settings = self._worker = None
+        try:
+            if engine is not None:
+                engine.close()
+        finally:
+            if worker is not None:
+                worker.close()
 
 
 def engine_for(

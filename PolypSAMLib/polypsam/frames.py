@@ -21,6 +21,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 class FolderFrames:
     """The image files of a folder, in natural order, read one at a time."""
 
+    fps = None  # a folder of frames has no frame rate
+
     def __init__(self, folder: str | Path) -> None:
         self.paths = list_frames(folder)
         self.names = [p.stem for p in self.paths]
@@ -57,6 +59,7 @@ class VideoFrames:
             except Exception as exc:
                 raise InvalidInputError(f"cannot read video {self.path}: {exc}") from exc
         self._count = int(count)
+        self.fps = _frame_rate(iio, self.path)
         width = max(4, len(str(max(self._count - 1, 0))))
         self.names = [f"{i:0{width}d}" for i in range(self._count)]
 
@@ -75,6 +78,16 @@ class VideoFrames:
         if frame.ndim == 3 and frame.shape[2] == 4:
             frame = frame[:, :, :3]
         return frame.astype(np.uint8, copy=False)
+
+
+def _frame_rate(iio, path: Path) -> float | None:
+    """Frames per second from the file's metadata, or ``None`` when it does not say."""
+    try:
+        meta = iio.immeta(path, plugin="pyav") if _has_pyav() else iio.immeta(path)
+        fps = float(meta.get("fps") or 0)
+    except Exception:  # metadata is optional: frames are still numbered
+        return None
+    return fps if fps > 0 else None
 
 
 def _has_pyav() -> bool:

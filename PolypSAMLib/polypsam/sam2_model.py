@@ -166,10 +166,24 @@ def load_checkpoint_into(model, checkpoint: Path, config: str) -> None:
 
 
 def save_checkpoint(model, path: str | Path) -> Path:
-    """Save ``model`` in the official SAM2 checkpoint layout ``{"model": state_dict}``."""
+    """Save ``model`` in the official SAM2 checkpoint layout ``{"model": state_dict}``.
+
+    Written to a temporary name in the same folder, then renamed: a reader (or a second writer,
+    e.g. two benchmark processes starting at once) never sees a half-written file.
+    """
+    import os
+    import tempfile
+
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save({"model": model.state_dict()}, stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path

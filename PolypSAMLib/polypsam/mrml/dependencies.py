@@ -43,12 +43,28 @@ SAM2_RUNTIME = {
 }
 
 
-class DependencyInstallError(RuntimeError):
-    """Installing a dependency failed; ``restart_needed`` says whether a restart may fix it."""
+MIN_PYTHON = (3, 10)  # sam2 needs 3.10+, torch 2.14 has no 3.9 wheel: Slicer 5.10 or newer
 
-    def __init__(self, message: str, restart_needed: bool = False) -> None:
+
+class DependencyInstallError(RuntimeError):
+    """Installing a dependency failed; ``restart_needed`` says whether a restart may fix it;
+    ``reported`` that the user has already seen the failure (Slicer's installer showed it)."""
+
+    def __init__(self, message: str, restart_needed: bool = False, reported: bool = False) -> None:
         super().__init__(message)
         self.restart_needed = restart_needed
+        self.reported = reported
+
+
+def check_python(version: Sequence[int] = tuple(sys.version_info[:3])) -> None:
+    """Refuse, with a clear message, a Slicer whose Python cannot run torch and sam2."""
+    if tuple(version[:2]) < MIN_PYTHON:
+        found = ".".join(str(v) for v in version[:3])
+        raise DependencyInstallError(
+            f"PolypSAM needs 3D Slicer 5.10 or newer: this Slicer runs Python {found}, and SAM2"
+            f" and PyTorch {TORCH_VERSION} need Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer."
+            " Nothing was installed; please install a current Slicer from download.slicer.org."
+        )
 
 
 @dataclass
@@ -60,23 +76,6 @@ class DependencyStatus:
     declined: bool = False
     restart_needed: bool = False
     message: str = ""
-
-
-def ensure_library_on_path(module_dir: str) -> Optional[str]:
-    """Make ``import polypsam`` find the library shipped with the module.
-
-    Installed extension: ``polypsam/`` sits beside ``PolypSAM.py`` (already on ``sys.path``).
-    Source checkout added through "Additional module paths": it is in ``../PolypSAMLib``.
-    Returns the folder put on ``sys.path`` (first, so the module's own copy wins), or ``None``.
-    """
-    module_dir = os.path.abspath(module_dir)
-    for candidate in (module_dir, os.path.join(os.path.dirname(module_dir), "PolypSAMLib")):
-        if os.path.isfile(os.path.join(candidate, "polypsam", "__init__.py")):
-            if candidate in sys.path:
-                sys.path.remove(candidate)
-            sys.path.insert(0, candidate)
-            return candidate
-    return None
 
 
 def _importable(name: str, find_spec: Callable[[str], object]) -> bool:
@@ -122,10 +121,26 @@ def _slicer_confirm(text: str) -> bool:
     return bool(slicer.util.confirmOkCancelDisplay(text, windowTitle="PolypSAM: install dependencies"))
 
 
-def _slicer_pip_install(requirements: str) -> None:
+def slicer_pip_installer() -> tuple[Callable[[str], None], bool]:
+    """``(pip_install, reports_errors)`` for this Slicer.
+
+    Slicer 5.12+ has ``slicer.packaging.pip_install``, which shows its own progress and error
+    dialogs under PolypSAM's name; PolypSAM then must not show a second error. Older Slicers
+    have only ``slicer.util.pip_install``, whose failures PolypSAM reports itself.
+    """
+    try:
+        from slicer import packaging
+    except ImportError:
+        packaging = None
+    if packaging is not None and hasattr(packaging, "pip_install"):
+        return (lambda requirements: packaging.pip_install(requirements, requester="PolypSAM")), True
     import slicer
 
-    slicer.util.pip_install(requirements)
+    return slicer.util.pip_install, False
+
+
+def _slicer_pip_install(requirements: str) -> None:
+    slicer_pip_installer()[0](requirements)
 
 
 def pytorch_extension_installer() -> Optional[Callable[[str, str], object]]:
@@ -150,16 +165,25 @@ def ensure_dependencies(
     torch_installer: Optional[Callable[[str, str], object]] | bool = True,
     find_spec: Callable[[str], object] = importlib.util.find_spec,
     log: Callable[[str], None] = logging.info,
+    python_version: Sequence[int] = tuple(sys.version_info[:3]),
+    pip_reports_errors: Optional[bool] = None,
 ) -> DependencyStatus:
     """Check torch/sam2; with the user's consent install what is missing.
 
     ``torch_installer=True`` looks up the PyTorch extension; ``None``/``False`` forces pip.
-    Returns a :class:`DependencyStatus`; raises :class:`DependencyInstallError` when an install
-    fails (with ``restart_needed`` when packages landed but cannot be imported in this session).
+    Returns a :class:`DependencyStatus`; raises :class:`DependencyInstallError` when this
+    Slicer's Python is too old (before offering anything) or an install fails (with
+    ``restart_needed`` when torch was replaced while loaded, and ``reported`` when
+    ``pip_install`` already showed the failure; default: Slicer's installer does from 5.12).
+    A restart is asked for only when torch itself was replaced while loaded, or a package still
+    cannot be imported.
     """
     missing = missing_requirements(find_spec)
     if not any(missing.values()):
         return DependencyStatus(ready=True, message="torch and sam2 are installed")
+    check_python(python_version)
+    if pip_reports_errors is None:
+        pip_reports_errors = pip_install is _slicer_pip_install and slicer_pip_installer()[1]
     if torch_installer is True:
         torch_installer = pytorch_extension_installer()
     torch_installer = torch_installer or None
@@ -210,12 +234,14 @@ def ensure_dependencies(
         done = f" (already installed: {' '.join(installed)})" if installed else ""
         raise DependencyInstallError(
             f"installing PolypSAM's dependencies failed{done}: {exc}",
-            restart_needed=bool(installed) and "torch" in sys.modules,
+            restart_needed=torch_was_loaded and bool(missing["torch"]) and bool(installed),
+            reported=pip_reports_errors,
         ) from exc
 
     importlib.invalidate_caches()
     still_missing = [req for reqs in missing_requirements(find_spec).values() for req in reqs]
-    if still_missing or torch_was_loaded:
+    torch_replaced = torch_was_loaded and bool(missing["torch"])
+    if still_missing or torch_replaced:
         text = ("Packages were installed; restart Slicer to use them"
                 + (f" (still not importable: {' '.join(still_missing)})" if still_missing else "")
                 + ".")

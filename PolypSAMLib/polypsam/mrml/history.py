@@ -1,0 +1,192 @@
+"""Undo history: the one room for PolypSAM's undo states, and the hooks that let other histories follow.
+
+Each segmentation node has a stack of undo steps (at most :data:`MAX_STEPS`). A step restores
+either the node's segments (a deep copy taken before a write) or, for Track, the segmentation
+sequence the write changed: undo puts that sequence back as it was, or removes it from the
+browser and the scene when the write created it, and restores the proxy's segments.
+
+Steps are keyed by the segmentation *node*, not by its ``vtkSegmentation``: with save-changes
+on, Slicer's Sequences logic swaps the proxy node's ``vtkSegmentation`` object whenever the
+browser moves, so a history bound to that object (as ``vtkSegmentationHistory`` is) silently
+stops working after a Track. Snapshots are copies, so a step never keeps a removed node alive;
+steps of nodes that left their scene are dropped on every access.
+
+Before-write hooks run after PolypSAM saved its own step and before it writes: the Slicer
+widget registers one that snapshots the Segment Editor's own undo history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import slicer
+
+from .nodes import _require
+
+MAX_STEPS = 10
+
+#: Called with the segmentation node right after PolypSAM saved its undo step and before it writes.
+BeforeWriteHook = Callable[[Any], None]
+_before_write_hooks: list[BeforeWriteHook] = []
+
+
+def add_before_write_hook(hook: BeforeWriteHook) -> None:
+    if hook not in _before_write_hooks:
+        _before_write_hooks.append(hook)
+
+
+def remove_before_write_hook(hook: BeforeWriteHook) -> None:
+    if hook in _before_write_hooks:
+        _before_write_hooks.remove(hook)
+
+
+def _copy_segments(segmentation_node: Any) -> Any:
+    copy = slicer.vtkSegmentation()
+    copy.DeepCopy(segmentation_node.GetSegmentation())
+    return copy
+
+
+def _restore_segments(segmentation_node: Any, copy: Any) -> None:
+    was_modifying = segmentation_node.StartModify()
+    try:
+        segmentation_node.GetSegmentation().DeepCopy(copy)
+    finally:
+        segmentation_node.EndModify(was_modifying)
+    segmentation_node.Modified()
+
+
+@dataclass
+class _SegmentsStep:
+    """The node's segments before a write."""
+
+    segments: Any
+
+    def restore(self, node: Any) -> "_SegmentsStep":
+        current = _SegmentsStep(_copy_segments(node))
+        _restore_segments(node, self.segments)
+        return current
+
+
+@dataclass
+class _SequenceStep:
+    """A Track write: the node's segments and its segmentation sequence in one browser."""
+
+    segments: Any
+    browser_id: str
+    sequence_copy: Any = None  # a copy of the sequence's content, or None: the write created it
+
+    def restore(self, node: Any) -> None:
+        scene = node.GetScene()
+        browser = scene.GetNodeByID(self.browser_id) if scene is not None else None
+        sequence = browser.GetSequenceNode(node) if browser is not None else None
+        if sequence is not None:
+            if self.sequence_copy is None:  # created by the write: remove it as a whole
+                browser.RemoveSynchronizedSequenceNode(sequence.GetID())
+                scene.RemoveNode(sequence)
+            else:
+                sequence.Copy(self.sequence_copy)
+                sequence.Modified()
+        _restore_segments(node, self.segments)
+        return None
+
+
+@dataclass
+class _Room:
+    scene: Any
+    node_id: str
+    undo: list = field(default_factory=list)
+    redo: list = field(default_factory=list)
+
+
+# segmentation node address -> its undo and redo steps
+_ROOMS: dict[str, _Room] = {}
+
+
+def _key(segmentation_node: Any) -> str:
+    return segmentation_node.GetAddressAsString("vtkMRMLSegmentationNode")
+
+
+def _prune() -> None:
+    for key, room in list(_ROOMS.items()):
+        if room.scene is None:  # a node outside any scene: kept until forget_undo_history
+            continue
+        node = room.scene.GetNodeByID(room.node_id)
+        if node is None or _key(node) != key:
+            del _ROOMS[key]
+
+
+def _room(segmentation_node: Any, create: bool) -> _Room | None:
+    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    _prune()
+    key = _key(segmentation_node)
+    room = _ROOMS.get(key)
+    if room is None and create:
+        room = _ROOMS[key] = _Room(segmentation_node.GetScene(), segmentation_node.GetID())
+    return room
+
+
+def _push(segmentation_node: Any, step: Any) -> None:
+    room = _room(segmentation_node, create=True)
+    room.undo.append(step)
+    del room.undo[:-MAX_STEPS]
+    room.redo.clear()
+    for hook in list(_before_write_hooks):
+        hook(segmentation_node)
+
+
+def save_state_for_undo(segmentation_node: Any) -> None:
+    """Snapshot the segments before changing them, then run the before-write hooks."""
+    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    _push(segmentation_node, _SegmentsStep(_copy_segments(segmentation_node)))
+
+
+def save_sequence_state_for_undo(segmentation_node: Any, browser_node: Any) -> None:
+    """Snapshot the segments and the node's segmentation sequence in ``browser_node`` (Track)."""
+    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    _require(browser_node, "vtkMRMLSequenceBrowserNode", "sequence browser")
+    sequence = browser_node.GetSequenceNode(segmentation_node)
+    copy = None
+    if sequence is not None:
+        copy = slicer.vtkMRMLSequenceNode()
+        copy.Copy(sequence)  # the data nodes are copied (CopyContent leaves them out)
+    _push(segmentation_node,
+          _SequenceStep(_copy_segments(segmentation_node), browser_node.GetID(), copy))
+
+
+def undo(segmentation_node: Any) -> bool:
+    """Restore the state saved before the last change; ``False`` if there is none."""
+    room = _room(segmentation_node, create=False)
+    if room is None or not room.undo:
+        return False
+    step = room.undo.pop()
+    redo_step = step.restore(segmentation_node)
+    if redo_step is not None:
+        room.redo.append(redo_step)
+    else:  # a sequence step cannot be re-applied: the redo stack ends here
+        room.redo.clear()
+    return True
+
+
+def redo(segmentation_node: Any) -> bool:
+    """Re-apply the segment change undone last; ``False`` if there is none."""
+    room = _room(segmentation_node, create=False)
+    if room is None or not room.redo:
+        return False
+    step = room.redo.pop()
+    room.undo.append(step.restore(segmentation_node))
+    return True
+
+
+def forget_undo_history(segmentation_node: Any = None) -> None:
+    """Drop PolypSAM's undo steps of one segmentation node, or of all when ``None``."""
+    if segmentation_node is None:
+        _ROOMS.clear()
+    else:
+        _ROOMS.pop(_key(segmentation_node), None)
+
+
+def undo_history_count() -> int:
+    """How many segmentations PolypSAM currently keeps undo steps for (after pruning)."""
+    _prune()
+    return len(_ROOMS)

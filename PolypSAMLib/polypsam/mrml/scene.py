@@ -1,0 +1,62 @@
+"""Scene set-up for the buttons: Add box (an ROI in place mode) and a new output segmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import slicer
+
+from .jobs import FRAME_ATTRIBUTE
+
+
+def _remember_frame_when_placed(roi: Any, browser: Any) -> None:
+    """Record the browser's item on ``roi`` when its position is defined (placed), not before:
+    the user may move through the sequence between pressing Add box and drawing the box."""
+
+    def on_defined(caller: Any, event: str) -> None:
+        del event
+        if browser.GetScene() is not None:
+            caller.SetAttribute(FRAME_ATTRIBUTE, str(int(browser.GetSelectedItemNumber())))
+
+    roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, on_defined)
+
+
+def place_box(scene: Any, selection_node: Any, interaction_node: Any, name: str = "Polyp",
+              browser: Any = None) -> Any:
+    """A new ROI with the slice views in place mode for it: the user's next click-drag draws it.
+
+    With a sequence ``browser``, the item shown when the ROI is placed is remembered on the ROI
+    (:data:`~polypsam.mrml.jobs.FRAME_ATTRIBUTE`) for Track and Refine.
+    """
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(name))
+    roi.CreateDefaultDisplayNodes()
+    if browser is not None:
+        _remember_frame_when_placed(roi, browser)
+    selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
+    selection_node.SetActivePlaceNodeID(roi.GetID())
+    interaction_node.SetPlaceModePersistence(0)
+    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
+    return roi
+
+
+def new_segmentation(scene: Any, reference_volume: Any = None, name: str = "PolypSAM") -> Any:
+    """A new segmentation tied to ``reference_volume`` (if given), as Slicer's own modules do:
+    its reference geometry (parameter and node reference role) is the volume, and it sits beside
+    the volume in the subject hierarchy (under its study), which DICOM SEG export needs."""
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    segmentation.CreateDefaultDisplayNodes()
+    if reference_volume is not None:
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+        segmentation.SetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole(),
+                                        reference_volume.GetID())
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if hierarchy is not None:
+            volume_item = hierarchy.GetItemByDataNode(reference_volume)
+            parent = hierarchy.GetItemParent(volume_item) if volume_item else 0
+            if parent:
+                item = hierarchy.GetItemByDataNode(segmentation)
+                if item:  # desktop Slicer's subject hierarchy plugins add an item for new nodes
+                    hierarchy.SetItemParent(item, parent)
+                else:
+                    hierarchy.CreateItem(parent, segmentation)
+    return segmentation

@@ -1,0 +1,41 @@
+"""The one engine factory (polypsam.engines): settings, consent for downloads, the engine cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polypsam import engines
+
+
+# -- engine factory -------------------------------------------------------------------------------
+def test_weights_to_download_only_for_uncached_registry_models(tmp_path, monkeypatch):
+
+    monkeypatch.setenv("POLYPSAM_CACHE_DIR", str(tmp_path))
+    spec = engines.weights_to_download(engines.EngineSettings(model="sam2.1_hiera_tiny"))
+    assert spec is not None and spec.name == "sam2.1_hiera_tiny"
+    (tmp_path / spec.filename).write_bytes(b"x")
+    assert engines.weights_to_download(engines.EngineSettings(model="sam2.1_hiera_tiny")) is None
+    custom = engines.EngineSettings(checkpoint=str(tmp_path / "mine.pt"))
+    assert engines.weights_to_download(custom) is None
+
+
+def test_engine_factory_refuses_silent_download(tmp_path, monkeypatch):
+    from polypsam.errors import CheckpointError, InvalidInputError
+
+    monkeypatch.setenv("POLYPSAM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(CheckpointError, match="not in the cache"):
+        engines.create_engine(engines.EngineSettings(model="sam2.1_hiera_tiny"))
+    with pytest.raises(InvalidInputError, match="unknown engine"):
+        engines.create_engine(engines.EngineSettings(kind="cloud"))
+
+
+def test_engine_factory_builds_custom_checkpoint(module_engine, tiny_checkpoint):
+    info = module_engine.info
+    assert info.image_size == 256 and info.device == "cpu"
+    assert Path(info.checkpoint) == Path(tiny_checkpoint)
+    assert len(info.checkpoint_sha256) == 64
