@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import options
+from .export import add_export_options, check_export_args, export_from_args
 from ..errors import InvalidInputError
 
 
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
                    help="mask PNG for a frame; .nrrd/.nii.gz labelmap for a volume slice")
     p.add_argument("--overlay", type=Path, default=None, help="PNG with the mask contours drawn")
     options.add_engine_options(p)
+    add_export_options(p)
     p.set_defaults(handler=run_segment)
 
 
@@ -33,6 +35,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..overlay import draw_overlay, labelmap_from_masks
 
     intensity = options.intensity_from_args(args)
+    check_export_args(args, args.image)
     if io.is_image_file(args.image):
         if args.slice_k is not None:
             raise InvalidInputError("--slice applies to volumes, not to PNG/JPEG frames")
@@ -65,6 +68,10 @@ def run_segment(args: argparse.Namespace) -> int:
         io.write_volume(volume.with_array(full), args.output)
     if args.overlay is not None:
         io.write_png(draw_overlay(image, labels, intensity, boxes=boxes), args.overlay)
+    export_from_args(args, labels if volume is None else volume.with_array(full), engine=engine,
+                     prompts={"boxes": boxes, "slice": args.slice_k}, source=args.image,
+                     frame_names=[args.image.stem] if volume is None else None,
+                     reference_dicom=args.image if args.image.is_dir() else None)
     for label, result in enumerate(results, start=1):
         print(f"label {label}: box {result.box.describe()} score {result.score:.3f}"
               f" pixels {int(result.mask.sum())}")

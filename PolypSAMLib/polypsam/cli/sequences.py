@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import options
+from .export import add_export_options, check_export_args, export_from_args
 from ..errors import InvalidInputError
 from .options import EXIT_INTERRUPTED
 
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
                    help="keep only each label's largest 3-D connected component")
     p.add_argument("-o", "--output", type=Path, required=True, help="labelmap .nrrd or .nii.gz")
     options.add_engine_options(p)
+    add_export_options(p)
     p.set_defaults(handler=run_propagate)
 
     t = subparsers.add_parser(
@@ -56,6 +58,7 @@ def register(subparsers) -> None:
     t.add_argument("--overlay", action="store_true",
                    help="also write overlay PNGs (contours on the frame) to OUT_DIR/overlay/")
     options.add_engine_options(t)
+    add_export_options(t)
     t.set_defaults(handler=run_track)
 
 
@@ -65,6 +68,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     from ..propagation import propagate
 
     options.check_suffix(args.output, options.VOLUME_SUFFIXES, "-o (a labelmap)")
+    check_export_args(args, args.volume)
     intensity = options.intensity_from_args(args)
     volume = io.read_volume(args.volume)
     nk, nj, ni = volume.shape
@@ -92,6 +96,10 @@ def run_propagate(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     io.write_volume(result.labelmap, args.output)
+    export_from_args(args, result.labelmap, engine=engine, source=args.volume,
+                     prompts={"boxes": boxes, "key_slice": result.key_slice,
+                              "slices": list(result.slices)},
+                     reference_dicom=args.volume if args.volume.is_dir() else None)
     lab = result.labelmap.array
     for label, score in sorted(result.scores.items()):
         voxels = int((lab == label).sum())
@@ -109,6 +117,7 @@ def run_track(args: argparse.Namespace) -> int:
     from ..propagation import iter_track
 
     intensity = options.intensity_from_args(args)
+    check_export_args(args)
     frames = read_frames(args.frames)
     n = len(frames)
     check_index(args.frame, n, f"--frame {args.frame}", "the sequence's frames")
@@ -122,11 +131,14 @@ def run_track(args: argparse.Namespace) -> int:
     overlay_dir = args.output / "overlay"
     bar = options.progress_bar(n, "frame", "track")
     written = 0
+    kept = {} if args.export else None
     try:
         for frame, labels, _scores in iter_track(
             engine, frames, args.frame, boxes, intensity=intensity,
         ):
             io.write_png(labels, args.output / f"{names[frame]}.png")
+            if kept is not None:
+                kept[frame] = labels
             if args.overlay:
                 io.write_png(draw_overlay(np.asarray(frames[frame]), labels, intensity,
                                           boxes=boxes if frame == args.frame else ()),
@@ -142,4 +154,9 @@ def run_track(args: argparse.Namespace) -> int:
         bar.close()
     print(f"wrote {written} masks to {args.output}" + (f" and overlays to {overlay_dir}"
                                                          if args.overlay else ""))
+    if kept:
+        blank = np.zeros_like(next(iter(kept.values())))
+        export_from_args(args, np.stack([kept.get(i, blank) for i in range(n)]), engine=engine,
+                         prompts={"boxes": boxes, "key_frame": args.frame}, source=args.frames,
+                         frame_names=names)
     return 0

@@ -1,0 +1,162 @@
+"""``polypsam export LABELMAP --to FORMAT -o OUT``, and ``--export FORMAT`` of other commands.
+
+LABELMAP is a NIfTI/NRRD labelmap (keeps its grid), one label/mask image, or a folder of
+per-frame label/mask images (one COCO image / PNG per frame, named like the frames). Image
+masks are read as :func:`polypsam.evaluation.load_mask` reads them (0/255 masks become label 1).
+A provenance sidecar written next to LABELMAP by an earlier run is carried over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InvalidInputError
+
+FORMAT_CHOICES = ("seg.nrrd", "nifti", "nrrd", "png", "coco", "dicom-seg")
+_SIBLING_SUFFIX = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "nrrd": ".nrrd",
+                   "coco": ".coco.json", "dicom-seg": ".seg.dcm", "png": "_png"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a labelmap as .seg.nrrd, NIfTI, PNGs, COCO or DICOM SEG",
+        description="Export a labelmap (NIfTI/NRRD file, a label/mask image, or a folder of"
+                    " per-frame masks) with segment names, colours, terminology and provenance"
+                    " (also in a <output>.provenance.json sidecar).")
+    p.add_argument("labelmap", type=Path, help="labelmap file, mask image or folder of masks")
+    p.add_argument("--to", dest="fmt", required=True, choices=FORMAT_CHOICES, help="format")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output file (.seg.nrrd, .nii.gz, .nrrd, .json, .dcm) or folder (png)")
+    p.add_argument("--reference", type=Path, default=None, metavar="DICOM_DIR",
+                   help="source DICOM series folder (dicom-seg: the SEG references it)")
+    add_segment_options(p)
+    p.add_argument("--provenance", type=Path, default=None,
+                   help="provenance JSON to record (default: LABELMAP's sidecar, if any)")
+    p.set_defaults(handler=run_export)
+
+
+def add_segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--names", nargs="+", default=None, help="segment names for labels 1, 2, ...")
+    p.add_argument("--colours", nargs="+", default=None, metavar="R,G,B",
+                   help="segment colours (0-255) for labels 1, 2, ...")
+    p.add_argument("--terminology", default=None,
+                   help="segment terminology: lesion (default), polyp, mass or tissue")
+    p.add_argument("--coco-encoding", choices=("rle", "polygon"), default="rle",
+                   help="COCO segmentation as RLE (exact, default) or polygons")
+
+
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """``--export FORMAT [--export-output PATH]`` for commands that produce labels."""
+    g = p.add_argument_group("export")
+    g.add_argument("--export", choices=FORMAT_CHOICES, default=None,
+                   help="also export the result with provenance in this format")
+    g.add_argument("--export-output", type=Path, default=None,
+                   help="export file/folder (default: beside -o, e.g. OUT.seg.nrrd)")
+
+
+def check_export_args(args: argparse.Namespace, source: Path | None = None) -> None:
+    """Refuse a bad ``--export`` request before the model runs (no-op without ``--export``)."""
+    from ..export import output_path
+
+    if not getattr(args, "export", None):
+        return
+    output_path(args.export_output or default_export_path(args.output, args.export), args.export)
+    if args.export == "dicom-seg" and not (source is not None and source.is_dir()):
+        raise InvalidInputError("--export dicom-seg needs a DICOM series folder as input"
+                                " (the SEG references its instances)")
+
+
+def export_from_args(args: argparse.Namespace, labels, *, engine=None, prompts=None,
+                     frame_names=None, reference_dicom=None, source=None):
+    """Run the ``--export`` of a segment/propagate/track command (no-op without it)."""
+    from ..export import export_labelmap, make_provenance
+
+    if not getattr(args, "export", None):
+        return None
+    out = args.export_output or default_export_path(args.output, args.export)
+    prov = make_provenance(engine.info if engine is not None else None, prompts=prompts,
+                           source=source, command=args.command)
+    result = export_labelmap(labels, out, args.export, provenance=prov,
+                             reference_dicom=reference_dicom if args.export == "dicom-seg" else None,
+                             frame_names=frame_names)
+    print(f"exported {args.export} to {result.path} (provenance: {result.sidecar.name})")
+    return result
+
+
+def default_export_path(output: Path, fmt: str) -> Path:
+    """Beside ``-o``: ``mask.png`` -> ``mask.seg.nrrd``; an output folder -> inside it."""
+    from ..io import full_suffix
+
+    if output.is_dir() or not output.suffix:
+        return output / ("labels" + _SIBLING_SUFFIX[fmt])
+    stem = output.name[: -len(full_suffix(output))]
+    return output.with_name(stem + _SIBLING_SUFFIX[fmt])
+
+
+def _colours(values):
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        parts = v.replace(" ", "").split(",")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise InvalidInputError(f"--colours takes R,G,B (0-255) per label, got {v!r}")
+        out.append(tuple(int(p) for p in parts))
+    return out
+
+
+def read_labelmap(path: Path):
+    """``(labels, frame_names)``: a Volume (names None) or a frame stack with frame stems."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..evaluation.masks import case_name, load_mask
+    from ..io import full_suffix, is_image_file, list_frames, read_volume, IMAGE_SUFFIXES
+
+    if not path.exists():
+        raise InvalidInputError(f"labelmap not found: {path}")
+    if path.is_file() and full_suffix(path) in IMAGE_SUFFIXES:
+        files = [path]
+    elif path.is_dir() and any(is_image_file(p) for p in path.iterdir()):
+        files = list_frames(path)
+    else:
+        return read_volume(path), None
+    frames = [sitk.GetArrayFromImage(load_mask(f).image) for f in files]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise InvalidInputError(f"the masks in {path} differ in size: {sorted(shapes)}")
+    return np.stack(frames), [case_name(f) for f in files]
+
+
+def _provenance(args) -> dict | None:
+    candidates = [args.provenance] if args.provenance else [
+        args.labelmap / "provenance.json" if args.labelmap.is_dir() else
+        args.labelmap.with_name(args.labelmap.name + ".provenance.json")]
+    for c in candidates:
+        if c is not None and c.is_file():
+            try:
+                doc = json.loads(c.read_text())
+            except (OSError, ValueError) as exc:
+                raise InvalidInputError(f"cannot read provenance {c}: {exc}") from exc
+            return doc.get("provenance", doc) if isinstance(doc, dict) else None
+        if args.provenance:
+            raise InvalidInputError(f"provenance file not found: {c}")
+    return None
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..export import export_labelmap
+
+    labels, frame_names = read_labelmap(args.labelmap)
+    prov = dict(_provenance(args) or {})
+    prov.setdefault("source", str(args.labelmap))
+    result = export_labelmap(labels, args.output, args.fmt, names=args.names,
+                             colours=_colours(args.colours), provenance=prov,
+                             reference_dicom=args.reference, frame_names=frame_names,
+                             terminology=args.terminology, coco_encoding=args.coco_encoding)
+    for s in result.segments:
+        print(f"label {s.label}: {s.name} {s.type[2]} rgb{s.color}")
+    print(f"wrote {result.path} and {result.sidecar}")
+    return 0
