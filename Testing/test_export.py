@@ -165,9 +165,10 @@ def test_dicom_seg_frames_equal_the_mask_and_reference_the_source(shared_data, t
     seg = read_volume(shared_data / "ct/totalsegmentator/example_seg_dicom.nii.gz")
     # the labels come on a flipped index order of the same grid; keep spleen and liver
     labels = seg.with_array(np.where(np.isin(seg.array, (1, 5)), seg.array, 0).astype(np.uint8))
+    # the source as a list of files (as Slicer's DICOM database gives them)
     result = export_labelmap(labels, tmp_path / "seg.dcm", "dicom-seg",
                              names={1: "spleen", 5: "liver"}, terminology="tissue",
-                             provenance=PROV, reference_dicom=series)
+                             provenance=PROV, reference_dicom=sorted(series.iterdir()))
     ds = pydicom.dcmread(result.path)
     sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
                for p in series.iterdir()}

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InvalidInputError
-from .masks import load_mask, match_grids, pair_cases
+from .masks import case_name, load_mask, match_grids, pair_cases
 from .metrics import LabelMetrics, label_metrics
 
 DEFAULT_TOLERANCE_MM = 2.0
@@ -32,7 +32,7 @@ def evaluate_case(pred: str | Path, ref: str | Path, *, case: str | None = None,
             raise InvalidInputError(
                 f"label(s) {unknown} are in neither PRED {pred} nor GT {ref}"
                 f" (labels there: {sorted(present) or 'none'})")
-    return _metrics(pred_mask, ref_mask, case or Path(ref).name, tolerance_mm, labels, resample)
+    return _metrics(pred_mask, ref_mask, case or case_name(Path(ref)), tolerance_mm, labels, resample)
 
 
 def evaluate_cases(cases: Iterable[tuple[str, str | Path, str | Path]], *,

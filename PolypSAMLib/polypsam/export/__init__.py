@@ -81,7 +81,7 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
                     names: "Sequence[str] | Mapping[int, str] | None" = None,
                     colours: "Sequence | Mapping | None" = None,
                     provenance: Mapping | None = None,
-                    reference_dicom: str | Path | None = None,
+                    reference_dicom: "str | Path | Sequence[str | Path] | None" = None,
                     frame_names: Sequence[str] | None = None,
                     terminology=None, coco_encoding: str = "rle") -> ExportResult:
     """Write ``labels`` as ``fmt`` with segment metadata and provenance.
@@ -93,7 +93,8 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
     0-255. ``terminology``: preset (``lesion`` default, ``polyp``, ``mass``, ``tissue``) or
     per-label codes (see :func:`~polypsam.export.segments.segments_for`).
     ``provenance``: e.g. from :func:`make_provenance`; version and date are filled in.
-    ``reference_dicom``: source series folder (``dicom-seg`` only, required there).
+    ``reference_dicom``: the source series' folder or its list of files (``dicom-seg`` only,
+    required there).
     ``frame_names``: file stems of PNG/COCO images (default ``0000``... for frames,
     ``slice_0000``... for volumes). ``coco_encoding``: ``rle`` (exact) or ``polygon``.
     """
@@ -131,7 +132,9 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
         files = [write_coco(volume, path, segments, frame_names, prov, coco_encoding)]
     else:
         from .dicom_seg import write_dicom_seg
-        files = [write_dicom_seg(volume, path, segments, prov, Path(reference_dicom))]
+        ref = (Path(reference_dicom) if isinstance(reference_dicom, (str, Path))
+               else [Path(p) for p in reference_dicom])
+        files = [write_dicom_seg(volume, path, segments, prov, ref)]
     sidecar = write_sidecar(sidecar_path(path, fmt), prov, segments, format=fmt,
                             files=[p.name for p in files][:1000])
     return ExportResult(path, sidecar, segments, files)

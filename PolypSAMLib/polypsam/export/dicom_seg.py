@@ -20,15 +20,25 @@ from ..geometry import Volume, VolumeGeometry
 from .segments import Segment, provenance_summary
 
 
-def read_source_series(folder: Path) -> list:
-    """Headers (no pixels) of the one DICOM image series in ``folder``, sorted along its normal."""
+def read_source_series(source: "Path | Sequence[Path]") -> list:
+    """Headers (no pixels) of the one DICOM image series in ``source`` (a folder, or the list of
+    its files, e.g. from Slicer's DICOM database), sorted along the slice normal."""
     import pydicom
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InvalidInputError(f"--reference must be the DICOM series folder; not found: {folder}")
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise InvalidInputError(
+                f"--reference must be the DICOM series folder; not found: {folder}")
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    else:
+        files = [Path(p) for p in source]
+        folder = files[0].parent if files else Path(".")
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise InvalidInputError(f"reference DICOM files not found: {', '.join(missing[:3])}")
     datasets = []
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+    for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception:  # not DICOM (README, DICOMDIR...): skipped
@@ -108,8 +118,9 @@ def labelmap_on_series(volume: Volume, datasets: Sequence) -> np.ndarray:
 
 
 def write_dicom_seg(volume: Volume, path: Path, segments: Sequence[Segment],
-                    provenance: Mapping, reference_dicom: Path) -> Path:
-    """Write a binary DICOM SEG of ``segments`` referencing the series in ``reference_dicom``."""
+                    provenance: Mapping, reference_dicom: "Path | Sequence[Path]") -> Path:
+    """Write a binary DICOM SEG of ``segments`` referencing the series in ``reference_dicom``
+    (its folder, or its files)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
