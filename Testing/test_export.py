@@ -51,6 +51,9 @@ def test_volume_labelmaps_read_back_by_simpleitk(tmp_path, fmt, name):
                                                                   (3, "lesion")]
     if fmt == "nrrd":
         check_provenance(json.loads(image.GetMetaData("PolypSAM_Provenance")))
+    else:
+        assert image.GetMetaData("descrip").startswith("PolypSAM ")
+        assert "sam2.1_hiera_tiny sha256:abababab" in image.GetMetaData("descrip")
 
 
 def test_seg_nrrd_is_read_by_slicer_with_names_colours_terminology(slicer_core, slicer_scene,

@@ -61,7 +61,8 @@ def write_labelmap_volume(volume: Volume, path: Path, provenance: Mapping) -> Pa
     if full_suffix(path) == ".nrrd":
         image.SetMetaData(PROVENANCE_KEY, json.dumps(dict(provenance), separators=(",", ":")))
     else:
-        image.SetMetaData("descrip", provenance_summary(provenance, 79))
+        # ITK writes this key into the NIfTI header's 80-character ``descrip`` field
+        image.SetMetaData("ITK_FileNotes", provenance_summary(provenance, 79))
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), True)
     return path
