@@ -1,0 +1,265 @@
+"""Batch manifests: a CSV file, one case per row, parsed and checked into :class:`Case` objects.
+
+Columns (header row required; only ``input`` and ``boxes`` are mandatory, order is free):
+
+``case_id``    name of the case's output folder (letters, digits, ``._-``; default: the input's
+               file name without suffix, made unique with ``-2``, ``-3``...)
+``input``      a PNG/JPEG frame, a NIfTI/NRRD/MHA volume or DICOM file/series folder, a folder of
+               PNG/JPEG frames or a video file; relative paths start at the manifest's folder
+``task``       ``segment`` | ``propagate`` | ``track``, or empty: a frame image is segmented, a
+               volume propagated (segmented when it has one slice), frames/videos tracked
+``boxes``      one or more boxes ``X0 Y0 X1 Y1`` (pixels, inclusive; x = column/I, y = row/J)
+               separated by ``;`` (labels 1..N in that order); numbers split by spaces or commas
+``key_slice``  volumes: the slice K the boxes are drawn on (propagate: default the middle of
+               ``slices``; segment: required unless the volume has one slice)
+``slices``     propagate: the slice range ``K0 K1`` (inclusive; default all slices)
+``frame``      track: the frame index the boxes are drawn on (0-based, natural order; default 0)
+``reference``  optional reference mask (image, labelmap or folder of frame masks) for
+               ``--evaluate``
+``window``     optional intensity for scalar images, as ``--window`` (overrides it for the row)
+
+A row that cannot be used (missing file, unknown task, bad numbers, options that do not fit the
+input) becomes a :class:`RowError` naming the row and the problem; the other rows still run.
+Boxes are checked against the image size when the case runs (the file is read there).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InvalidInputError
+from ..geometry import Box, as_boxes
+
+COLUMNS = ("case_id", "input", "task", "boxes", "key_slice", "slices", "frame", "reference",
+           "window")
+TASKS = ("segment", "propagate", "track")
+KINDS = ("image", "volume", "frames")
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One checked manifest row: what to run on which input (paths absolute)."""
+
+    case_id: str
+    row: int  # 1-based line number in the CSV file (header = line 1)
+    input: Path
+    kind: str  # image | volume | frames
+    task: str  # segment | propagate | track | "" (volume: decided once its slices are known)
+    boxes: tuple[Box, ...]
+    key_slice: int | None = None
+    slices: tuple[int, int] | None = None
+    frame: int | None = None
+    reference: Path | None = None
+    window: str = ""
+
+    def prompts(self) -> dict:
+        """The prompts as JSON-ready values (recorded in the case's JSON)."""
+        out: dict = {"boxes": [b.to_list() for b in self.boxes]}
+        for name in ("key_slice", "slices", "frame"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def describe(self) -> dict:
+        """Everything that decides this case's outputs, as JSON-ready values."""
+        return {"case_id": self.case_id, "input": str(self.input), "kind": self.kind,
+                "task": self.task, "prompts": self.prompts(), "window": self.window,
+                "reference": str(self.reference) if self.reference else None}
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A manifest row that cannot run, with the reason."""
+
+    row: int
+    case_id: str
+    input: str
+    message: str
+
+
+@dataclass
+class Manifest:
+    path: Path
+    cases: list[Case] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """``"x0 y0 x1 y1; x0 y0 x1 y1"`` as boxes (coordinates not yet checked against an image)."""
+    parts = [p for p in (text or "").split(";") if p.strip()]
+    if not parts:
+        raise InvalidInputError("no box given: the boxes column needs X0 Y0 X1 Y1 (';' between)")
+    return as_boxes([_numbers(p, "box", float) for p in parts])
+
+
+def _numbers(text: str, what: str, kind=int) -> list:
+    items = [t for t in re.split(r"[\s,]+", text.strip()) if t]
+    try:
+        return [kind(t) for t in items]
+    except ValueError as exc:
+        raise InvalidInputError(f"{what} {text.strip()!r} must be {kind.__name__} numbers") from exc
+
+
+def _one_int(text: str, what: str) -> int | None:
+    if not text.strip():
+        return None
+    values = _numbers(text, what)
+    if len(values) != 1:
+        raise InvalidInputError(f"{what} {text.strip()!r} must be one integer")
+    return values[0]
+
+
+def input_kind(path: Path) -> str:
+    """``image``, ``volume`` or ``frames`` for an existing input path."""
+    from .. import io
+    from ..frames import VIDEO_SUFFIXES
+
+    if path.is_dir():
+        has_frames = any(io.is_image_file(p) for p in path.iterdir())
+        return "frames" if has_frames else "volume"
+    if io.is_image_file(path):
+        return "image"
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return "frames"
+    if io.full_suffix(path) in io.VOLUME_SUFFIXES:
+        return "volume"
+    raise InvalidInputError(
+        f"input {path.name} is not a PNG/JPEG frame, a volume ({', '.join(io.VOLUME_SUFFIXES)}),"
+        " a DICOM or frame folder, or a video"
+    )
+
+
+def _resolve(base: Path, text: str, what: str) -> Path:
+    path = Path(text.strip()).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.exists():
+        raise InvalidInputError(f"{what} not found: {path}")
+    return path.resolve()
+
+
+def _task_for(kind: str, task: str, row: dict) -> str:
+    if task and task not in TASKS:
+        raise InvalidInputError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or leave it"
+                                " empty")
+    fits = {"image": ("segment",), "volume": ("segment", "propagate"), "frames": ("track",)}
+    what = {"image": "an image", "volume": "a volume", "frames": "a frame folder or video"}[kind]
+    if task and task not in fits[kind]:
+        raise InvalidInputError(f"task {task} does not apply to {what} (use"
+                                f" {' or '.join(fits[kind])})")
+    if kind != "volume" and (row["key_slice"] or row["slices"]):
+        raise InvalidInputError(f"key_slice/slices apply to volumes, not to {what}")
+    if kind != "frames" and row["frame"]:
+        raise InvalidInputError(f"frame applies to frame folders and videos, not to {what}")
+    if task == "segment" and row["slices"]:
+        raise InvalidInputError("slices applies to propagate; segment takes one key_slice")
+    if kind == "image":
+        return "segment"
+    if kind == "frames":
+        return "track"
+    return task or ("propagate" if row["slices"] else "")
+
+
+def parse_row(row: dict, line: int, base: Path) -> Case:
+    """One CSV row (a dict of stripped strings) as a :class:`Case`; raises InvalidInputError."""
+    if not row["input"]:
+        raise InvalidInputError("the input column is empty")
+    path = _resolve(base, row["input"], "input")
+    kind = input_kind(path)
+    task = _task_for(kind, row["task"].lower(), row)
+    boxes = tuple(parse_boxes(row["boxes"]))
+    slices = None
+    if row["slices"]:
+        values = _numbers(row["slices"], "slices")
+        if len(values) != 2 or values[0] > values[1] or values[0] < 0:
+            raise InvalidInputError(f"slices {row['slices']!r} must be two integers 0 <= K0 <= K1")
+        slices = (values[0], values[1])
+    key = _one_int(row["key_slice"], "key_slice")
+    if key is not None and slices is not None and not slices[0] <= key <= slices[1]:
+        raise InvalidInputError(f"key_slice {key} lies outside slices {slices[0]}..{slices[1]}")
+    if row["window"]:
+        from ..preprocess import parse_intensity
+
+        parse_intensity(row["window"])
+    reference = _resolve(base, row["reference"], "reference") if row["reference"] else None
+    case_id = row["case_id"] or _default_id(path)
+    check_case_id(case_id)
+    return Case(case_id=case_id, row=line, input=path, kind=kind, task=task, boxes=boxes,
+                key_slice=key, slices=slices, frame=_one_int(row["frame"], "frame"),
+                reference=reference, window=row["window"])
+
+
+def check_case_id(case_id: str) -> str:
+    if not _CASE_ID.match(case_id) or case_id in (".", ".."):
+        raise InvalidInputError(
+            f"case_id {case_id!r} must be 1-128 letters, digits, '.', '_' or '-' (it names the"
+            " case's output folder)"
+        )
+    return case_id
+
+
+def _default_id(path: Path) -> str:
+    from ..io import full_suffix
+
+    stem = path.name[: len(path.name) - len(full_suffix(path))] if path.is_file() else path.name
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "case"
+    return clean[:120]
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse a manifest CSV; unusable rows become :class:`RowError` entries, not exceptions.
+
+    Raises :class:`InvalidInputError` only when the file itself is unusable (missing, no header,
+    no ``input``/``boxes`` column, unknown columns).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"manifest not found: {path}")
+    base = path.resolve().parent
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        if not header:
+            raise InvalidInputError(f"manifest {path} is empty: it needs a header row")
+        unknown = [h for h in header if h not in COLUMNS]
+        if unknown:
+            raise InvalidInputError(f"manifest {path.name}: unknown column(s) {', '.join(unknown)};"
+                                    f" known: {', '.join(COLUMNS)}")
+        missing = [c for c in ("input", "boxes") if c not in header]
+        if missing:
+            raise InvalidInputError(f"manifest {path.name} needs the column(s) {', '.join(missing)}")
+        reader.fieldnames = header
+        manifest = Manifest(path=path.resolve())
+        seen: dict[str, int] = {}
+        for raw in reader:
+            line = reader.line_num
+            row = {c: (raw.get(c) or "").strip() for c in COLUMNS}
+            if not any(row.values()):
+                continue
+            try:
+                case = parse_row(row, line, base)
+                if case.case_id in seen:
+                    if row["case_id"]:
+                        raise InvalidInputError(f"case_id {case.case_id} is also used on line"
+                                                f" {seen[case.case_id]}")
+                    case = _renamed(case, seen)
+                seen[case.case_id] = line
+                manifest.cases.append(case)
+            except InvalidInputError as exc:
+                manifest.errors.append(RowError(line, row["case_id"], row["input"], str(exc)))
+    if not manifest.cases and not manifest.errors:
+        raise InvalidInputError(f"manifest {path} has no rows")
+    return manifest
+
+
+def _renamed(case: Case, seen: dict[str, int]) -> Case:
+    from dataclasses import replace
+
+    n = 2
+    while f"{case.case_id}-{n}" in seen:
+        n += 1
+    return replace(case, case_id=f"{case.case_id}-{n}")

@@ -1,0 +1,259 @@
+"""One batch case: read the input, run segment/propagate/track through the library, write outputs.
+
+Each case owns the folder ``OUTDIR/<case_id>/``:
+
+* ``mask.png`` (a frame), ``labelmap.nii.gz`` (a volume, on the input's grid; ``.nrrd`` with
+  ``labelmap_suffix``) or ``masks/<frame>.png`` (a sequence);
+* ``case.json``: status, prompts, provenance (``engine.info.provenance()``), timings, scores.
+
+``case.json`` is written last, atomically (temporary file + ``os.replace``), and carries a
+fingerprint of everything that decides the outputs (the case's row and the engine settings). A
+case is finished when its ``case.json`` says ``"status": "ok"`` with the same fingerprint and
+every output it lists exists; anything else (no JSON: interrupted; failed; a changed row or
+model) runs again from an emptied folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InvalidInputError, PolypSAMError
+from .manifest import Case
+
+CASE_JSON = "case.json"
+FORMAT = 1  # bump when the output layout changes: older outputs then run again
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What every case shares: where outputs go and which model runs (picklable, for Dask)."""
+
+    outdir: Path
+    settings: object  # polypsam.engines.EngineSettings
+    allow_download: bool = False
+    window: str = ""  # default intensity (the CLI's --window); a row's own window wins
+    labelmap_suffix: str = ".nii.gz"
+
+    def case_dir(self, case: Case) -> Path:
+        return self.outdir / case.case_id
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case (also the content of its ``case.json``)."""
+
+    case_id: str
+    status: str  # ok | failed | skipped (finished by an earlier run)
+    input: str
+    task: str = ""
+    error: str = ""
+    outputs: list[str] = field(default_factory=list)  # relative to the case folder
+    reference: str | None = None
+    record: dict = field(default_factory=dict)
+
+
+EngineProvider = Callable[[object], tuple[object, float]]
+"""``provider(settings) -> (engine, seconds spent loading it now; 0.0 when it was cached)``."""
+
+
+def fingerprint(case: Case, plan: BatchPlan) -> str:
+    from dataclasses import asdict
+
+    data = {"format": FORMAT, "case": case.describe(), "settings": asdict(plan.settings),
+            "window": case.window or plan.window, "labelmap_suffix": plan.labelmap_suffix}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def finished(case: Case, plan: BatchPlan) -> dict | None:
+    """The ``case.json`` of a case finished with these settings, or ``None``."""
+    folder = plan.case_dir(case)
+    try:
+        record = json.loads((folder / CASE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("status") != "ok" or record.get("fingerprint") != fingerprint(case, plan):
+        return None
+    if not all((folder / rel).exists() for rel in record.get("outputs", [None])):
+        return None
+    return record
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> CaseResult:
+    """Run one case unless it is already finished; never raises for a bad case (status failed).
+
+    ``KeyboardInterrupt`` passes through (the case stays unfinished and runs again next time).
+    """
+    done = finished(case, plan)
+    if done is not None:
+        return CaseResult(case.case_id, "skipped", str(case.input), done.get("task", case.task),
+                          outputs=done.get("outputs", []), reference=done.get("reference"),
+                          record=done)
+    folder = plan.case_dir(case)
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted, failed or outdated run of this case
+    folder.mkdir(parents=True)
+    record: dict = {
+        "case_id": case.case_id, "manifest_row": case.row, "input": str(case.input),
+        "kind": case.kind, "task": case.task, "prompts": case.prompts(),
+        "window": case.window or plan.window or None,
+        "reference": str(case.reference) if case.reference else None,
+        "fingerprint": fingerprint(case, plan), "polypsam_version": __version__,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        outputs, extra = _run(case, plan, engine_provider, folder, timings, record)
+        record.update(extra, status="ok", outputs=outputs, error=None)
+    except Exception as exc:  # a bad case is recorded, never stops the batch
+        record.update(status="failed", outputs=[], error=_message(exc))
+    timings["total_s"] = time.perf_counter() - start
+    record["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(record, folder / CASE_JSON)
+    return CaseResult(case.case_id, record["status"], str(case.input), record["task"],
+                      error=record["error"] or "", outputs=record["outputs"],
+                      reference=record["reference"], record=record)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, PolypSAMError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _intensity(case: Case, plan: BatchPlan):
+    from ..preprocess import parse_intensity
+
+    text = case.window or plan.window
+    return parse_intensity(text) if text else None
+
+
+def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: dict):
+    engine, load_s = provider(plan.settings)
+    timings["engine_load_s"] = load_s
+    record["engine_loaded"] = load_s > 0
+    record["provenance"] = engine.info.provenance()
+    return engine
+
+
+def _run(case: Case, plan: BatchPlan, provider: EngineProvider, folder: Path, timings: dict,
+         record: dict) -> tuple[list[str], dict]:
+    if case.kind == "image":
+        return _segment_image(case, plan, provider, folder, timings, record)
+    if case.kind == "volume":
+        return _volume(case, plan, provider, folder, timings, record)
+    return _track(case, plan, provider, folder, timings, record)
+
+
+def _segment_image(case, plan, provider, folder, timings, record):
+    from .. import io
+    from ..geometry import as_boxes
+    from ..overlay import labelmap_from_masks
+
+    t = time.perf_counter()
+    image = io.read_image(case.input)
+    boxes = as_boxes(case.boxes, image.shape[1], image.shape[0])
+    intensity = _intensity(case, plan)
+    timings["read_s"] = time.perf_counter() - t
+    engine = _engine(provider, plan, timings, record)
+    t = time.perf_counter()
+    results = engine.segment_2d(image, boxes, intensity=intensity)
+    timings["compute_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    io.write_png(labelmap_from_masks(results), folder / "mask.png")
+    timings["write_s"] = time.perf_counter() - t
+    return ["mask.png"], {"scores": {str(i): r.score for i, r in enumerate(results, start=1)}}
+
+
+def _volume(case, plan, provider, folder, timings, record):
+    from .. import io
+    from ..geometry import as_boxes, check_index, check_slice_range
+    from ..overlay import labelmap_from_masks
+    from ..propagation import propagate
+
+    t = time.perf_counter()
+    volume = io.read_volume(case.input)
+    nk, nj, ni = volume.shape
+    task = case.task or ("segment" if nk == 1 else "propagate")
+    record["task"] = task
+    boxes = as_boxes(case.boxes, ni, nj)
+    intensity = _intensity(case, plan)
+    name = "labelmap" + plan.labelmap_suffix
+    if task == "segment":
+        if case.key_slice is None and nk != 1:
+            raise InvalidInputError(f"the volume has {nk} slices: give key_slice for segment")
+        k = check_index(case.key_slice or 0, nk, f"key_slice {case.key_slice}",
+                        "the volume's slices")
+        timings["read_s"] = time.perf_counter() - t
+        engine = _engine(provider, plan, timings, record)
+        t = time.perf_counter()
+        results = engine.segment_2d(volume.array[k], boxes, intensity=intensity)
+        labels = np.zeros(volume.shape, dtype=np.uint8 if len(boxes) < 256 else np.uint16)
+        labels[k] = labelmap_from_masks(results)
+        timings["compute_s"] = time.perf_counter() - t
+        extra = {"scores": {str(i): r.score for i, r in enumerate(results, start=1)},
+                 "key_slice": k}
+        labelmap = volume.with_array(labels)
+    else:
+        k0, k1 = check_slice_range(case.slices, nk, "slices")
+        if case.key_slice is not None:
+            check_index(case.key_slice, nk, f"key_slice {case.key_slice}", "the volume's slices")
+        timings["read_s"] = time.perf_counter() - t
+        engine = _engine(provider, plan, timings, record)
+        t = time.perf_counter()
+        result = propagate(engine, volume, boxes, (k0, k1), case.key_slice, intensity=intensity)
+        timings["compute_s"] = time.perf_counter() - t
+        labelmap = result.labelmap
+        extra = {"scores": {str(k): v for k, v in result.scores.items()},
+                 "key_slice": result.key_slice, "slices_written": list(result.slices)}
+    t = time.perf_counter()
+    io.write_volume(labelmap, folder / name)
+    timings["write_s"] = time.perf_counter() - t
+    return [name], extra
+
+
+def _track(case, plan, provider, folder, timings, record):
+    from .. import io
+    from ..frames import read_frames
+    from ..geometry import as_boxes, check_index
+    from ..propagation import iter_track
+
+    t = time.perf_counter()
+    frames = read_frames(case.input)
+    n = len(frames)
+    index = check_index(case.frame or 0, n, f"frame {case.frame or 0}", "the sequence's frames")
+    first = np.asarray(frames[index])
+    boxes = as_boxes(case.boxes, first.shape[1], first.shape[0])
+    intensity = _intensity(case, plan)
+    names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
+    timings["read_s"] = time.perf_counter() - t
+    engine = _engine(provider, plan, timings, record)
+    t = time.perf_counter()
+    written = []
+    for frame, labels, _scores in iter_track(engine, frames, index, boxes, intensity=intensity):
+        written.append(str(io.write_png(labels, folder / "masks" / f"{names[frame]}.png")
+                           .relative_to(folder)))
+    timings["compute_s"] = time.perf_counter() - t
+    return ["masks"], {"frames_written": len(written), "frame": index}

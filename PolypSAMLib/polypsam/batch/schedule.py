@@ -1,0 +1,219 @@
+"""Running a manifest's cases: in this process, on N local processes, or on a Dask cluster.
+
+Scaling is Dask's (``dask.distributed``): ``workers=N`` starts a
+``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` on 127.0.0.1,
+``scheduler=ADDRESS`` connects to an existing cluster. Every worker process keeps one engine in a
+module-level cache keyed by the engine settings, so the model loads once per worker, not once
+per case; cases on one worker run one at a time (the engine is not shared between threads).
+With a remote cluster, the inputs and OUTDIR must be at the same paths on every worker (a shared
+file system) and the workers need polypsam installed.
+
+Finished cases are skipped before anything is submitted (see :func:`runner.finished`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .manifest import Case, Manifest, RowError
+from .runner import BatchPlan, CaseResult, finished, run_case
+
+SUMMARY_CSV = "summary.csv"
+FAILURES_CSV = "failures.csv"
+BATCH_LOG = "batch.log"
+
+
+@dataclass
+class BatchReport:
+    """Per-case results in manifest order, plus the rows that could not be read."""
+
+    results: list[CaseResult] = field(default_factory=list)
+    row_errors: list[RowError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed") + len(self.row_errors)
+
+
+# -- the per-process engine (one per worker) --------------------------------------------------
+_ENGINE_LOCK = threading.Lock()
+_ENGINES = None  # polypsam.engines.EngineCache, created on first use in each process
+
+
+def cached_engine(settings, allow_download: bool = False):
+    """``(engine, seconds spent loading)`` from this process's cache (0.0 when cached)."""
+    global _ENGINES
+    from ..engines import EngineCache
+
+    if _ENGINES is None:
+        _ENGINES = EngineCache()
+    before = _ENGINES.engine
+    start = time.perf_counter()
+    engine = _ENGINES.get(settings, allow_download=allow_download)
+    return engine, (time.perf_counter() - start if engine is not before else 0.0)
+
+
+def release_cached_engine() -> None:
+    global _ENGINES
+    if _ENGINES is not None:
+        _ENGINES.close()
+        _ENGINES = None
+
+
+def run_case_here(case: Case, plan: BatchPlan) -> CaseResult:
+    """Run one case with this process's cached engine (the task a Dask worker runs)."""
+    with _ENGINE_LOCK:
+        return run_case(case, plan, lambda s: cached_engine(s, plan.allow_download))
+
+
+# -- scheduling -------------------------------------------------------------------------------
+Progress = Callable[[CaseResult], None]
+
+
+def run_batch(
+    manifest: Manifest,
+    plan: BatchPlan,
+    *,
+    workers: int = 0,
+    scheduler: str | None = None,
+    engine=None,
+    on_result: Progress | None = None,
+) -> BatchReport:
+    """Run every case of ``manifest`` (skipping finished ones) and write the batch summaries.
+
+    ``workers=0`` and no ``scheduler``: cases run in this process, one after the other, with
+    ``engine`` if given (else one built from ``plan.settings`` and closed at the end).
+    ``on_result`` is called once per case as it completes (a progress bar). Failed cases are
+    recorded (``failures.csv``, ``batch.log``) and the batch goes on; ``KeyboardInterrupt``
+    stops it, finished cases stay finished.
+    """
+    start = time.perf_counter()
+    plan.outdir.mkdir(parents=True, exist_ok=True)
+    report = BatchReport(row_errors=list(manifest.errors))
+    _log(plan.outdir, [f"row {e.row}: {e.input or '(no input)'}: {e.message}"
+                       for e in manifest.errors])
+    by_id: dict[str, CaseResult] = {}
+    todo: list[Case] = []
+    for case in manifest.cases:
+        record = finished(case, plan)
+        if record is None:
+            todo.append(case)
+            continue
+        by_id[case.case_id] = CaseResult(case.case_id, "skipped", str(case.input),
+                                         record.get("task", case.task),
+                                         outputs=record.get("outputs", []),
+                                         reference=record.get("reference"), record=record)
+        if on_result is not None:
+            on_result(by_id[case.case_id])
+
+    def done(result: CaseResult) -> None:
+        by_id[result.case_id] = result
+        if result.status == "failed":
+            _log(plan.outdir, [f"case {result.case_id}: {result.input}: {result.error}"])
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        if todo and (workers > 0 or scheduler):
+            _run_on_dask(todo, plan, workers, scheduler, done)
+        elif todo:
+            _run_here(todo, plan, engine, done)
+    finally:
+        report.results = [by_id[c.case_id] for c in manifest.cases if c.case_id in by_id]
+        report.seconds = time.perf_counter() - start
+        write_summaries(report, plan.outdir)
+    return report
+
+
+def _run_here(cases: list[Case], plan: BatchPlan, engine, done: Progress) -> None:
+    if engine is not None:
+        for case in cases:
+            done(run_case(case, plan, lambda s: (engine, 0.0)))
+        return
+    try:
+        for case in cases:
+            done(run_case_here(case, plan))
+    finally:
+        release_cached_engine()
+
+
+def _run_on_dask(cases: list[Case], plan: BatchPlan, workers: int, scheduler: str | None,
+                 done: Progress) -> None:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError("--workers and --scheduler need the packages dask and distributed"
+                                " (pip install dask distributed)") from exc
+    if scheduler:
+        cluster = None
+        client = Client(scheduler, timeout="30s")
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None,
+                               silence_logs=logging.WARNING)
+        client = Client(cluster)
+    try:
+        futures = client.map(run_case_here, cases, plan=plan, pure=False)
+        case_of = {f.key: c for f, c in zip(futures, cases)}
+        try:
+            for future in as_completed(futures):
+                case = case_of[future.key]
+                try:
+                    result = future.result()
+                except Exception as exc:  # the worker died (KilledWorker) or the task broke
+                    result = CaseResult(case.case_id, "failed", str(case.input), case.task,
+                                        error=f"{type(exc).__name__}: {exc}",
+                                        record={"manifest_row": case.row})
+                done(result)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# -- summaries --------------------------------------------------------------------------------
+def write_summaries(report: BatchReport, outdir: Path) -> None:
+    """``summary.csv`` (every case) and ``failures.csv`` (failed cases and unreadable rows)."""
+    fields = ["case_id", "status", "task", "input", "outputs", "reference", "seconds", "error"]
+    with (outdir / SUMMARY_CSV).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fields)
+        writer.writeheader()
+        for r in report.results:
+            seconds = r.record.get("timings", {}).get("total_s", "")
+            writer.writerow({"case_id": r.case_id, "status": r.status, "task": r.task,
+                             "input": r.input, "outputs": ";".join(r.outputs),
+                             "reference": r.reference or "", "seconds": seconds,
+                             "error": r.error})
+    failures = [{"row": e.row, "case_id": e.case_id, "input": e.input, "error": e.message}
+                for e in report.row_errors]
+    failures += [{"row": r.record.get("manifest_row", 0), "case_id": r.case_id, "input": r.input,
+                  "error": r.error} for r in report.results if r.status == "failed"]
+    with (outdir / FAILURES_CSV).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["row", "case_id", "input", "error"])
+        writer.writeheader()
+        writer.writerows(sorted(failures, key=lambda f: f["row"]))
+
+
+def _log(outdir: Path, lines: list[str]) -> None:
+    if not lines:
+        return
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with (outdir / BATCH_LOG).open("a", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(f"{stamp} FAILED {line}\n")

@@ -1,0 +1,109 @@
+"""``polypsam batch MANIFEST.csv -o OUTDIR``: many cases from a CSV manifest, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import options
+
+MANIFEST_HELP = """\
+manifest columns (CSV with a header row; only input and boxes are required):
+  case_id    output folder name (letters, digits, . _ -; default: the input's name)
+  input      frame (PNG/JPEG), volume (NIfTI/NRRD/MHA, DICOM file or series folder),
+             folder of frames or video; relative to the manifest's folder
+  task       segment | propagate | track, or empty (frame: segment; volume: propagate,
+             or segment if it has one slice; frames/video: track)
+  boxes      X0 Y0 X1 Y1 pixels (inclusive; x = column/I, y = row/J), several separated
+             by ';' -> labels 1..N, e.g. "40 155 263 279; 300 20 370 80"
+  key_slice  volume: slice K the boxes are on (propagate: default middle of slices;
+             segment: required unless the volume has one slice)
+  slices     propagate: slice range "K0 K1" (inclusive; default all slices)
+  frame      track: index of the frame the boxes are on (0-based; default 0)
+  reference  optional reference mask (image, labelmap or folder of masks) for --evaluate
+  window     optional intensity for this row, as --window
+
+outputs: OUTDIR/CASE_ID/ mask.png | labelmap.nii.gz (input's geometry) | masks/FRAME.png,
+plus case.json (status, prompts, provenance, timings; written last, marks the case done);
+OUTDIR/summary.csv, failures.csv, batch.log; with --evaluate metrics.csv and metrics.png.
+A bad row or failed case is logged and the batch goes on (exit status 1 at the end).
+Re-running skips finished cases; changed rows or model settings run again.
+
+example:
+  case_id,input,task,boxes,slices,key_slice,frame,reference,window
+  kvasir1,images/a.jpg,,39 6 429 337,,,,masks/a.jpg,
+  lesion1,ct/lesion_img.nii.gz,propagate,250 240 290 280,5 7,6,,ct/lesion.nii.gz,
+  clip1,video/frames,track,149 69 201 104,,,0,,
+"""
+
+EXIT_FAILED_CASES = 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "batch", help="run segment/propagate/track on every row of a CSV manifest",
+        description="Run every case of a manifest CSV (images, volumes, frame folders or videos"
+                    " with their box prompts) and write one output folder per case. Resumable;"
+                    " a failed case is logged and the batch goes on. --workers N runs N"
+                    " processes here, --scheduler ADDRESS an existing Dask cluster.",
+        epilog=MANIFEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("manifest", type=Path, help="manifest CSV (columns below)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="run N worker processes on this machine (Dask LocalCluster; each"
+                            " loads the model once); default: one case after another here")
+    scale.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="address of an existing Dask scheduler (tcp://host:8786); inputs and"
+                            " OUTDIR must be at the same paths on every worker")
+    p.add_argument("--labelmap-format", choices=("nii.gz", "nrrd"), default="nii.gz",
+                   help="file format of volume labelmaps (default: %(default)s)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="at the end, compare cases that have a reference mask: OUTDIR/metrics.csv"
+                        " and OUTDIR/metrics.png")
+    p.add_argument("--tolerance-mm", type=float, default=2.0,
+                   help="NSD tolerance for --evaluate in mm (default: %(default)s)")
+    options.add_engine_options(p)
+    p.set_defaults(handler=run_batch_command)
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    from ..batch import BatchPlan, read_manifest, run_batch
+    from ..errors import InvalidInputError
+
+    if args.workers < 0:
+        raise InvalidInputError(f"--workers must be 0 or more, got {args.workers}")
+    if args.output.exists() and not args.output.is_dir():
+        raise InvalidInputError(f"-o {args.output} exists and is not a folder")
+    if args.window:
+        options.intensity_from_args(args)  # a bad --window fails before any case runs
+    manifest = read_manifest(args.manifest)
+    plan = BatchPlan(outdir=args.output.resolve(),
+                     settings=options.engine_settings_from_args(args),
+                     allow_download=not args.no_download, window=args.window or "",
+                     labelmap_suffix="." + args.labelmap_format)
+    for error in manifest.errors:
+        print(f"polypsam: row {error.row} skipped: {error.message}", file=sys.stderr)
+    bar = options.progress_bar(len(manifest.cases), "case", "batch")
+
+    def on_result(result) -> None:
+        if result.status == "failed":
+            bar.write(f"polypsam: case {result.case_id} failed: {result.error}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        report = run_batch(manifest, plan, workers=args.workers, scheduler=args.scheduler,
+                           on_result=on_result)
+    finally:
+        bar.close()
+    print(f"{report.count('ok')} cases done, {report.count('skipped')} already finished,"
+          f" {report.failed} failed ({report.seconds:.1f} s); outputs in {plan.outdir}")
+    if report.failed:
+        print(f"failures listed in {plan.outdir / 'failures.csv'}")
+    if args.evaluate:
+        from ..batch.evaluate import evaluate_batch
+
+        written = evaluate_batch(report, plan.outdir, tolerance_mm=args.tolerance_mm)
+        print("wrote " + " and ".join(str(p) for p in written))
+    return EXIT_FAILED_CASES if report.failed else 0

@@ -1,0 +1,329 @@
+"""``polypsam batch`` on shared data: outputs per case, resume, failures, Dask (random-weight SAM2).
+
+Polyp frames from Kvasir-SEG and CVC-ClinicDB, a DeepLesion CT (3 slices), 3 frames of a
+CVC-ClinicDB sequence; the model is the random-weight tiny SAM2 at image size 256, so masks are
+meaningless but every path (reading, prompting, propagation, writing, scheduling) is real.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
+from polypsam import cli
+from polypsam.batch import BatchPlan, read_manifest, run_batch
+from polypsam.engines import settings_for
+from polypsam.errors import InvalidInputError
+
+LESION = "ct/medsam2_deeplesion/CT_Lesion_000015_01_01_103-115"
+HEADER = ["case_id", "input", "task", "boxes", "slices", "key_slice", "frame", "reference"]
+
+
+def engine_args(checkpoint) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--config", TINY_CONFIG, "--device", "cpu",
+            "--image-size", str(TEST_IMAGE_SIZE)]
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return path
+
+
+def box_text(box) -> str:
+    return " ".join(str(v) for v in box)
+
+
+@pytest.fixture(scope="module")
+def cases(shared_data, manifest, tmp_path_factory) -> dict[str, dict]:
+    """Manifest rows on shared data: two polyp frames, a CT lesion (3 slices), 3 video frames."""
+    polyps = {p["dataset"]: p for p in manifest["polyp"]}
+    video = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
+    frames = tmp_path_factory.mktemp("frames")
+    for name in ("030.png", "031.png", "032.png"):
+        shutil.copy(shared_data / video["dir"] / "frames" / name, frames / name)
+    import SimpleITK as sitk
+
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / f"{LESION}_lesion.nii.gz")))
+    ys, xs = np.nonzero(lesion[6])
+    rows = {}
+    for name, info in (("kvasir", polyps["kvasir_seg"]), ("cvc", polyps["cvc_clinicdb"])):
+        rows[name] = {"case_id": name, "input": str(shared_data / info["image"]),
+                      "boxes": box_text(info["bbox_xyxy"]),
+                      "reference": str(shared_data / info["mask"])}
+    rows["lesion"] = {"case_id": "lesion", "input": str(shared_data / f"{LESION}_img.nii.gz"),
+                      "task": "propagate", "boxes": f"{xs.min()} {ys.min()} {xs.max()} {ys.max()}",
+                      "slices": "5 7", "key_slice": "6",
+                      "reference": str(shared_data / f"{LESION}_lesion.nii.gz")}
+    rows["clip"] = {"case_id": "clip", "input": str(frames), "frame": "1",
+                    "boxes": box_text(video["bbox_xyxy_per_frame"][5])}
+    return rows
+
+
+class CountingEngine:
+    """The real session engine, counting calls; can raise KeyboardInterrupt (Ctrl-C) on call N."""
+
+    def __init__(self, engine, interrupt_at: int | None = None) -> None:
+        self._engine = engine
+        self.calls = 0
+        self.interrupt_at = interrupt_at
+
+    @property
+    def info(self):
+        return self._engine.info
+
+    def segment_2d(self, image, boxes, *, intensity=None):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return self._engine.segment_2d(image, boxes, intensity=intensity)
+
+    def track(self, *args, **kwargs):
+        return self._engine.track(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def plan_for(outdir: Path, checkpoint) -> BatchPlan:
+    settings = settings_for(checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
+    return BatchPlan(outdir=outdir, settings=settings)
+
+
+def read_labels(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    if path.is_dir():
+        return np.stack([read_labels(p) for p in sorted(path.glob("*.png"))])
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+# -- manifest ---------------------------------------------------------------------------------
+def test_manifest_rows_are_checked_one_by_one(shared_data, manifest, tmp_path):
+    polyp = manifest["polyp"][0]
+    image = tmp_path / "frame one.jpg"
+    shutil.copy(shared_data / polyp["image"], image)
+    good = {"input": "frame one.jpg", "boxes": "10 10 50 50; 60,60,90,90"}  # relative path
+    rows = [
+        good,
+        {**good, "case_id": "dup"},
+        {**good, "case_id": "dup"},
+        {**good, "task": "explode"},
+        {"input": "missing.png", "boxes": "1 1 5 5"},
+        {**good, "boxes": "1 2 3"},
+        {**good, "boxes": ""},
+        {**good, "case_id": "../evil"},
+        {**good, "slices": "1 3"},
+        {**good, "task": "track"},
+        {"input": str(shared_data / f"{LESION}_img.nii.gz"), "boxes": "1 1 9 9",
+         "slices": "4 6", "key_slice": "9"},
+        {"input": str(shared_data / f"{LESION}_img.nii.gz"), "boxes": "1 1 9 9",
+         "slices": "4 6", "reference": "nope.nii.gz"},
+    ]
+    parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows))
+    assert [c.case_id for c in parsed.cases] == ["frame_one", "dup"]
+    first = parsed.cases[0]
+    assert first.input == image.resolve() and first.kind == "image" and first.task == "segment"
+    assert [b.to_list() for b in first.boxes] == [[10, 10, 50, 50], [60, 60, 90, 90]]
+    errors = {e.row: e.message for e in parsed.errors}
+    assert "case_id dup is also used on line 3" in errors[4]
+    assert "unknown task 'explode'" in errors[5]
+    assert "input not found" in errors[6] and "missing.png" in errors[6]
+    assert "a box needs 4 numbers" in errors[7]
+    assert "no box given" in errors[8]
+    assert "case_id '../evil'" in errors[9]
+    assert "apply to volumes" in errors[10]
+    assert "task track does not apply to an image" in errors[11]
+    assert "key_slice 9 lies outside slices 4..6" in errors[12]
+    assert "reference not found" in errors[13]
+    assert len(parsed.errors) == 10
+
+
+def test_manifest_file_level_errors(tmp_path):
+    with pytest.raises(InvalidInputError, match="manifest not found"):
+        read_manifest(tmp_path / "none.csv")
+    (tmp_path / "a.csv").write_text("input,boxs\nx.png,1 1 2 2\n")
+    with pytest.raises(InvalidInputError, match="unknown column.*boxs"):
+        read_manifest(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("input,task\nx.png,segment\n")
+    with pytest.raises(InvalidInputError, match="needs the column.*boxes"):
+        read_manifest(tmp_path / "b.csv")
+
+
+# -- in-process batch: outputs, failures, interruption, resume --------------------------------
+def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_path, shared_data):
+    import SimpleITK as sitk
+
+    rows = [cases["kvasir"], cases["cvc"],
+            {**cases["cvc"], "case_id": "outside", "boxes": "40 155 463 279", "reference": ""},
+            cases["lesion"], cases["clip"],
+            {"case_id": "gone", "input": str(tmp_path / "gone.png"), "boxes": "1 1 5 5"}]
+    parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows))
+    out = tmp_path / "out"
+    plan = plan_for(out, tiny_checkpoint)
+
+    # run 1 is interrupted (Ctrl-C) inside the second case: the first stays finished
+    interrupting = CountingEngine(engine, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(parsed, plan, engine=interrupting)
+    assert json.loads((out / "kvasir" / "case.json").read_text())["status"] == "ok"
+    assert (out / "cvc").is_dir() and not (out / "cvc" / "case.json").exists()
+    kvasir_mtime = (out / "kvasir" / "mask.png").stat().st_mtime_ns
+
+    # run 2 resumes: kvasir is skipped, the rest runs; bad rows are reported, the batch goes on
+    counting = CountingEngine(engine)
+    seen = []
+    report = run_batch(parsed, plan, engine=counting, on_result=lambda r: seen.append(r.case_id))
+    status = {r.case_id: r.status for r in report.results}
+    assert status == {"kvasir": "skipped", "cvc": "ok", "outside": "failed", "lesion": "ok",
+                      "clip": "ok"}
+    assert sorted(seen) == sorted(status)
+    assert counting.calls == 3  # cvc, the lesion's key slice, the clip's prompted frame
+    assert (out / "kvasir" / "mask.png").stat().st_mtime_ns == kvasir_mtime
+    assert report.failed == 2 and [e.row for e in report.row_errors] == [7]
+
+    failures = list(csv.DictReader((out / "failures.csv").open()))
+    assert {f["case_id"]: f["row"] for f in failures} == {"outside": "4", "gone": "7"}
+    outside = next(f for f in failures if f["case_id"] == "outside")
+    assert "lies outside the image" in outside["error"] and "384x288" in outside["error"]
+    assert "input not found" in next(f for f in failures if f["case_id"] == "gone")["error"]
+    assert "FAILED case outside" in (out / "batch.log").read_text()
+    summary = {r["case_id"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert set(summary) == set(status) and summary["lesion"]["outputs"] == "labelmap.nii.gz"
+
+    # outputs: frame masks of the frame size, the labelmap on the CT's grid, one mask per frame
+    for name in ("kvasir", "cvc"):
+        mask = read_labels(out / name / "mask.png")
+        image = read_labels(Path(cases[name]["input"]))
+        assert mask.shape == image.shape[:2] and set(np.unique(mask)) <= {0, 1}
+    seg = sitk.ReadImage(str(out / "lesion" / "labelmap.nii.gz"))
+    ref = sitk.ReadImage(cases["lesion"]["input"])
+    assert seg.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(seg.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(seg.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(seg.GetDirection(), ref.GetDirection(), atol=1e-6)
+    labels = sitk.GetArrayFromImage(seg)
+    assert not labels[:5].any() and not labels[8:].any()
+    assert sorted(p.name for p in (out / "clip" / "masks").glob("*.png")) == [
+        "030.png", "031.png", "032.png"]
+
+    record = json.loads((out / "lesion" / "case.json").read_text())
+    assert record["status"] == "ok" and record["task"] == "propagate"
+    assert record["provenance"] == engine.info.provenance()
+    assert record["prompts"]["slices"] == [5, 7] and record["prompts"]["key_slice"] == 6
+    assert record["slices_written"] == [5, 7] and set(record["scores"]) == {"1"}
+    assert {"read_s", "compute_s", "write_s", "total_s"} <= set(record["timings"])
+    assert record["reference"] == str(Path(cases["lesion"]["reference"]).resolve())
+
+    # run 3: everything finished is skipped without a model call; failed cases run again
+    counting = CountingEngine(engine)
+    report = run_batch(parsed, plan, engine=counting)
+    assert report.count("skipped") == 4 and report.count("failed") == 1
+    assert counting.calls == 0
+
+    # a finished case whose output vanished, or whose row changed, runs again (only that case)
+    (out / "cvc" / "mask.png").unlink()
+    rows[0] = {**cases["kvasir"], "boxes": "40 10 300 300"}
+    parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows))
+    counting = CountingEngine(engine)
+    report = run_batch(parsed, plan, engine=counting)
+    assert {r.case_id for r in report.results if r.status == "ok"} == {"cvc", "kvasir"}
+    assert counting.calls == 2
+    record = json.loads((out / "kvasir" / "case.json").read_text())
+    assert record["prompts"]["boxes"] == [[40, 10, 300, 300]]
+
+
+# -- CLI: in this process and through real Dask clusters on loopback --------------------------
+@pytest.fixture(scope="module")
+def reference_run(cases, engine, tiny_checkpoint, tmp_path_factory) -> Path:
+    """The polyp frames and the CT lesion run in this process, one after the other."""
+    tmp = tmp_path_factory.mktemp("reference")
+    rows = [cases["kvasir"], cases["cvc"], cases["lesion"]]
+    parsed = read_manifest(write_manifest(tmp / "m.csv", rows))
+    report = run_batch(parsed, plan_for(tmp / "out", tiny_checkpoint), engine=engine)
+    assert report.count("ok") == 3
+    return tmp / "out"
+
+
+OUTPUTS = {"kvasir": "mask.png", "cvc": "mask.png", "lesion": "labelmap.nii.gz"}
+
+
+def test_cli_batch_in_process_builds_the_engine_once(cases, reference_run, tiny_checkpoint,
+                                                     tmp_path, capsys):
+    rows = [cases["cvc"], {**cases["cvc"], "case_id": "outside", "boxes": "40 155 463 279"},
+            {**cases["cvc"], "case_id": "cvc-again"}]
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(write_manifest(tmp_path / "m.csv", rows)), "-o", str(out),
+                     *engine_args(tiny_checkpoint)]) == 1  # 1: a case failed, the rest ran
+    printed = capsys.readouterr()
+    assert "2 cases done, 0 already finished, 1 failed" in printed.out
+    assert "case outside failed: box (40, 155, 463, 279) lies outside" in printed.err
+    records = [json.loads((out / n / "case.json").read_text()) for n in ("cvc", "cvc-again")]
+    assert [r["engine_loaded"] for r in records] == [True, False]
+    for name in ("cvc", "cvc-again"):
+        np.testing.assert_array_equal(read_labels(out / name / "mask.png"),
+                                      read_labels(reference_run / "cvc" / "mask.png"))
+
+
+def test_cli_batch_on_a_local_dask_cluster_gives_identical_outputs(cases, reference_run,
+                                                                   tiny_checkpoint, tmp_path,
+                                                                   capsys):
+    import os
+
+    rows = [cases["kvasir"], cases["cvc"], cases["lesion"]]
+    manifest_csv = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "dask"
+    assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--workers", "2",
+                     *engine_args(tiny_checkpoint)]) == 0
+    assert "3 cases done, 0 already finished, 0 failed" in capsys.readouterr().out
+    for name, output in OUTPUTS.items():
+        np.testing.assert_array_equal(read_labels(out / name / output),
+                                      read_labels(reference_run / name / output))
+    records = [json.loads((out / n / "case.json").read_text()) for n in OUTPUTS]
+    assert all(r["pid"] != os.getpid() for r in records)  # ran in the workers
+    loads: dict[int, int] = {}
+    for r in records:
+        loads[r["pid"]] = loads.get(r["pid"], 0) + int(r["engine_loaded"])
+    assert all(n == 1 for n in loads.values())  # each worker built its engine once
+
+    # resumed: finished cases are skipped before anything is submitted (no cluster starts)
+    assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--workers", "2",
+                     *engine_args(tiny_checkpoint)]) == 0
+    assert "0 cases done, 3 already finished, 0 failed" in capsys.readouterr().out
+    assert [json.loads((out / n / "case.json").read_text()) for n in OUTPUTS] == records
+
+
+def test_cli_batch_on_an_existing_dask_scheduler(cases, reference_run, tiny_checkpoint, tmp_path,
+                                                 capsys):
+    from dask.distributed import LocalCluster
+
+    manifest_csv = write_manifest(tmp_path / "m.csv", [cases["kvasir"], cases["cvc"]])
+    out = tmp_path / "remote"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--scheduler",
+                         cluster.scheduler_address, *engine_args(tiny_checkpoint)]) == 0
+    assert "2 cases done" in capsys.readouterr().out
+    records = [json.loads((out / n / "case.json").read_text()) for n in ("kvasir", "cvc")]
+    assert sorted(r["engine_loaded"] for r in records) == [False, True]  # one worker, one load
+    for name in ("kvasir", "cvc"):
+        np.testing.assert_array_equal(read_labels(out / name / "mask.png"),
+                                      read_labels(reference_run / name / "mask.png"))
+
+
+def test_cli_batch_bad_options(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("input,boxes\n")
+    assert cli.main(["batch", str(tmp_path / "m.csv"), "-o", str(tmp_path / "o")]) == 2
+    assert "has no rows" in capsys.readouterr().err
+    assert cli.main(["batch", str(tmp_path / "m.csv"), "-o", str(tmp_path / "o"),
+                     "--workers", "-1"]) == 2
+    assert "--workers must be 0 or more" in capsys.readouterr().err
