@@ -160,12 +160,10 @@ def test_manifest_file_level_errors(tmp_path):
 
 
 # -- in-process batch: outputs, failures, interruption, resume --------------------------------
-def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_path, shared_data):
-    import SimpleITK as sitk
-
+def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_path):
     rows = [cases["kvasir"], cases["cvc"],
             {**cases["cvc"], "case_id": "outside", "boxes": "40 155 463 279", "reference": ""},
-            cases["lesion"], cases["clip"],
+            cases["clip"],
             {"case_id": "gone", "input": str(tmp_path / "gone.png"), "boxes": "1 1 5 5"}]
     parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows))
     out = tmp_path / "out"
@@ -184,50 +182,36 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
     seen = []
     report = run_batch(parsed, plan, engine=counting, on_result=lambda r: seen.append(r.case_id))
     status = {r.case_id: r.status for r in report.results}
-    assert status == {"kvasir": "skipped", "cvc": "ok", "outside": "failed", "lesion": "ok",
-                      "clip": "ok"}
+    assert status == {"kvasir": "skipped", "cvc": "ok", "outside": "failed", "clip": "ok"}
     assert sorted(seen) == sorted(status)
-    assert counting.calls == 3  # cvc, the lesion's key slice, the clip's prompted frame
+    assert counting.calls == 2  # cvc and the clip's prompted frame
     assert (out / "kvasir" / "mask.png").stat().st_mtime_ns == kvasir_mtime
-    assert report.failed == 2 and [e.row for e in report.row_errors] == [7]
+    assert report.failed == 2 and [e.row for e in report.row_errors] == [6]
 
     failures = list(csv.DictReader((out / "failures.csv").open()))
-    assert {f["case_id"]: f["row"] for f in failures} == {"outside": "4", "gone": "7"}
+    assert {f["case_id"]: f["row"] for f in failures} == {"outside": "4", "gone": "6"}
     outside = next(f for f in failures if f["case_id"] == "outside")
     assert "lies outside the image" in outside["error"] and "384x288" in outside["error"]
     assert "input not found" in next(f for f in failures if f["case_id"] == "gone")["error"]
     assert "FAILED case outside" in (out / "batch.log").read_text()
     summary = {r["case_id"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert set(summary) == set(status) and summary["lesion"]["outputs"] == "labelmap.nii.gz"
+    assert set(summary) == set(status) and summary["clip"]["outputs"] == "masks"
 
-    # outputs: frame masks of the frame size, the labelmap on the CT's grid, one mask per frame
+    # outputs: frame masks of the frame size, one mask per frame of the sequence
     for name in ("kvasir", "cvc"):
         mask = read_labels(out / name / "mask.png")
         image = read_labels(Path(cases[name]["input"]))
         assert mask.shape == image.shape[:2] and set(np.unique(mask)) <= {0, 1}
-    seg = sitk.ReadImage(str(out / "lesion" / "labelmap.nii.gz"))
-    ref = sitk.ReadImage(cases["lesion"]["input"])
-    assert seg.GetSize() == ref.GetSize()
-    np.testing.assert_allclose(seg.GetOrigin(), ref.GetOrigin(), atol=1e-4)
-    np.testing.assert_allclose(seg.GetSpacing(), ref.GetSpacing(), atol=1e-6)
-    np.testing.assert_allclose(seg.GetDirection(), ref.GetDirection(), atol=1e-6)
-    labels = sitk.GetArrayFromImage(seg)
-    assert not labels[:5].any() and not labels[8:].any()
     assert sorted(p.name for p in (out / "clip" / "masks").glob("*.png")) == [
         "030.png", "031.png", "032.png"]
-
-    record = json.loads((out / "lesion" / "case.json").read_text())
-    assert record["status"] == "ok" and record["task"] == "propagate"
+    record = json.loads((out / "clip" / "case.json").read_text())
+    assert record["task"] == "track" and record["frame"] == 1 and record["frames_written"] == 3
     assert record["provenance"] == engine.info.provenance()
-    assert record["prompts"]["slices"] == [5, 7] and record["prompts"]["key_slice"] == 6
-    assert record["slices_written"] == [5, 7] and set(record["scores"]) == {"1"}
-    assert {"read_s", "compute_s", "write_s", "total_s"} <= set(record["timings"])
-    assert record["reference"] == str(Path(cases["lesion"]["reference"]).resolve())
 
     # run 3: everything finished is skipped without a model call; failed cases run again
     counting = CountingEngine(engine)
     report = run_batch(parsed, plan, engine=counting)
-    assert report.count("skipped") == 4 and report.count("failed") == 1
+    assert report.count("skipped") == 3 and report.count("failed") == 1
     assert counting.calls == 0
 
     # a finished case whose output vanished, or whose row changed, runs again (only that case)
@@ -255,6 +239,28 @@ def reference_run(cases, engine, tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 OUTPUTS = {"kvasir": "mask.png", "cvc": "mask.png", "lesion": "labelmap.nii.gz"}
+
+
+def test_volume_case_keeps_the_input_grid_and_records_provenance(cases, reference_run, engine):
+    import SimpleITK as sitk
+
+    seg = sitk.ReadImage(str(reference_run / "lesion" / "labelmap.nii.gz"))
+    ref = sitk.ReadImage(cases["lesion"]["input"])
+    assert seg.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(seg.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(seg.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(seg.GetDirection(), ref.GetDirection(), atol=1e-6)
+    labels = sitk.GetArrayFromImage(seg)
+    assert not labels[:5].any() and not labels[8:].any()  # only slices 5..7 are written
+
+    record = json.loads((reference_run / "lesion" / "case.json").read_text())
+    assert record["status"] == "ok" and record["task"] == "propagate"
+    assert record["provenance"] == engine.info.provenance()
+    assert record["provenance"]["checkpoint_sha256"]
+    assert record["prompts"]["slices"] == [5, 7] and record["prompts"]["key_slice"] == 6
+    assert record["slices_written"] == [5, 7] and set(record["scores"]) == {"1"}
+    assert {"read_s", "compute_s", "write_s", "total_s"} <= set(record["timings"])
+    assert record["reference"] == str(Path(cases["lesion"]["reference"]).resolve())
 
 
 def test_cli_batch_in_process_builds_the_engine_once(cases, reference_run, tiny_checkpoint,
@@ -318,6 +324,32 @@ def test_cli_batch_on_an_existing_dask_scheduler(cases, reference_run, tiny_chec
     for name in ("kvasir", "cvc"):
         np.testing.assert_array_equal(read_labels(out / name / "mask.png"),
                                       read_labels(reference_run / name / "mask.png"))
+
+
+def test_cli_batch_evaluate_writes_metrics_table_and_plot(cases, reference_run, tiny_checkpoint,
+                                                         tmp_path, capsys):
+    pytest.importorskip("polypsam.evaluation")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)  # finished cases: resumed, then evaluated
+    manifest_csv = write_manifest(tmp_path / "m.csv", [cases["kvasir"], cases["cvc"],
+                                                       cases["lesion"]])
+    assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--evaluate",
+                     "--tolerance-mm", "3", *engine_args(tiny_checkpoint)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 cases done, 3 already finished" in printed and "dice" in printed
+    with (out / "metrics.csv").open() as fh:
+        rows = {(r["case"], r["label"]): r for r in csv.DictReader(fh)}
+    assert set(rows) == {("kvasir", "1"), ("cvc", "1"), ("lesion", "1")}
+    assert all(float(r["tolerance_mm"]) == 3 for r in rows.values())
+    import SimpleITK as sitk
+
+    pred = read_labels(out / "lesion" / "labelmap.nii.gz") == 1
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(cases["lesion"]["reference"])) == 1
+    dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    assert float(rows[("lesion", "1")]["dice"]) == pytest.approx(dice, abs=1e-5)
+    assert int(rows[("lesion", "1")]["ref_voxels"]) == ref.sum()
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_batch_bad_options(tmp_path, capsys):

@@ -101,7 +101,7 @@ def run_batch(
     start = time.perf_counter()
     plan.outdir.mkdir(parents=True, exist_ok=True)
     report = BatchReport(row_errors=list(manifest.errors))
-    _log(plan.outdir, [f"row {e.row}: {e.input or '(no input)'}: {e.message}"
+    log_failures(plan.outdir, [f"row {e.row}: {e.input or '(no input)'}: {e.message}"
                        for e in manifest.errors])
     by_id: dict[str, CaseResult] = {}
     todo: list[Case] = []
@@ -120,7 +120,7 @@ def run_batch(
     def done(result: CaseResult) -> None:
         by_id[result.case_id] = result
         if result.status == "failed":
-            _log(plan.outdir, [f"case {result.case_id}: {result.input}: {result.error}"])
+            log_failures(plan.outdir, [f"case {result.case_id}: {result.input}: {result.error}"])
         if on_result is not None:
             on_result(result)
 
@@ -210,7 +210,8 @@ def write_summaries(report: BatchReport, outdir: Path) -> None:
         writer.writerows(sorted(failures, key=lambda f: f["row"]))
 
 
-def _log(outdir: Path, lines: list[str]) -> None:
+def log_failures(outdir: Path, lines: list[str]) -> None:
+    """Append timestamped ``FAILED`` lines to ``OUTDIR/batch.log``."""
     if not lines:
         return
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -104,6 +104,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if args.evaluate:
         from ..batch.evaluate import evaluate_batch
 
-        written = evaluate_batch(report, plan.outdir, tolerance_mm=args.tolerance_mm)
+        written, summary = evaluate_batch(
+            report, plan.outdir, tolerance_mm=args.tolerance_mm,
+            warn=lambda line: print(f"polypsam: {line}", file=sys.stderr))
+        print(summary)
         print("wrote " + " and ".join(str(p) for p in written))
     return EXIT_FAILED_CASES if report.failed else 0
