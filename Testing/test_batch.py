@@ -128,6 +128,7 @@ def test_manifest_rows_are_checked_one_by_one(shared_data, manifest, tmp_path):
          "slices": "4 6", "key_slice": "9"},
         {"input": str(shared_data / f"{LESION}_img.nii.gz"), "boxes": "1 1 9 9",
          "slices": "4 6", "reference": "nope.nii.gz"},
+        {**good, "case_id": "summary.csv"},
     ]
     parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows))
     assert [c.case_id for c in parsed.cases] == ["frame_one", "dup"]
@@ -145,7 +146,21 @@ def test_manifest_rows_are_checked_one_by_one(shared_data, manifest, tmp_path):
     assert "task track does not apply to an image" in errors[11]
     assert "key_slice 9 lies outside slices 4..6" in errors[12]
     assert "reference not found" in errors[13]
-    assert len(parsed.errors) == 10
+    assert "name of a batch output file" in errors[14]
+    assert len(parsed.errors) == 11
+
+
+def test_a_folder_that_is_not_a_case_folder_is_left_alone(cases, engine, tiny_checkpoint,
+                                                          tmp_path):
+    out = tmp_path / "out"
+    (out / "cvc").mkdir(parents=True)
+    (out / "cvc" / "notes.txt").write_text("mine")
+    parsed = read_manifest(write_manifest(tmp_path / "m.csv", [cases["cvc"]]))
+    counting = CountingEngine(engine)
+    report = run_batch(parsed, plan_for(out, tiny_checkpoint), engine=counting)
+    assert report.results[0].status == "failed" and counting.calls == 0
+    assert "is not a PolypSAM case folder" in report.results[0].error
+    assert (out / "cvc" / "notes.txt").read_text() == "mine"
 
 
 def test_manifest_file_level_errors(tmp_path):

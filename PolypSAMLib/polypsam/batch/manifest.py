@@ -37,6 +37,7 @@ COLUMNS = ("case_id", "input", "task", "boxes", "key_slice", "slices", "frame", 
            "window")
 TASKS = ("segment", "propagate", "track")
 KINDS = ("image", "volume", "frames")
+RESERVED_IDS = ("summary.csv", "failures.csv", "batch.log", "metrics.csv", "metrics.png")
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -194,11 +195,13 @@ def parse_row(row: dict, line: int, base: Path) -> Case:
 
 
 def check_case_id(case_id: str) -> str:
-    if not _CASE_ID.match(case_id) or case_id in (".", ".."):
+    if not _CASE_ID.match(case_id):
         raise InvalidInputError(
-            f"case_id {case_id!r} must be 1-128 letters, digits, '.', '_' or '-' (it names the"
-            " case's output folder)"
+            f"case_id {case_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a"
+            " letter or digit (it names the case's output folder)"
         )
+    if case_id.lower() in RESERVED_IDS:
+        raise InvalidInputError(f"case_id {case_id!r} is the name of a batch output file")
     return case_id
 
 

@@ -33,6 +33,7 @@ from ..errors import InvalidInputError, PolypSAMError
 from .manifest import Case
 
 CASE_JSON = "case.json"
+CASE_MARKER = ".polypsam-case"  # marks a folder this module may empty when the case runs again
 FORMAT = 1  # bump when the output layout changes: older outputs then run again
 
 
@@ -90,6 +91,22 @@ def finished(case: Case, plan: BatchPlan) -> dict | None:
     return record
 
 
+def _fresh_case_folder(folder: Path) -> None:
+    """An empty case folder; an earlier run's folder (it has the marker file) is emptied first.
+
+    A folder without the marker is never deleted: it may be the user's (e.g. OUTDIR set to the
+    input folder).
+    """
+    if folder.exists():
+        if not (folder / CASE_MARKER).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+            raise InvalidInputError(f"{folder} exists and is not a PolypSAM case folder: move it or"
+                                    " choose another output folder or case_id")
+        shutil.rmtree(folder)  # an interrupted, failed or outdated run of this case
+    folder.mkdir(parents=True)
+    (folder / CASE_MARKER).write_text("written by polypsam batch; the folder is replaced when the"
+                                      " case runs again\n", encoding="utf-8")
+
+
 def write_json_atomic(data: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
@@ -107,9 +124,11 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
                           outputs=done.get("outputs", []), reference=done.get("reference"),
                           record=done)
     folder = plan.case_dir(case)
-    if folder.exists():
-        shutil.rmtree(folder)  # an interrupted, failed or outdated run of this case
-    folder.mkdir(parents=True)
+    try:
+        _fresh_case_folder(folder)
+    except PolypSAMError as exc:  # not ours: leave it alone, report the case
+        return CaseResult(case.case_id, "failed", str(case.input), case.task, error=str(exc),
+                          record={"manifest_row": case.row})
     record: dict = {
         "case_id": case.case_id, "manifest_row": case.row, "input": str(case.input),
         "kind": case.kind, "task": case.task, "prompts": case.prompts(),

@@ -159,7 +159,12 @@ def _run_on_dask(cases: list[Case], plan: BatchPlan, workers: int, scheduler: st
                                 " (pip install dask distributed)") from exc
     if scheduler:
         cluster = None
-        client = Client(scheduler, timeout="30s")
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, ValueError) as exc:
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
