@@ -107,6 +107,13 @@ def _fresh_case_folder(folder: Path) -> None:
                                       " case runs again\n", encoding="utf-8")
 
 
+def skipped(case: Case, record: dict) -> CaseResult:
+    """The result of a case finished by an earlier run (``record``: its ``case.json``)."""
+    return CaseResult(case.case_id, "skipped", str(case.input), record.get("task", case.task),
+                      outputs=record.get("outputs", []), reference=record.get("reference"),
+                      record=record)
+
+
 def write_json_atomic(data: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
@@ -120,9 +127,7 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
     """
     done = finished(case, plan)
     if done is not None:
-        return CaseResult(case.case_id, "skipped", str(case.input), done.get("task", case.task),
-                          outputs=done.get("outputs", []), reference=done.get("reference"),
-                          record=done)
+        return skipped(case, done)
     folder = plan.case_dir(case)
     try:
         _fresh_case_folder(folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .manifest import Case, Manifest, RowError
-from .runner import BatchPlan, CaseResult, finished, run_case
+from .runner import BatchPlan, CaseResult, finished, run_case, skipped
 
 SUMMARY_CSV = "summary.csv"
 FAILURES_CSV = "failures.csv"
@@ -110,10 +110,7 @@ def run_batch(
         if record is None:
             todo.append(case)
             continue
-        by_id[case.case_id] = CaseResult(case.case_id, "skipped", str(case.input),
-                                         record.get("task", case.task),
-                                         outputs=record.get("outputs", []),
-                                         reference=record.get("reference"), record=record)
+        by_id[case.case_id] = skipped(case, record)
         if on_result is not None:
             on_result(by_id[case.case_id])
 

@@ -95,6 +95,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
     try:
         report = run_batch(manifest, plan, workers=args.workers, scheduler=args.scheduler,
                            on_result=on_result)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"polypsam: interrupted; finished cases are kept in {plan.outdir}: run the same"
+              " command again to resume", file=sys.stderr)
+        return options.EXIT_INTERRUPTED
     finally:
         bar.close()
     print(f"{report.count('ok')} cases done, {report.count('skipped')} already finished,"
