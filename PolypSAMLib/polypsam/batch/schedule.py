@@ -48,27 +48,32 @@ class BatchReport:
 
 # -- the per-process engine (one per worker) --------------------------------------------------
 _ENGINE_LOCK = threading.Lock()
-_ENGINES = None  # polypsam.engines.EngineCache, created on first use in each process
+_ENGINE: tuple | None = None  # (settings, engine) of this process, built on first use
 
 
 def cached_engine(settings, allow_download: bool = False):
-    """``(engine, seconds spent loading)`` from this process's cache (0.0 when cached)."""
-    global _ENGINES
-    from ..engines import EngineCache
+    """``(engine, seconds spent loading)`` from this process's cache (0.0 when cached).
 
-    if _ENGINES is None:
-        _ENGINES = EngineCache()
-    before = _ENGINES.engine
+    One engine per process, replaced when the settings change (through the one factory,
+    :func:`polypsam.engines.create_engine`).
+    """
+    global _ENGINE
+    from ..engines import create_engine
+
+    if _ENGINE is not None and _ENGINE[0] == settings:
+        return _ENGINE[1], 0.0
+    release_cached_engine()
     start = time.perf_counter()
-    engine = _ENGINES.get(settings, allow_download=allow_download)
-    return engine, (time.perf_counter() - start if engine is not before else 0.0)
+    engine = create_engine(settings, allow_download=allow_download)
+    _ENGINE = (settings, engine)
+    return engine, time.perf_counter() - start
 
 
 def release_cached_engine() -> None:
-    global _ENGINES
-    if _ENGINES is not None:
-        _ENGINES.close()
-        _ENGINES = None
+    global _ENGINE
+    if _ENGINE is not None:
+        engine, _ENGINE = _ENGINE[1], None
+        engine.close()
 
 
 def run_case_here(case: Case, plan: BatchPlan) -> CaseResult:
