@@ -175,10 +175,14 @@ def _intensity(case: Case, plan: BatchPlan):
 
 
 def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: dict):
+    from ..export import make_provenance
+
     engine, load_s = provider(plan.settings)
     timings["engine_load_s"] = load_s
     record["engine_loaded"] = load_s > 0
-    record["provenance"] = engine.info.provenance()
+    # engine.info.provenance() + prompts, version, date: what `polypsam export --provenance` reads
+    record["provenance"] = make_provenance(engine.info, prompts=record["prompts"],
+                                           source=record["input"], command="batch")
     return engine
 
 
