@@ -22,7 +22,8 @@ from polypsam.engines import settings_for
 from polypsam.errors import InvalidInputError
 
 LESION = "ct/medsam2_deeplesion/CT_Lesion_000015_01_01_103-115"
-HEADER = ["case_id", "input", "task", "boxes", "slices", "key_slice", "frame", "reference"]
+HEADER = ["case_id", "input", "task", "boxes", "slices", "key_slice", "frame", "reference",
+          "window"]
 
 
 def engine_args(checkpoint) -> list[str]:
@@ -49,8 +50,10 @@ def cases(shared_data, manifest, tmp_path_factory) -> dict[str, dict]:
     polyps = {p["dataset"]: p for p in manifest["polyp"]}
     video = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
     frames = tmp_path_factory.mktemp("frames")
+    masks = tmp_path_factory.mktemp("frame-masks")
     for name in ("030.png", "031.png", "032.png"):
         shutil.copy(shared_data / video["dir"] / "frames" / name, frames / name)
+        shutil.copy(shared_data / video["dir"] / "masks" / name, masks / name)
     import SimpleITK as sitk
 
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / f"{LESION}_lesion.nii.gz")))
@@ -65,7 +68,7 @@ def cases(shared_data, manifest, tmp_path_factory) -> dict[str, dict]:
                       "slices": "5 7", "key_slice": "6",
                       "reference": str(shared_data / f"{LESION}_lesion.nii.gz")}
     rows["clip"] = {"case_id": "clip", "input": str(frames), "frame": "1",
-                    "boxes": box_text(video["bbox_xyxy_per_frame"][5])}
+                    "boxes": box_text(video["bbox_xyxy_per_frame"][5]), "reference": str(masks)}
     return rows
 
 
@@ -129,9 +132,12 @@ def test_manifest_rows_are_checked_one_by_one(shared_data, manifest, tmp_path):
         {"input": str(shared_data / f"{LESION}_img.nii.gz"), "boxes": "1 1 9 9",
          "slices": "4 6", "reference": "nope.nii.gz"},
         {**good, "case_id": "summary.csv"},
+        {**good, "case_id": "windowed", "window": "lung"},
+        {**good, "case_id": "badwindow", "window": "brightest"},
     ]
     parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows))
-    assert [c.case_id for c in parsed.cases] == ["frame_one", "dup"]
+    assert [c.case_id for c in parsed.cases] == ["frame_one", "dup", "windowed"]
+    assert parsed.cases[2].window == "lung"
     first = parsed.cases[0]
     assert first.input == image.resolve() and first.kind == "image" and first.task == "segment"
     assert [b.to_list() for b in first.boxes] == [[10, 10, 50, 50], [60, 60, 90, 90]]
@@ -147,7 +153,8 @@ def test_manifest_rows_are_checked_one_by_one(shared_data, manifest, tmp_path):
     assert "key_slice 9 lies outside slices 4..6" in errors[12]
     assert "reference not found" in errors[13]
     assert "name of a batch output file" in errors[14]
-    assert len(parsed.errors) == 11
+    assert "brightest" in errors[16]
+    assert len(parsed.errors) == 12
 
 
 def test_a_folder_that_is_not_a_case_folder_is_left_alone(cases, engine, tiny_checkpoint,
@@ -239,6 +246,16 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
     assert counting.calls == 2
     record = json.loads((out / "kvasir" / "case.json").read_text())
     assert record["prompts"]["boxes"] == [[40, 10, 300, 300]]
+
+    # evaluation pairs frame masks with the reference folder by name (sequences frame by frame)
+    pytest.importorskip("matplotlib")
+    from polypsam.batch.evaluate import evaluate_batch
+
+    (metrics_csv, plot), summary = evaluate_batch(report, out, tolerance_mm=2.0)
+    with metrics_csv.open() as fh:
+        scored = sorted(r["case"] for r in csv.DictReader(fh))
+    assert scored == ["clip/030", "clip/031", "clip/032", "cvc", "kvasir"]
+    assert plot.is_file() and "dice" in summary
 
 
 # -- CLI: in this process and through real Dask clusters on loopback --------------------------
