@@ -156,11 +156,12 @@ def test_cmake_evaluates_lists_covering_every_python_file(tmp_path):
 # with the same path semantics as Slicer's/CTK's (relative paths from SOURCE_DIR, copied into
 # DESTINATION_DIR, the contents of DESTINATION_DIR installed into INSTALL_DIR).
 _STUB_CONFIG = """
+set(Slicer_VERSION "@VERSION@")
 set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
 set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/Empty.cmake")
 set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/Empty.cmake")
-set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-5.8/qt-scripted-modules")
-set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-5.8/qt-scripted-modules")
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-@VERSION_MM@/qt-scripted-modules")
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-@VERSION_MM@/qt-scripted-modules")
 set(Slicer_USE_PYTHONQT ON)
 set(Slicer_FOUND TRUE)
 """
@@ -212,17 +213,36 @@ endfunction()
 """
 
 
+def _slicer_stub(tmp_path: Path, version: str) -> Path:
+    stub = tmp_path / f"SlicerStub-{version}"
+    stub.mkdir()
+    config = _STUB_CONFIG.replace("@VERSION@", version)
+    config = config.replace("@VERSION_MM@", ".".join(version.split(".")[:2]))
+    (stub / "SlicerConfig.cmake").write_text(config)
+    (stub / "UseSlicer.cmake").write_text(_STUB_USE)
+    (stub / "Empty.cmake").write_text("")
+    return stub
+
+
+@pytest.mark.skipif(CMAKE is None, reason="cmake is not installed")
+def test_extension_refuses_slicer_older_than_5_10(tmp_path):
+    """Slicer 5.8 ships Python 3.9, which sam2 and torch 2.14 do not support."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler for project() to enable")
+    stub = _slicer_stub(tmp_path, "5.8.1")
+    proc = subprocess.run([CMAKE, "-S", str(REPO), "-B", str(tmp_path / "build"),
+                           f"-DSlicer_DIR={stub}"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "PolypSAM needs Slicer 5.10 or newer" in proc.stderr and "5.8.1" in proc.stderr
+
+
 @pytest.mark.skipif(CMAKE is None, reason="cmake is not installed")
 def test_extension_builds_and_installs_module_with_library(tmp_path):
     if not (shutil.which("cc") or shutil.which("gcc")) or not (
         shutil.which("c++") or shutil.which("g++")
     ):
         pytest.skip("no C/C++ compiler for project() to enable")
-    stub = tmp_path / "SlicerStub"
-    stub.mkdir()
-    (stub / "SlicerConfig.cmake").write_text(_STUB_CONFIG)
-    (stub / "UseSlicer.cmake").write_text(_STUB_USE)
-    (stub / "Empty.cmake").write_text("")
+    stub = _slicer_stub(tmp_path, "5.10.0")
     build, prefix = tmp_path / "build", tmp_path / "install"
 
     def run(*args: str) -> None:
@@ -234,7 +254,7 @@ def test_extension_builds_and_installs_module_with_library(tmp_path):
     run("--build", str(build))
     run("--install", str(build))
 
-    modules = prefix / "lib" / "Slicer-5.8" / "qt-scripted-modules"
+    modules = prefix / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     for rel in _cmake_set(FILES_CMAKE.read_text(), "MODULE_PYTHON_SCRIPTS") + _cmake_set(
         FILES_CMAKE.read_text(), "MODULE_PYTHON_RESOURCES"
     ):
