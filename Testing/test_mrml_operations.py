@@ -535,3 +535,46 @@ def test_load_video_stopped_adds_nothing(slicer_scene, tmp_path):
     with pytest.raises(CancelledError):
         video.load_video(slicer_scene, folder, progress=stop)
     assert slicer_scene.GetNumberOfNodes() == count
+
+
+def test_segments_get_terminology_and_export_from_slicer(slicer_scene, module_engine, tmp_path):
+    """PolypSAM segments carry coded terminology; the Export button's function writes them with
+    names, colours, terminology and provenance, on the volume's grid (read back independently)."""
+    import SimpleITK as sitk
+    import slicerio
+
+    from slicer_fixtures import add_volume, ijk_to_ras_matrix, rotation
+    from polypsam.mrml import exporting
+    from polypsam.terminology import TERMINOLOGY_PRESETS, parse_slicer_entry
+
+    kk, yy, xx = np.mgrid[:6, :40, :44]
+    array = np.full((6, 40, 44), -120, dtype=np.int16)
+    array[(kk - 3) ** 2 / 4 + (yy - 20) ** 2 / 64 + (xx - 22) ** 2 / 64 < 1] = 80
+    ijk_to_ras = ijk_to_ras_matrix((0.7, 0.8, 2.5), (10.0, -5.0, 30.0), rotation("z", 25))
+    volume = add_volume(slicer_scene, array, ijk_to_ras, name="ct")
+    roi = add_roi_on_ijk(slicer_scene, volume, (22, 20, 3), (18, 18, 3), "Lesion")
+    seg = scene.new_segmentation(slicer_scene, volume)
+    ops.run("propagate", module_engine, ops.Request(input_node=volume, rois=[roi],
+                                                    segmentation_node=seg, window_preset="abdomen"))
+    segment = seg.GetSegmentation().GetSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion"))
+    assert parse_slicer_entry(segment.GetTerminology()) == TERMINOLOGY_PRESETS["lesion"]
+    from polypsam import mrml
+
+    labels = mrml.export_segment_labelmap(seg, volume)
+    out = exporting.export_segmentation(seg, volume, tmp_path / "lesion.seg.nrrd", "seg.nrrd")
+    read = slicerio.read_segmentation(str(out.path))
+    assert [s["name"] for s in read["segments"]] == ["Lesion"]
+    assert read["segments"][0]["terminology"]["type"][1] == "52988006"
+    nifti = exporting.export_segmentation(seg, volume, tmp_path / "lesion.nii.gz", "nifti")
+    image = sitk.ReadImage(str(nifti.path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), labels)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ ijk_to_ras[:3, 3]
+    np.testing.assert_allclose(image.GetOrigin(), lps, atol=1e-4)
+    np.testing.assert_allclose(image.GetSpacing(), (0.7, 0.8, 2.5), atol=1e-5)
+    import json
+
+    sidecar = json.loads(out.sidecar.read_text())
+    assert sidecar["provenance"]["checkpoint_sha256"] == module_engine.info.checkpoint_sha256
+    assert sidecar["provenance"]["segments"]["Lesion"]["operation"] == "propagate"
+    with pytest.raises(Exception, match="DICOM database"):
+        exporting.export_segmentation(seg, volume, tmp_path / "x.dcm", "dicom-seg")

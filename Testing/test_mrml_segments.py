@@ -57,8 +57,8 @@ def snapshot(seg_node, volume):
 def test_mask_lands_on_intended_voxels(seg_node, volume):
     mask = blob()
     segment_id = mrml.write_mask_to_segment(
-        seg_node, "Polyp", mask, volume, color=(1.0, 0.5, 0.0), engine_info=INFO,
-        provenance={"box": [3, 4, 15, 20], "key_slice": 5},
+        seg_node, "Polyp", mask, volume, color=(1.0, 0.5, 0.0),
+        provenance={**INFO.provenance(), "box": [3, 4, 15, 20], "key_slice": 5},
     )
     segment = seg_node.GetSegmentation().GetSegment(segment_id)
     assert segment.GetName() == "Polyp"

@@ -23,16 +23,9 @@ from .. import __version__
 from ..errors import InvalidInputError
 from ..geometry import Box, Volume
 from ..overlay import PALETTE
-
-# (coding scheme, code value, code meaning); SNOMED CT codes as pydicom's code dictionary has them
-MORPHOLOGICALLY_ABNORMAL = ("SCT", "49755003", "Morphologically Altered Structure")
-TERMINOLOGY_PRESETS: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = {
-    "lesion": (MORPHOLOGICALLY_ABNORMAL, ("SCT", "52988006", "Lesion")),
-    "polyp": (MORPHOLOGICALLY_ABNORMAL, ("SCT", "68496003", "Polyp of colon")),
-    "mass": (MORPHOLOGICALLY_ABNORMAL, ("SCT", "4147007", "Mass")),
-    "tissue": (("SCT", "85756007", "Tissue"), ("SCT", "85756007", "Tissue")),
-}
-SLICER_TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+from ..terminology import (  # noqa: F401  (re-exported: the export API names them)
+    MORPHOLOGICALLY_ABNORMAL, SLICER_TERMINOLOGY_CONTEXT, TERMINOLOGY_PRESETS,
+)
 
 
 @dataclass(frozen=True)

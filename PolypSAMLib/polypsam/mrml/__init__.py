@@ -10,7 +10,8 @@ Data flows one way through it, one module per step:
 * :mod:`.sequences` writes tracked masks as a segmentation sequence;
 * :mod:`.history` is the one room for undo steps (and hooks for the Segment Editor's own undo);
 * :mod:`.jobs`, :mod:`.operations`, :mod:`.tracking` and :mod:`.scene` are what the module's
-  buttons do (read → compute → write); :mod:`.dependencies` the first-use installs.
+  buttons do (read → compute → write); :mod:`.exporting` the Export button;
+  :mod:`.video` Load video; :mod:`.dependencies` the first-use installs.
 
 Coordinates: "world" is Slicer's RAS after all parent transforms. A volume's IJK-to-world matrix
 is its parent (linear) transform times its IJKToRAS matrix; :func:`volume_from_node` hardens the

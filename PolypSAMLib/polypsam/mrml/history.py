@@ -8,8 +8,10 @@ browser and the scene when the write created it, and restores the proxy's segmen
 Steps are keyed by the segmentation *node*, not by its ``vtkSegmentation``: with save-changes
 on, Slicer's Sequences logic swaps the proxy node's ``vtkSegmentation`` object whenever the
 browser moves, so a history bound to that object (as ``vtkSegmentationHistory`` is) silently
-stops working after a Track. Snapshots are copies, so a step never keeps a removed node alive;
-steps of nodes that left their scene are dropped on every access.
+stops working after a Track. The key is a random token stored on the node as an attribute (a
+new node at a freed node's address, with its ID, is not mistaken for it). Snapshots are copies,
+so a step never keeps a removed node alive; steps of nodes that left their scene are dropped on
+every access.
 
 Before-write hooks run after PolypSAM saved its own step and before it writes: the Slicer
 widget registers one that snapshots the Segment Editor's own undo history.
@@ -17,6 +19,7 @@ widget registers one that snapshots the Segment Editor's own undo history.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -99,12 +102,19 @@ class _Room:
     redo: list = field(default_factory=list)
 
 
-# segmentation node address -> its undo and redo steps
+# the node's undo key -> its undo and redo steps
 _ROOMS: dict[str, _Room] = {}
 
 
-def _key(segmentation_node: Any) -> str:
-    return segmentation_node.GetAddressAsString("vtkMRMLSegmentationNode")
+_KEY_ATTRIBUTE = "PolypSAM.undoKey"
+
+
+def _key(segmentation_node: Any, create: bool = False) -> str | None:
+    key = segmentation_node.GetAttribute(_KEY_ATTRIBUTE)
+    if not key and create:
+        key = uuid.uuid4().hex
+        segmentation_node.SetAttribute(_KEY_ATTRIBUTE, key)
+    return key or None
 
 
 def _prune() -> None:
@@ -119,8 +129,8 @@ def _prune() -> None:
 def _room(segmentation_node: Any, create: bool) -> _Room | None:
     _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     _prune()
-    key = _key(segmentation_node)
-    room = _ROOMS.get(key)
+    key = _key(segmentation_node, create)
+    room = _ROOMS.get(key) if key else None
     if room is None and create:
         room = _ROOMS[key] = _Room(segmentation_node.GetScene(), segmentation_node.GetID())
     return room
@@ -182,7 +192,7 @@ def forget_undo_history(segmentation_node: Any = None) -> None:
     """Drop PolypSAM's undo steps of one segmentation node, or of all when ``None``."""
     if segmentation_node is None:
         _ROOMS.clear()
-    else:
+    elif _key(segmentation_node):
         _ROOMS.pop(_key(segmentation_node), None)
 
 

@@ -70,6 +70,7 @@ def segment_2d(
         volume_array = volume_from_node(input_node).array
         intensity = intensity_for(input_node, window_preset)
     height, width = volume_array.shape[1:3]
+    terminology = "polyp" if vector else "lesion"  # endoscopy frames show polyps; CT, lesions
     slices = sorted({k for _, k, _ in prompts})
     # Scene reads stay here; the compute phase below sees plain values only.
     items = [(k, rois.index(roi), segment_name(roi), roi.GetID(), box) for roi, k, box in prompts]
@@ -89,7 +90,7 @@ def segment_2d(
                     segment=name,
                     mask_kji=np.asarray(res.mask, dtype=bool)[None],
                     region=(0, width - 1, 0, height - 1, k, k),
-                    color=colour(index),
+                    color=colour(index), terminology=terminology,
                     provenance={**info, "operation": "segment", "box": box, "key_slice": k,
                                 "roi": roi_id, "score": f"{res.score:.4f}"},
                 ))
@@ -180,6 +181,7 @@ def propagate(
             writes.append(dict(
                 segment=name, mask_kji=np.asarray(out.labelmap.array[s0:s1 + 1] == 1),
                 region=(0, width - 1, 0, height - 1, s0, s1), color=colour(index),
+                terminology="lesion",
                 provenance={**info, "operation": "refine" if refined else "propagate",
                             "box": box, "key_slice": key, "slice_range": (s0, s1),
                             "refinement_slices": tuple(refine_slices) if index == 0 else (),

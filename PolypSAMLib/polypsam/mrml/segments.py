@@ -13,6 +13,7 @@ from vtk.util import numpy_support
 from ..errors import InvalidInputError
 from ..geometry import Volume, VolumeGeometry
 from ..provenance import provenance_tags
+from ..terminology import TERMINOLOGY_PRESETS, slicer_entry
 from .nodes import Extent, _image_dims, _matrix_to_numpy, _node_to_world, _numpy_to_matrix, _require, ijk_to_world
 from .roi import VoxelBox
 
@@ -190,6 +191,7 @@ def write_mask_to_segment(
     region: VoxelBox | Extent | None = None,
     color: tuple[float, float, float] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    terminology: str | None = None,
 ) -> str:
     """Write a boolean mask into a segment over the changed region only; return the segment id.
 
@@ -199,6 +201,9 @@ def write_mask_to_segment(
     limits the write: voxels of the segment outside it are kept, inside it replaced; without a
     region the whole grid is replaced. ``provenance`` (e.g. the engine's
     ``info.provenance()`` plus the prompts) is stored as ``PolypSAM.<key>`` segment tags.
+    ``terminology`` (a preset of :mod:`polypsam.terminology`, e.g. ``"polyp"``, or a Slicer
+    terminology entry string) is given to a segment this write creates; an existing segment
+    keeps the terminology its user chose.
 
     Everything is validated before anything changes; on failure the node is left as it was.
     Call :func:`save_state_for_undo` first to make the write undoable.
@@ -231,6 +236,9 @@ def write_mask_to_segment(
                 slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry
             )
         segment_id = _add_segment(segmentation, segment, color)
+        if terminology:
+            entry = slicer_entry(terminology) if terminology in TERMINOLOGY_PRESETS else terminology
+            segmentation.GetSegment(segment_id).SetTerminology(entry)
     was_modifying = segmentation_node.StartModify()
     try:
         if crop.any():

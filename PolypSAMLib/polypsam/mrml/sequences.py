@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..terminology import slicer_entry
 from .nodes import _image_dims, _require
 from .segments import TAG_PREFIX, _KEYS_TAG, _add_segment, _get_tag, _reference_grid, _segment_id, write_mask_to_segment
 from .volumes import _master_sequence
@@ -20,6 +21,7 @@ def write_tracked_masks_to_sequence(
     segment: str = "Polyp",
     colors: Mapping[str, tuple[float, float, float]] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    terminology: str | None = None,
 ) -> Any:
     """Write per-frame masks as a segmentation sequence synchronised with ``browser_node``.
 
@@ -63,6 +65,8 @@ def write_tracked_masks_to_sequence(
         segment_id = _segment_id(segmentation, name)
         if segment_id is None:
             segment_id = _add_segment(segmentation, name, (colors or {}).get(name))
+            if terminology:
+                segmentation.GetSegment(segment_id).SetTerminology(slicer_entry(terminology))
         ids[name] = segment_id
 
     def write_frame(target: Any, frame: int, masks: Mapping[str, np.ndarray]) -> None:

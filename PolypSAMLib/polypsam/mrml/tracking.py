@@ -88,7 +88,7 @@ def track(
         seq = _write_sequence(browser_node, segmentation_node, per_frame, names, {
             **info, "operation": "refine" if refinements else "track",
             "start_frame": frame_index, "boxes": boxes,
-            "refinement_frames": tuple(p.frame for p in refinements)})
+            "refinement_frames": tuple(p.frame for p in refinements)}, "polyp")
         result = RunResult(segment_ids={name: name for name in names})
         result.summary = (f"tracked {len(names)} box(es) through {len(per_frame)} frame(s)"
                           f" into {seq.GetName()}")
@@ -97,13 +97,15 @@ def track(
     return run(Job(compute, write), background=background, cancel=cancel)
 
 
-def _write_sequence(browser_node, segmentation_node, per_frame, names, provenance) -> Any:
+def _write_sequence(browser_node, segmentation_node, per_frame, names, provenance,
+                    terminology: str) -> Any:
     """One undo step, then the masks into the node's segmentation sequence (undone on failure)."""
     history.save_sequence_state_for_undo(segmentation_node, browser_node)
     try:
         return write_tracked_masks_to_sequence(
             browser_node, segmentation_node, per_frame,
-            colors={name: colour(i) for i, name in enumerate(names)}, provenance=provenance)
+            colors={name: colour(i) for i, name in enumerate(names)}, provenance=provenance,
+            terminology=terminology)
     except Exception:
         history.undo(segmentation_node)
         raise
@@ -192,7 +194,7 @@ def _track_volumes(engine, browser_node, rois, segmentation_node, refinement_roi
             **info, "operation": "refine" if first["refinements"] else "track",
             "start_frame": first["time"], "key_slice": first["key"],
             "slice_range": (first["k0"], first["k1"]), "boxes": [job["box"] for job in jobs],
-            "refinement_frames": tuple(p.frame for p in first["refinements"])})
+            "refinement_frames": tuple(p.frame for p in first["refinements"])}, "lesion")
         result = RunResult(segment_ids={name: name for name in names})
         result.summary = (f"tracked {len(names)} box(es) through {n_times} time point(s) in 3-D"
                           f" into {seq.GetName()}")
