@@ -195,6 +195,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
         self.ui.releaseEngineButton.connect("clicked(bool)", self.onReleaseEngine)
         self.ui.loadVideoButton.connect("clicked(bool)", self.onLoadVideo)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
         from polypsam import mrml
 
         mrml.add_before_write_hook(saveSegmentEditorUndoState)
@@ -314,6 +315,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.propagateButton.enabled = hasBoxes and hasVolume and not isVector
         self.ui.trackButton.enabled = hasBoxes and bool(p and p.inputSequenceBrowser)
         self.ui.undoButton.enabled = bool(p and p.outputSegmentation)
+        self.ui.exportButton.enabled = bool(p and p.outputSegmentation and self._exportReference())
 
     def run(self, operation: str) -> None:
         """One button: dependencies (first use), engine (with download consent), then the work.
@@ -377,6 +379,35 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with self._busyPanel():
             self.logic.releaseEngine()
         self.ui.engineStatusLabel.text = _("Model released.")
+
+    def _exportReference(self):
+        """The volume whose grid an export uses: the input, else the sequence's proxy."""
+        p = self._parameterNode
+        if p.inputVolume is not None:
+            return p.inputVolume
+        browser = p.inputSequenceBrowser
+        master = browser.GetMasterSequenceNode() if browser is not None else None
+        return browser.GetProxyNode(master) if master is not None else None
+
+    def onExport(self) -> None:
+        import qt
+
+        formats = list(self.logic.exportFormats())
+        fmt = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Export"), _("Format:"), formats, 0,
+                                      False)
+        if not fmt:
+            return
+        if fmt == "png":
+            path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export to folder"))
+        else:
+            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export as"), "",
+                                                  f"{fmt} (*)")
+        if not path:
+            return
+        with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            result = self.logic.exportSegmentation(self._parameterNode.outputSegmentation,
+                                                   self._exportReference(), path, fmt)
+            self.ui.statusLabel.text = _("Exported to {path}").format(path=result.path)
 
     def onLoadVideo(self) -> None:
         """A video file (mp4/avi/mov...) or a folder of frames → a sequence with a browser."""
@@ -524,6 +555,20 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
         from polypsam.mrml import video
 
         return video.load_video(slicer.mrmlScene, path, progress=progress)
+
+    @staticmethod
+    def exportFormats():
+        from polypsam.export import FORMATS
+
+        return FORMATS
+
+    @staticmethod
+    def exportSegmentation(segmentationNode, referenceVolume, path: str, fmt: str):
+        """Export with names, colours, terminology and provenance (DICOM SEG: the volume's
+        source series from Slicer's DICOM database)."""
+        from polypsam.mrml import exporting
+
+        return exporting.export_segmentation(segmentationNode, referenceVolume, path, fmt)
 
     # -- operations (headless) ---------------------------------------------------------------
     @staticmethod
@@ -745,6 +790,12 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         from polypsam import mrml
 
         self.assertEqual(mrml.read_provenance(seg, "Lesion").get("operation"), "propagate")
+        import tempfile
+
+        exported = PolypSAMLogic.exportSegmentation(
+            seg, volume, os.path.join(tempfile.mkdtemp(prefix="polypsam-test-"), "lesion.seg.nrrd"),
+            "seg.nrrd")
+        self.assertTrue(os.path.isfile(exported.path))
         self.assertTrue(PolypSAMLogic.undo(seg))
         self.assertIsNone(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion") or None)
         self.delayDisplay("3-D propagate passed")

@@ -263,7 +263,7 @@ def test_module_test_skips_sam2_scenarios_without_torch_or_sam2():
 def test_widget_disables_the_whole_panel_while_busy():
     busy = _method_source("PolypSAMWidget", "_busyPanel")
     assert "self._panel.enabled = False" in busy and "self._panel.enabled = True" in busy
-    for handler in ("run", "onUndo", "onDependencies", "onReleaseEngine", "onLoadVideo"):
+    for handler in ("run", "onUndo", "onDependencies", "onReleaseEngine", "onLoadVideo", "onExport"):
         assert "self._busyPanel()" in _method_source("PolypSAMWidget", handler), handler
 
 
