@@ -9,6 +9,7 @@ never in the install folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,30 @@ def resolve_checkpoint(
     if config is None:
         raise InvalidInputError(f"custom checkpoint {path.name} needs a config (--config)")
     return ResolvedCheckpoint(path.stem, path, config, sha256_file(path), image_size or 1024)
+
+
+def sidecar_path(checkpoint: str | Path) -> Path:
+    """The JSON sidecar fine-tuning writes beside a checkpoint: ``OUT.pt`` → ``OUT.pt.json``."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(checkpoint: str | Path) -> dict:
+    """The sidecar of ``checkpoint`` as a dict (``{}`` when there is none).
+
+    It records the ``config`` and ``image_size`` the checkpoint was trained with (see
+    :mod:`polypsam.finetune.sidecar`), so they need not be repeated when it is loaded.
+    """
+    path = sidecar_path(Path(checkpoint).expanduser())
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {path} could not be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint sidecar {path} is not a JSON object")
+    return data
 
 
 def verify_checkpoint(spec: ModelSpec, path: Path) -> str:

@@ -74,18 +74,25 @@ def model_choices() -> list[tuple[str, str]]:
     return [(name, spec.description or name) for name, spec in REGISTRY.items()]
 
 
-def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str]]:
-    """``(model argument, config)`` for :func:`polypsam.checkpoints.resolve_checkpoint`."""
-    from .checkpoints import REGISTRY
+def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str], Optional[int]]:
+    """``(model argument, config, image size)`` for :func:`~polypsam.checkpoints.resolve_checkpoint`.
+
+    For a custom checkpoint, a config or image size not given explicitly comes from its
+    fine-tuning sidecar (``OUT.pt.json``), then (config only) from the registry model chosen.
+    """
+    from .checkpoints import REGISTRY, read_sidecar
 
     if settings.checkpoint:
-        config = settings.config or (REGISTRY[settings.model].config
-                                     if settings.model in REGISTRY else "")
-        return str(Path(settings.checkpoint).expanduser()), config or None
+        path = Path(settings.checkpoint).expanduser()
+        sidecar = read_sidecar(path) if not (settings.config and settings.image_size) else {}
+        config = (settings.config or sidecar.get("config")
+                  or (REGISTRY[settings.model].config if settings.model in REGISTRY else ""))
+        size = settings.image_size or int(sidecar.get("image_size") or 0)
+        return str(path), config or None, size or None
     if settings.model not in REGISTRY:
         names = ", ".join(REGISTRY)
         raise InvalidInputError(f"unknown model {settings.model!r}: use one of {names}")
-    return settings.model, settings.config or None
+    return settings.model, settings.config or None, settings.image_size or None
 
 
 def weights_to_download(settings: EngineSettings):
@@ -106,14 +113,19 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
         raise InvalidInputError(
             f"unknown engine {settings.kind!r}: use one of {', '.join(ENGINE_KINDS)}"
         )
-    from .checkpoints import resolve_checkpoint
     from .sam2_engine import SAM2Engine
 
-    model, config = _resolve_args(settings)
-    resolved = resolve_checkpoint(model, config=config, download=allow_download,
-                                  image_size=settings.image_size or None)
+    resolved = checkpoint_for(settings, allow_download=allow_download)
     device = None if settings.device in ("", "auto") else settings.device
-    return SAM2Engine(resolved, device=device, image_size=settings.image_size or None)
+    return SAM2Engine(resolved, device=device, image_size=resolved.image_size)
+
+
+def checkpoint_for(settings: EngineSettings, *, allow_download: bool = False):
+    """The :class:`~polypsam.checkpoints.ResolvedCheckpoint` (file, config, size) ``settings`` name."""
+    from .checkpoints import resolve_checkpoint
+
+    model, config, image_size = _resolve_args(settings)
+    return resolve_checkpoint(model, config=config, download=allow_download, image_size=image_size)
 
 
 class EngineCache:

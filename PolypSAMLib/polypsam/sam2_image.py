@@ -32,6 +32,12 @@ def model_input(rgb: np.ndarray, image_size: int, device=None):
     Returns a ``3 x S x S`` float32 tensor: bilinear resizing with antialiasing (as torchvision's
     ``Resize`` in sam2's transforms and ``load_video_frames``), then ``(x - mean) / std``.
     """
+    tensor = normalize_input(resize_input(rgb, image_size))
+    return tensor if device is None else tensor.to(device)
+
+
+def resize_input(rgb: np.ndarray, image_size: int):
+    """``rgb`` resized to a ``3 x S x S`` float32 tensor in [0, 1] (not yet normalised)."""
     import torch
     import torch.nn.functional as F
 
@@ -41,10 +47,16 @@ def model_input(rgb: np.ndarray, image_size: int, device=None):
             tensor, size=(image_size, image_size), mode="bilinear", align_corners=False,
             antialias=True,
         )
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    tensor = (tensor[0].clamp_(0.0, 1.0) - mean) / std
-    return tensor if device is None else tensor.to(device)
+    return tensor[0].clamp_(0.0, 1.0)
+
+
+def normalize_input(tensor):
+    """ImageNet normalisation of ``... x 3 x S x S`` values in [0, 1] (SAM2's input statistics)."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=tensor.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=tensor.device).view(3, 1, 1)
+    return (tensor - mean) / std
 
 
 @dataclass(frozen=True)
@@ -57,15 +69,57 @@ class ImageEmbedding:
     width: int
 
 
-def embed_image(model, backbone_out: dict, height: int, width: int) -> ImageEmbedding:
-    """The mask decoder's inputs from an image-encoder output (``model.forward_image``)."""
+def image_features(model, backbone_out: dict) -> tuple:
+    """``(image_embed, high_res_feats)`` for a batch of encoder outputs (``model.forward_image``).
+
+    ``image_embed`` is ``B x C x S/16 x S/16`` with the no-memory embedding SAM2 adds to a frame
+    without memory; ``high_res_feats`` are the decoder's skip features at S/4 and S/8.
+    """
     _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
     if model.directly_add_no_mem_embed:  # a single image is a frame without memory
         vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
     feats = [
-        feat.permute(1, 2, 0).reshape(1, -1, *size) for feat, size in zip(vision_feats, feat_sizes)
+        feat.permute(1, 2, 0).reshape(feat.shape[1], -1, *size)
+        for feat, size in zip(vision_feats, feat_sizes)
     ]
-    return ImageEmbedding(feats[-1], tuple(feats[:-1]), int(height), int(width))
+    return feats[-1], tuple(feats[:-1])
+
+
+def embed_image(model, backbone_out: dict, height: int, width: int) -> ImageEmbedding:
+    """The mask decoder's inputs from an image-encoder output (``model.forward_image``)."""
+    image_embed, high_res_feats = image_features(model, backbone_out)
+    return ImageEmbedding(image_embed, high_res_feats, int(height), int(width))
+
+
+def box_logits(model, image_embed, high_res_feats, boxes, height: int, width: int):
+    """Low-resolution mask logits and predicted IoU for ``N`` boxes, one per embedding row.
+
+    ``boxes`` is an ``N x 4`` float tensor of pixel ``x0, y0, x1, y1`` in an ``height`` x
+    ``width`` image (numbers, or one per box); ``image_embed`` and ``high_res_feats`` have batch
+    size ``N`` (row ``i`` is the image box ``i`` belongs to). Returns ``(N x 1 x S/4 x S/4
+    logits, N x 1 IoU)``. This is the inference path (:func:`predict_box`) and, with gradients,
+    fine-tuning's forward pass.
+    """
+    import torch
+
+    corners = boxes.reshape(-1, 2, 2).to(dtype=torch.float32, device=image_embed.device)
+    # Pixel corners → the model's square input, in the order sam2's transform_coords uses.
+    size = np.stack(np.broadcast_arrays(np.asarray(width), np.asarray(height)), axis=-1)
+    scale = torch.tensor(size, dtype=torch.float32, device=corners.device).reshape(-1, 1, 2)
+    corners = corners / scale * model.image_size
+    labels = torch.tensor([[2, 3]], dtype=torch.int, device=corners.device)  # box corners
+    labels = labels.expand(corners.shape[0], 2)
+    sparse, dense = model.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
+    low_res, iou, _, _ = model.sam_mask_decoder(
+        image_embeddings=image_embed,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+        repeat_image=False,
+        high_res_features=list(high_res_feats),
+    )
+    return low_res, iou
 
 
 def predict_box(model, embedding: ImageEmbedding, box: Box) -> tuple[np.ndarray, float]:
@@ -73,23 +127,9 @@ def predict_box(model, embedding: ImageEmbedding, box: Box) -> tuple[np.ndarray,
     import torch
     import torch.nn.functional as F
 
-    device = embedding.image_embed.device
-    corners = torch.tensor([[[box.x0, box.y0], [box.x1, box.y1]]], dtype=torch.float32, device=device)
-    # Pixel corners → the model's square input, in the order sam2's transform_coords uses.
-    corners[..., 0] = corners[..., 0] / embedding.width
-    corners[..., 1] = corners[..., 1] / embedding.height
-    corners = corners * model.image_size
-    labels = torch.tensor([[2, 3]], dtype=torch.int, device=device)  # box top-left, bottom-right
-    sparse, dense = model.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
-    low_res, iou, _, _ = model.sam_mask_decoder(
-        image_embeddings=embedding.image_embed,
-        image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=list(embedding.high_res_feats),
-    )
+    boxes = torch.tensor([[box.x0, box.y0, box.x1, box.y1]], dtype=torch.float32)
+    low_res, iou = box_logits(model, embedding.image_embed, embedding.high_res_feats, boxes,
+                              embedding.height, embedding.width)
     logits = F.interpolate(
         low_res.float(), (embedding.height, embedding.width), mode="bilinear", align_corners=False
     )

@@ -1,0 +1,162 @@
+"""The fine-tuning run: check everything, prepare features, train epochs, save, resume."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import __version__
+from ..errors import InvalidInputError
+from .data import fingerprint, load_dataset, split_samples
+from .embedding_cache import EmbeddingCache, default_root
+from .sidecar import plot_metrics, write_metrics_csv, write_sidecar
+from .state import load_state_info, restore_state, save_state
+from .train import FinetuneConfig, FinetuneResult, Trainer, run_identity, trainable_names
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool, leave: bool = True):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                disable=not enabled or None, leave=leave)
+
+
+def _load_data(cfg: FinetuneConfig):
+    from ..preprocess import parse_intensity
+
+    intensity = parse_intensity(cfg.window) if cfg.window else None
+    dataset = load_dataset(cfg.data, intensity=intensity, label=cfg.label)
+    val = load_dataset(cfg.val, intensity=intensity, label=cfg.label) if cfg.val else None
+    return split_samples(dataset, cfg.val_split, cfg.seed, val)
+
+
+def _resolve_base(cfg: FinetuneConfig):
+    from ..engines import checkpoint_for, settings_for
+
+    settings = settings_for(cfg.base, cfg.config, device=cfg.device, image_size=cfg.image_size)
+    return checkpoint_for(settings, allow_download=cfg.allow_download)
+
+
+def run(cfg: FinetuneConfig, *, progress: bool = True,
+        on_epoch_end: Optional[Callable[[dict], None]] = None) -> FinetuneResult:
+    import torch
+
+    from ..sam2_model import build_model, save_checkpoint, select_device
+
+    cfg.check()
+    output = Path(cfg.output).expanduser()
+    train_set, val_set = _load_data(cfg)
+    base = _resolve_base(cfg)
+    device = select_device(None if cfg.device in ("", "auto") else cfg.device)
+    model = build_model(base.config, base.path, device, image_size=base.image_size)
+    model.eval()  # the inference path; see polypsam.finetune.train
+    trainable = trainable_names(model, cfg.train)
+    train_fp, val_fp = fingerprint(train_set), fingerprint(val_set)
+    identity = run_identity(cfg, base.sha256, base.config, base.image_size, train_fp, val_fp)
+
+    info = load_state_info(output) if cfg.resume else None
+    if info is not None and info.get("identity") != identity:
+        changed = sorted(k for k in identity if info.get("identity", {}).get(k) != identity[k])
+        raise InvalidInputError(
+            f"cannot resume {output.name}: the run differs from the saved one in"
+            f" {', '.join(changed)} (only --epochs and --device may change)"
+        )
+
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_root()
+    cache_args = dict(root=root, base_sha256=base.sha256, config=base.config,
+                      image_size=base.image_size, device=device)
+    train_cache = (EmbeddingCache(model, dtype=cfg.cache_dtype, **cache_args)
+                   if cfg.cached else None)
+    # Validation features in float32: exactly what an engine computes from the saved checkpoint.
+    val_cache = EmbeddingCache(model, dtype="float32", **cache_args) if cfg.frozen_encoder else None
+    trainer = Trainer(model, cfg, image_size=base.image_size, device=device, train_set=train_set,
+                      val_set=val_set, train_cache=train_cache, val_cache=val_cache)
+    encoded = (len(train_set) if train_cache else 0) + (len(val_set) if val_cache else 0)
+    if encoded:
+        with _bar(encoded, "image features", "image", progress) as bar:
+            if train_cache:
+                trainer.train_keys = train_cache.prepare(train_set, bar)
+            trainer.val_keys = val_cache.prepare(val_set, bar)
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.patience,
+        min_lr=min(cfg.min_lr, cfg.lr))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+    best_dice, best_epoch, start = float("-inf"), 0, 0
+    if info is not None:
+        restore_state(output, model=model, optimizer=optimizer, scheduler=scheduler,
+                      generator=generator, device=device)
+        history, start = info["history"], int(info["epoch"])
+        best_dice, best_epoch = float(info["best_dice"]), int(info["best_epoch"])
+
+    base_info = {
+        "polypsam_version": __version__, "torch_version": torch.__version__,
+        "config": base.config, "image_size": base.image_size,
+        "base_checkpoint": {"name": base.model, "path": str(base.path), "sha256": base.sha256},
+        "data": {"source": str(cfg.data), "val_source": cfg.val, "train_samples": len(train_set),
+                 "val_samples": len(val_set), "train_fingerprint": train_fp,
+                 "val_fingerprint": val_fp, "window": cfg.window, "label": cfg.label},
+        "hyperparameters": {
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": "AdamW",
+            "lr": cfg.lr, "weight_decay": cfg.weight_decay, "loss": "dice+bce",
+            "scheduler": {"name": "ReduceLROnPlateau", "mode": "max", "metric": "val_dice",
+                          "factor": cfg.lr_factor, "patience": cfg.patience,
+                          "min_lr": min(cfg.min_lr, cfg.lr)},
+            "train": cfg.train, "augment": cfg.augment, "box_jitter": cfg.box_jitter,
+            "val_split": None if cfg.val else cfg.val_split, "cached_features": cfg.cached,
+            "cache_dtype": cfg.cache_dtype if cfg.cached else None},
+        "seed": cfg.seed,
+    }
+    n_batches = (len(train_set) + cfg.batch_size - 1) // cfg.batch_size
+    with _bar(cfg.epochs, "fine-tuning", "epoch", progress) as epochs_bar:
+        epochs_bar.update(start)
+        for epoch in range(start, cfg.epochs):
+            began = time.perf_counter()
+            order = torch.randperm(len(train_set), generator=generator).tolist()
+            losses = []
+            with _bar(n_batches, f"epoch {epoch + 1}", "batch", progress, leave=False) as bar:
+                for b in range(n_batches):
+                    loss = trainer.batch_loss(order[b * cfg.batch_size:(b + 1) * cfg.batch_size],
+                                              generator)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    bar.update(1)
+            metrics, _ = trainer.validate()
+            lr = float(optimizer.param_groups[0]["lr"])
+            scheduler.step(metrics["dice"])
+            improved = metrics["dice"] > best_dice
+            # Compute time of the epoch (training steps and validation; not the file writing).
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": sum(losses) / len(losses),
+                   **{f"val_{k}": v for k, v in metrics.items()}, "improved": improved,
+                   "seconds": round(time.perf_counter() - began, 3)}
+            history.append(row)
+            if improved:
+                best_dice, best_epoch = metrics["dice"], epoch + 1
+                save_checkpoint(model, output)
+            best = next(r for r in history if r["epoch"] == best_epoch)
+            write_sidecar(output, {**base_info, "best": best, "epochs_run": len(history),
+                                   "history": history})
+            write_metrics_csv(output, history)
+            plot_metrics(output, history)
+            save_state(output, model=model, trainable=trainable, optimizer=optimizer,
+                       scheduler=scheduler, generator=generator, device=device,
+                       info={"epoch": epoch + 1, "history": history, "best_dice": best_dice,
+                             "best_epoch": best_epoch, "identity": identity})
+            epochs_bar.set_postfix(loss=f"{row['train_loss']:.4f}", dice=f"{metrics['dice']:.4f}",
+                                   best=f"{best_dice:.4f}")
+            epochs_bar.update(1)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+    from ..checkpoints import sidecar_path
+    from .sidecar import metrics_csv_path
+
+    return FinetuneResult(output, sidecar_path(output), metrics_csv_path(output), history,
+                          best_epoch, best_dice)

@@ -1,0 +1,281 @@
+"""Fine-tune SAM2 on annotated frames and slices: the Polyps-SAM2 recipe.
+
+Frozen image encoder (its features cached on disk, :mod:`.embedding_cache`), prompt encoder and
+mask decoder trained with Dice + binary cross-entropy, AdamW (lr 1e-4), batch size 4; the
+learning rate halves when validation Dice stops improving, down to 1e-5; the model is saved in
+SAM2's official layout whenever validation Dice improves.
+
+The forward pass is PolypSAM's inference path (:func:`polypsam.sam2_image.box_logits`, equal to
+Meta's ``SAM2ImagePredictor``) with gradients, and the model stays in eval mode as at inference
+(SAM2's decoder picks its single mask by stability only in eval mode; SAM2 tiny has no dropout
+or drop-path to switch off). "Frozen encoder" means everything before the cached features: the
+Hiera trunk and FPN neck, the decoder's ``conv_s0``/``conv_s1`` projections and the no-memory
+embedding; ``train="all"`` trains those too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .data import Sample
+from .metrics import mask_metrics, mean_metrics
+
+TRAIN_MODES = ("decoder", "decoder+prompt", "all")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything one fine-tuning run depends on (the CLI's options)."""
+
+    data: str
+    output: str
+    base: str = "sam2.1_hiera_tiny"
+    config: Optional[str] = None
+    image_size: Optional[int] = None
+    epochs: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    lr_factor: float = 0.5
+    patience: int = 10
+    weight_decay: float = 0.01
+    val_split: float = 0.2
+    val: Optional[str] = None
+    train: str = "decoder+prompt"
+    augment: bool = False
+    box_jitter: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    window: Optional[str] = None
+    label: Optional[int] = None
+    cache_dir: Optional[str] = None
+    cache_dtype: str = "float16"
+    allow_download: bool = False
+
+    def check(self) -> None:
+        if self.train not in TRAIN_MODES:
+            raise InvalidInputError(f"--train must be one of {', '.join(TRAIN_MODES)}, got {self.train!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0 or not self.min_lr > 0:
+            raise InvalidInputError("--lr and the minimum learning rate must be positive")
+        if not 0 <= self.box_jitter <= 1:
+            raise InvalidInputError(f"--box-jitter must lie in [0, 1], got {self.box_jitter}")
+        if not str(self.output).endswith(".pt"):
+            raise InvalidInputError(f"the output checkpoint must end in .pt, got {self.output}")
+
+    @property
+    def frozen_encoder(self) -> bool:
+        return self.train != "all"
+
+    @property
+    def cached(self) -> bool:
+        """Training features come from the cache (frozen encoder, no image augmentation)."""
+        return self.frozen_encoder and not self.augment
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: Path
+    sidecar: Path
+    metrics_csv: Path
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_dice: float = float("-inf")
+
+
+def trainable_names(model, mode: str) -> list[str]:
+    """Parameters trained in ``mode`` (everything else gets ``requires_grad=False``)."""
+    prefixes = {
+        "decoder": ("sam_mask_decoder.",),
+        "decoder+prompt": ("sam_mask_decoder.", "sam_prompt_encoder."),
+        "all": ("sam_mask_decoder.", "sam_prompt_encoder.", "image_encoder.", "no_mem_embed"),
+    }[mode]
+    feature_path = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
+    names = []
+    for name, param in model.named_parameters():
+        train = name.startswith(prefixes) and (mode == "all" or not name.startswith(feature_path))
+        param.requires_grad_(train)
+        if train:
+            names.append(name)
+    return names
+
+
+def dice_bce_loss(logits, targets):
+    """Mean over prompts of soft Dice loss + binary cross-entropy (logits, targets: P x S x S)."""
+    import torch
+    import torch.nn.functional as F
+
+    probs = torch.sigmoid(logits).flatten(1)
+    flat = targets.flatten(1)
+    dice = 1 - (2 * (probs * flat).sum(1) + 1) / (probs.sum(1) + flat.sum(1) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits.flatten(1), flat, reduction="none").mean(1)
+    return (dice + bce).mean()
+
+
+def component_targets(sample: Sample, image_size: int):
+    """One ``S x S`` float target per box of ``sample`` (area-resized, thresholded at 0.5)."""
+    import torch
+    import torch.nn.functional as F
+
+    comps = torch.from_numpy(sample.components.astype(np.int64))
+    ids = torch.arange(1, len(sample.boxes) + 1).view(-1, 1, 1)
+    masks = (comps[None] == ids).float()[None]
+    resized = F.interpolate(masks, size=(image_size, image_size), mode="area")[0]
+    return resized >= 0.5
+
+
+def jitter_boxes(boxes, width: float, height: float, fraction: float, generator):
+    """Boxes moved by Gaussian noise of ``fraction`` × their side (at most 2 sigma), kept inside."""
+    import torch
+
+    if fraction <= 0:
+        return boxes
+    sides = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).repeat(1, 2)
+    sigma = sides * fraction
+    noise = (torch.randn(boxes.shape, generator=generator) * sigma).clamp(-2 * sigma, 2 * sigma)
+    out = boxes + noise
+    out[:, 0::2] = out[:, 0::2].clamp(0, width - 1)
+    out[:, 1::2] = out[:, 1::2].clamp(0, height - 1)
+    x0, x1 = torch.minimum(out[:, 0], out[:, 2]), torch.maximum(out[:, 0], out[:, 2])
+    y0, y1 = torch.minimum(out[:, 1], out[:, 3]), torch.maximum(out[:, 1], out[:, 3])
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
+def boxes_of_masks(masks):
+    """Inclusive boxes of ``K x S x S`` masks; returns ``(boxes, kept index)`` (empty dropped)."""
+    import torch
+
+    boxes, kept = [], []
+    for i, m in enumerate(masks):
+        ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
+        if ys.numel() < 4 or xs.max() == xs.min() or ys.max() == ys.min():
+            continue
+        boxes.append(torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float())
+        kept.append(i)
+    return (torch.stack(boxes) if boxes else torch.zeros(0, 4)), kept
+
+
+class Trainer:
+    """One batch's loss and one validation pass for a model, its data and its settings."""
+
+    def __init__(self, model, cfg: FinetuneConfig, *, image_size: int, device, train_set,
+                 val_set, train_cache=None, val_cache=None) -> None:
+        self.model, self.cfg, self.size, self.device = model, cfg, int(image_size), device
+        self.train_set, self.val_set = list(train_set), list(val_set)
+        self.train_cache, self.val_cache = train_cache, val_cache
+        self.targets = [component_targets(s, self.size) for s in self.train_set]
+        self.train_keys: list[str] = []
+        self.val_keys: list[str] = []
+
+    # -- features --------------------------------------------------------------------------
+    def _encode(self, images, grad: bool):
+        import torch
+
+        from ..sam2_image import image_features
+
+        with torch.set_grad_enabled(grad):
+            return image_features(self.model, self.model.forward_image(images.to(self.device)))
+
+    def _model_inputs(self, samples: Sequence[Sample]):
+        import torch
+
+        from ..sam2_image import model_input
+
+        return torch.stack([model_input(s.load_rgb(), self.size) for s in samples])
+
+    # -- training --------------------------------------------------------------------------
+    def batch_loss(self, indices: Sequence[int], generator):
+        """Dice + BCE of one batch of training samples (all boxes of each sample)."""
+        import torch
+        import torch.nn.functional as F
+
+        from ..sam2_image import box_logits, normalize_input, resize_input
+        from .augment import augment
+
+        samples = [self.train_set[i] for i in indices]
+        rows, boxes, targets, widths, heights, images = [], [], [], [], [], []
+        for b, (i, sample) in enumerate(zip(indices, samples)):
+            target = self.targets[i].float()
+            if self.cfg.augment:
+                image, moved = augment(resize_input(sample.load_rgb(), self.size), target, generator)
+                sample_boxes, kept = boxes_of_masks(moved)
+                if kept:
+                    target = moved[kept]
+                else:  # the transform moved every object out: use the sample as it is
+                    image = resize_input(sample.load_rgb(), self.size)
+                    sample_boxes = torch.tensor([[v * self.size / d for v, d in zip(
+                        bx.to_list(), (sample.width, sample.height) * 2)] for bx in sample.boxes])
+                images.append(normalize_input(image))
+                width = height = self.size
+            else:
+                sample_boxes = torch.tensor([bx.to_list() for bx in sample.boxes], dtype=torch.float32)
+                width, height = sample.width, sample.height
+            sample_boxes = jitter_boxes(sample_boxes, width, height, self.cfg.box_jitter, generator)
+            rows += [b] * len(sample_boxes)
+            boxes.append(sample_boxes)
+            targets.append(target)
+            widths += [width] * len(sample_boxes)
+            heights += [height] * len(sample_boxes)
+        if self.cfg.cached:
+            image_embed, high_res = self.train_cache.batch([self.train_keys[i] for i in indices])
+        else:
+            batch = torch.stack(images) if images else self._model_inputs(samples)
+            image_embed, high_res = self._encode(batch, grad=not self.cfg.frozen_encoder)
+        index = torch.tensor(rows, device=image_embed.device)
+        low_res, _ = box_logits(self.model, image_embed[index], [f[index] for f in high_res],
+                                torch.cat(boxes), heights, widths)
+        logits = F.interpolate(low_res, (self.size, self.size), mode="bilinear",
+                               align_corners=False)[:, 0]
+        return dice_bce_loss(logits, torch.cat(targets).to(logits.device))
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """Mean metrics over validation images: union of the masks of all its boxes vs. truth.
+
+        Computed as inference computes it (:func:`polypsam.sam2_image.predict_box` at the
+        image's own size), so loading the saved checkpoint in an engine gives the same masks.
+        """
+        import torch
+
+        from ..sam2_image import ImageEmbedding, predict_box
+
+        per_image = []
+        with torch.inference_mode():
+            for n, sample in enumerate(self.val_set):
+                if self.val_cache is not None:
+                    image_embed, high_res = self.val_cache.get(self.val_keys[n])
+                else:
+                    image_embed, high_res = self._encode(self._model_inputs([sample]), grad=False)
+                embedding = ImageEmbedding(image_embed, high_res, sample.height, sample.width)
+                pred = np.zeros(sample.mask.shape, dtype=bool)
+                for box in sample.boxes:
+                    pred |= predict_box(self.model, embedding, box)[0]
+                per_image.append(mask_metrics(pred, sample.mask))
+        return mean_metrics(per_image), per_image
+
+
+def run_identity(cfg: FinetuneConfig, base_sha256: str, config: str, image_size: int,
+                 train_fp: str, val_fp: str) -> dict:
+    """What a resumed run must share with the run it continues (all but epochs and device)."""
+    keep = asdict(cfg)
+    for name in ("epochs", "device", "resume", "cache_dir", "allow_download", "output"):
+        keep.pop(name)
+    return {**keep, "base_sha256": base_sha256, "config": config, "image_size": image_size,
+            "train_fingerprint": train_fp, "val_fingerprint": val_fp}
+
+
+def finetune(cfg: FinetuneConfig, *, progress: bool = True,
+             on_epoch_end: Optional[Callable[[dict], None]] = None) -> FinetuneResult:
+    """Run (or resume) fine-tuning; see the module docstring. Bad input fails before training."""
+    from .runner import run
+
+    return run(cfg, progress=progress, on_epoch_end=on_epoch_end)
+
