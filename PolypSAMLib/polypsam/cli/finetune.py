@@ -56,6 +56,8 @@ def register(subparsers) -> None:
                    help="where image features are cached (default: PolypSAM's cache directory)")
     p.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16",
                    help="storage type of cached training features (default: %(default)s)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="run the frozen encoder every step instead of caching its features")
     p.add_argument("--no-download", action="store_true",
                    help="never download base weights; fail if they are not in the cache")
     p.set_defaults(handler=run_finetune)
@@ -72,6 +74,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         box_jitter=args.box_jitter, seed=args.seed, device=args.device, resume=args.resume,
         window=args.window, label=args.label,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_dtype=args.cache_dtype,
+        cache_features=not args.no_feature_cache,
         allow_download=not args.no_download)
     result = finetune(cfg)
     best = next(r for r in result.history if r["epoch"] == result.best_epoch)

@@ -49,13 +49,8 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
     output = Path(cfg.output).expanduser()
     train_set, val_set = _load_data(cfg)
     base = _resolve_base(cfg)
-    device = select_device(None if cfg.device in ("", "auto") else cfg.device)
-    model = build_model(base.config, base.path, device, image_size=base.image_size)
-    model.eval()  # the inference path; see polypsam.finetune.train
-    trainable = trainable_names(model, cfg.train)
     train_fp, val_fp = fingerprint(train_set), fingerprint(val_set)
     identity = run_identity(cfg, base.sha256, base.config, base.image_size, train_fp, val_fp)
-
     info = load_state_info(output) if cfg.resume else None
     if info is not None and info.get("identity") != identity:
         changed = sorted(k for k in identity if info.get("identity", {}).get(k) != identity[k])
@@ -63,6 +58,10 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
             f"cannot resume {output.name}: the run differs from the saved one in"
             f" {', '.join(changed)} (only --epochs and --device may change)"
         )
+    device = select_device(None if cfg.device in ("", "auto") else cfg.device)
+    model = build_model(base.config, base.path, device, image_size=base.image_size)
+    model.eval()  # the inference path; see polypsam.finetune.train
+    trainable = trainable_names(model, cfg.train)
 
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_root()
     cache_args = dict(root=root, base_sha256=base.sha256, config=base.config,
@@ -90,7 +89,7 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
     best_dice, best_epoch, start = float("-inf"), 0, 0
     if info is not None:
         restore_state(output, model=model, optimizer=optimizer, scheduler=scheduler,
-                      generator=generator, device=device)
+                      generator=generator)
         history, start = info["history"], int(info["epoch"])
         best_dice, best_epoch = float(info["best_dice"]), int(info["best_epoch"])
 
@@ -147,7 +146,7 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
             write_metrics_csv(output, history)
             plot_metrics(output, history)
             save_state(output, model=model, trainable=trainable, optimizer=optimizer,
-                       scheduler=scheduler, generator=generator, device=device,
+                       scheduler=scheduler, generator=generator,
                        info={"epoch": epoch + 1, "history": history, "best_dice": best_dice,
                              "best_epoch": best_epoch, "identity": identity})
             epochs_bar.set_postfix(loss=f"{row['train_loss']:.4f}", dice=f"{metrics['dice']:.4f}",

@@ -1,7 +1,7 @@
 """The last epoch's training state, so that ``--resume`` continues bit-for-bit.
 
 Written after every epoch into ``OUT.pt.state/`` without pickle: ``model.pt`` (the trainable
-tensors), ``trainer.pt`` (optimizer and LR-scheduler state dicts, RNG states as tensors), both
+tensors), ``trainer.pt`` (optimizer and LR-scheduler state dicts, the RNG state as a tensor), both
 read back with ``torch.load(weights_only=True)``, and ``state.json`` (epoch, metrics history,
 best Dice and the run's identity, which a resumed run must match). ``state.json`` is written
 last, so a state whose JSON names epoch ``e`` is complete for that epoch.
@@ -28,33 +28,26 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def rng_state(generator, device) -> dict:
-    import torch
-
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    if getattr(device, "type", "") == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def rng_state(generator) -> dict:
+    """RNG state as tensors. Every random choice of training (order, box jitter, augmentation)
+    draws from this one generator; model construction's draws from torch's global RNG do not
+    matter once the weights are loaded, so that RNG is left alone."""
+    return {"generator": generator.get_state()}
 
 
-def set_rng_state(state: dict, generator, device) -> None:
-    import torch
-
+def set_rng_state(state: dict, generator) -> None:
     generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and getattr(device, "type", "") == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_state(output: Path, *, model, trainable: list[str], optimizer, scheduler, generator,
-               device, info: dict) -> Path:
+               info: dict) -> Path:
     """Write the state after an epoch; ``info`` is JSON (epoch, history, best, identity)."""
     folder = state_dir(output)
     folder.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
     _atomic_save({name: params[name].detach().cpu() for name in trainable}, folder / "model.pt")
     _atomic_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "rng": rng_state(generator, device)}, folder / "trainer.pt")
+                  "rng": rng_state(generator)}, folder / "trainer.pt")
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
     os.replace(tmp, folder / "state.json")
@@ -73,7 +66,7 @@ def load_state_info(output: Path) -> dict:
         raise InvalidInputError(f"training state {path} could not be read: {exc}") from exc
 
 
-def restore_state(output: Path, *, model, optimizer, scheduler, generator, device) -> None:
+def restore_state(output: Path, *, model, optimizer, scheduler, generator) -> None:
     """Load the tensors of the last epoch back into the model, optimizer, scheduler and RNGs."""
     import torch
 
@@ -91,4 +84,4 @@ def restore_state(output: Path, *, model, optimizer, scheduler, generator, devic
             params[name].copy_(value)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
-    set_rng_state(trainer["rng"], generator, device)
+    set_rng_state(trainer["rng"], generator)

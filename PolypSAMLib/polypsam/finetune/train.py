@@ -56,6 +56,7 @@ class FinetuneConfig:
     label: Optional[int] = None
     cache_dir: Optional[str] = None
     cache_dtype: str = "float16"
+    cache_features: bool = True
     allow_download: bool = False
 
     def check(self) -> None:
@@ -78,7 +79,7 @@ class FinetuneConfig:
     @property
     def cached(self) -> bool:
         """Training features come from the cache (frozen encoder, no image augmentation)."""
-        return self.frozen_encoder and not self.augment
+        return self.cache_features and self.frozen_encoder and not self.augment
 
 
 @dataclass
