@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from .options import EXIT_INTERRUPTED
 
 
 def register(subparsers) -> None:
@@ -23,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="SAM2 config of a custom --base (else from its sidecar)")
     p.add_argument("--image-size", type=int, default=None,
                    help="model input size (default: the base checkpoint's)")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=200, help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=int, default=4, help="images per step (default: 4)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     p.add_argument("--min-lr", type=float, default=1e-5,
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
                         " brain, LEVEL,WIDTH or percentile[:LOW,HIGH]")
     p.add_argument("--label", type=int, default=None,
                    help="labelmap value of the lesion in volumes (default: any non-zero)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, batch order, jitter and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last finished epoch (state in OUT.pt.state/)")
@@ -76,7 +79,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_dtype=args.cache_dtype,
         cache_features=not args.no_feature_cache,
         allow_download=not args.no_download)
-    result = finetune(cfg)
+    try:
+        result = finetune(cfg)
+    except KeyboardInterrupt:
+        print(f"polypsam: interrupted; {args.output} and its state hold the last finished epoch:"
+              " run the same command with --resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     best = next(r for r in result.history if r["epoch"] == result.best_epoch)
     print(f"best epoch {result.best_epoch}: validation Dice {best['val_dice']:.4f},"
           f" IoU {best['val_iou']:.4f}")

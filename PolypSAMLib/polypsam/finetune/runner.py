@@ -13,7 +13,8 @@ from .data import fingerprint, load_dataset, split_samples
 from .embedding_cache import EmbeddingCache, default_root
 from .sidecar import plot_metrics, write_metrics_csv, write_sidecar
 from .state import load_state_info, restore_state, save_state
-from .train import FinetuneConfig, FinetuneResult, Trainer, run_identity, trainable_names
+from .train import (FinetuneConfig, FinetuneResult, Trainer, make_optimizer, run_identity,
+                    train_epoch, trainable_names)
 
 
 def _bar(total: int, desc: str, unit: str, enabled: bool, leave: bool = True):
@@ -79,8 +80,7 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
                 trainer.train_keys = train_cache.prepare(train_set, bar)
             trainer.val_keys = val_cache.prepare(val_set, bar)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.patience,
         min_lr=min(cfg.min_lr, cfg.lr))
@@ -116,24 +116,14 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
         epochs_bar.update(start)
         for epoch in range(start, cfg.epochs):
             began = time.perf_counter()
-            order = torch.randperm(len(train_set), generator=generator).tolist()
-            losses = []
             with _bar(n_batches, f"epoch {epoch + 1}", "batch", progress, leave=False) as bar:
-                for b in range(n_batches):
-                    loss = trainer.batch_loss(order[b * cfg.batch_size:(b + 1) * cfg.batch_size],
-                                              generator)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                    bar.update(1)
+                train_loss = train_epoch(trainer, optimizer, generator, cfg.batch_size, bar)
             metrics, _ = trainer.validate()
             lr = float(optimizer.param_groups[0]["lr"])
             scheduler.step(metrics["dice"])
             improved = metrics["dice"] > best_dice
             # Compute time of the epoch (training steps and validation; not the file writing).
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": sum(losses) / len(losses),
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                    **{f"val_{k}": v for k, v in metrics.items()}, "improved": improved,
                    "seconds": round(time.perf_counter() - began, 3)}
             history.append(row)
