@@ -120,23 +120,32 @@ def test_short_run_lowers_loss_and_keeps_the_frozen_encoder(full_run, polyp_fold
     assert full_run.with_name("polyp.metrics.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_checkpoint_loads_through_engine_path_and_reproduces_val_dice(full_run, polyp_folder):
+def test_checkpoint_loads_through_engine_path_and_reproduces_val_dice(full_run, polyp_folder,
+                                                                     tmp_path):
+    """Masks from the normal engine path, scored by ``polypsam evaluate``'s code, give the
+    sidecar's validation Dice exactly."""
     from polypsam.engines import engine_for
-    from polypsam.finetune.metrics import mask_metrics
-    from polypsam.io import read_image
+    from polypsam.evaluation import evaluate_paths
+    from polypsam.io import read_image, write_png
 
     engine = engine_for(full_run, device="cpu")  # config and image size come from the sidecar
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    gt_dir.mkdir()
     try:
         assert engine.info.image_size == TEST_IMAGE_SIZE and engine.info.config == TINY_CONFIG
         _, val_set = _splits(polyp_folder)
-        dices = []
         for sample in val_set:
             image = read_image(polyp_folder / sample.name)
             results = engine.segment_2d(image, list(sample.boxes))
             pred = np.logical_or.reduce([r.mask for r in results])
-            dices.append(mask_metrics(pred, sample.mask)["dice"])
+            stem = Path(sample.name).stem
+            write_png(pred.astype(np.uint8), pred_dir / f"{stem}.png")
+            mask = next((polyp_folder / "masks").glob(f"{stem}.*"))
+            shutil.copy(mask, gt_dir / mask.name)
     finally:
         engine.close()
+    rows = {r.case: r.dice for r in evaluate_paths(pred_dir, gt_dir, labels=[1])}
+    dices = [rows[Path(s.name).stem] for s in val_set]
     sidecar = json.loads(Path(str(full_run) + ".json").read_text())
     assert float(np.mean(dices)) == sidecar["best"]["val_dice"]
 
@@ -313,7 +322,7 @@ def test_bad_input_fails_before_training(problem, polyp_folder, tiny_checkpoint,
         Image.new("L", (100, 80), 255).save(data / "masks" / "100.png")
         match = r"100.png is 384x288 but its mask 100.png is 100x80"
     elif problem == "empty":
-        Image.new("L", (384, 288), 100).save(data / "masks" / "250.png")
+        Image.new("RGB", (384, 288), (100, 100, 100)).save(data / "masks" / "250.png")
         match = r"mask 250.png is empty"
     elif problem == "no pairs":
         for p in (data / "masks").iterdir():

@@ -10,9 +10,11 @@ Three layouts are read:
 * for volumes, every slice ``array[k]`` whose labelmap holds the lesion becomes a sample,
   converted to RGB through a CT window (:mod:`polypsam.preprocess`).
 
-Masks are binarised at half their range (Kvasir-SEG ships RGB JPEGs with compression noise,
-CVC-ClinicDB 3-channel PNGs with stray grey values); labelmaps by ``label`` or any non-zero
-value. One box prompt per connected component (SimpleITK), specks below ``min_area`` of the image
+Mask images are read as ``polypsam evaluate`` reads them
+(:func:`polypsam.evaluation.masks.load_mask`): colour and JPEG masks, and grey masks reaching half
+their range, are binarised at half the range (Kvasir-SEG ships RGB JPEGs with compression noise,
+CVC-ClinicDB 3-channel PNGs with stray grey values); label images and labelmaps count ``label``
+or any non-zero value. One box prompt per connected component (SimpleITK), specks below ``min_area`` of the image
 dropped. Every problem is found before any training starts.
 """
 
@@ -64,20 +66,6 @@ class Dataset:
     splits: Optional[list[str]] = None  # per sample "train"/"val" when the data fixes it
 
 
-def binarize(mask: np.ndarray) -> np.ndarray:
-    """A 2-D mask as bool: threshold at half the range of its dtype (any channel for RGB)."""
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    if mask.dtype == np.bool_:
-        return mask
-    if mask.dtype.kind in "ui":
-        high = 1 if int(mask.max(initial=0)) <= 1 else np.iinfo(mask.dtype).max
-        return mask > high / 2.0
-    high = 1.0 if float(mask.max(initial=0)) <= 1.0 else 255.0
-    return mask > high / 2.0
-
-
 def components_and_boxes(mask: np.ndarray, min_area: float = DEFAULT_MIN_AREA):
     """Connected components (8-connectivity) of a bool mask and one inclusive box per component.
 
@@ -127,7 +115,7 @@ def load_dataset(
         if full_suffix(image_path) in VOLUME_SUFFIXES or image_path.is_dir():
             found = _volume_samples(image_path, mask_path, rel, intensity, label, min_area)
         else:
-            found = [_image_sample(image_path, mask_path, rel, min_area)]
+            found = [_image_sample(image_path, mask_path, rel, label, min_area)]
         samples.extend(found)
         if splits is not None:
             sample_splits.extend([splits[i]] * len(found))
@@ -226,20 +214,33 @@ def _file_digest(path: Path) -> str:
     return sha256_file(path)
 
 
-def _image_sample(image_path: Path, mask_path: Path, name: str, min_area: float) -> Sample:
-    from PIL import Image
+def read_mask(path: Path, label: int | None = None) -> np.ndarray:
+    """A 2-D mask image as bool, read and binarised as ``polypsam evaluate`` reads it."""
+    import SimpleITK as sitk
+
+    from ..evaluation.masks import load_mask
+
+    labels = sitk.GetArrayFromImage(load_mask(path).image)
+    return labels == label if label is not None else labels != 0
+
+
+def _image_sample(image_path: Path, mask_path: Path, name: str, label: int | None,
+                  min_area: float) -> Sample:
+    from PIL import Image, UnidentifiedImageError
 
     from ..io import read_image
 
-    with Image.open(image_path) as img:  # header only: the pixels load when training needs them
-        width, height = img.size
-    raw_mask = read_image(mask_path)
-    if raw_mask.shape[:2] != (height, width):
+    try:
+        with Image.open(image_path) as img:  # header only: the pixels load when training needs them
+            width, height = img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidInputError(f"cannot read image {image_path}: {exc}") from exc
+    mask = read_mask(mask_path, label)
+    if mask.shape != (height, width):
         raise InvalidInputError(
             f"image {image_path.name} is {width}x{height} but its mask {mask_path.name} is"
-            f" {raw_mask.shape[1]}x{raw_mask.shape[0]}"
+            f" {mask.shape[1]}x{mask.shape[0]}"
         )
-    mask = binarize(raw_mask)
     components, boxes = components_and_boxes(mask, min_area)
     if not boxes:
         raise InvalidInputError(
