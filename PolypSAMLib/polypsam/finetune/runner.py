@@ -59,6 +59,11 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
             f"cannot resume {output.name}: the run differs from the saved one in"
             f" {', '.join(changed)} (only --epochs and --device may change)"
         )
+    if info is not None and int(info.get("best_epoch", 0)) > 0 and not output.is_file():
+        raise InvalidInputError(
+            f"cannot resume: the best checkpoint so far, {output}, is missing (its state in"
+            f" {output.name}.state/ remains); start again without --resume"
+        )
     device = select_device(None if cfg.device in ("", "auto") else cfg.device)
     model = build_model(base.config, base.path, device, image_size=base.image_size)
     model.eval()  # the inference path; see polypsam.finetune.train
