@@ -212,8 +212,8 @@ class Trainer:
                     target = moved[kept]
                 else:  # the transform moved every object out: use the sample as it is
                     image = resize_input(sample.load_rgb(), self.size)
-                    sample_boxes = torch.tensor([[v * self.size / d for v, d in zip(
-                        bx.to_list(), (sample.width, sample.height) * 2)] for bx in sample.boxes])
+                    scale = torch.tensor([self.size / sample.width, self.size / sample.height] * 2)
+                    sample_boxes = torch.tensor([bx.to_list() for bx in sample.boxes]) * scale
                 images.append(normalize_input(image))
                 width = height = self.size
             else:
