@@ -149,6 +149,18 @@ def test_checkpoint_loads_through_engine_path_and_reproduces_val_dice(full_run, 
     sidecar = json.loads(Path(str(full_run) + ".json").read_text())
     assert float(np.mean(dices)) == sidecar["best"]["val_dice"]
 
+    # `polypsam segment --checkpoint OUT.pt` needs neither --config nor --image-size either.
+    from polypsam.cli import main
+
+    sample = val_set[0]
+    args = ["segment", str(polyp_folder / sample.name), "-o", str(tmp_path / "cli.png"),
+            "--checkpoint", str(full_run), "--device", "cpu"]
+    for box in sample.boxes:
+        args += ["--box", *(str(v) for v in box.to_list())]
+    assert main(args) == 0
+    cli_mask = read_image(tmp_path / "cli.png") > 0
+    assert np.array_equal(cli_mask, read_image(pred_dir / f"{Path(sample.name).stem}.png") > 0)
+
 
 class _Stop(Exception):
     pass
