@@ -187,7 +187,7 @@ def as_prompts(
         if len(items) == 4 and all(np.isscalar(v) for v in items):
             items = [items]
     if not items:
-        raise InvalidInputError("at least one prompt (a box, points or a mask) is needed")
+        raise InvalidInputError("at least one box (or a points/mask prompt) is needed")
     out = [Prompt.of(p) for p in items]
     if width is not None and height is not None:
         for i, p in enumerate(out, start=1):

@@ -2,8 +2,8 @@
 
 2-D segmentation computes what ``SAM2ImagePredictor`` computes, with SAM2's modules directly
 (:mod:`polypsam.sam2_image`; no torchvision needed). An LRU of embeddings keyed by the
-preprocessed image means a new box on an image that was already encoded runs only the prompt
-encoder and mask decoder.
+preprocessed image means a new box or click on an image that was already encoded runs only the
+prompt encoder and mask decoder (``encoder_runs`` counts the encodings).
 Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
 :mod:`polypsam.video`.
 """
@@ -18,11 +18,13 @@ import numpy as np
 
 from . import __version__
 from .checkpoints import ResolvedCheckpoint
-from .engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult
+from .engine import (
+    CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult, Prompt, as_prompts,
+)
 from .errors import InvalidInputError
-from .geometry import Box, as_boxes
+from .geometry import Box
 from .preprocess import Intensity, to_model_rgb
-from .sam2_image import ImageEmbedding, embed_image, model_input, predict_box
+from .sam2_image import ImageEmbedding, embed_image, model_input, predict
 from .sam2_model import build_model, select_device
 from .video import BackboneCache, image_digest
 
@@ -74,22 +76,30 @@ class SAM2Engine:
     def segment_2d(
         self,
         image: np.ndarray,
-        boxes: Sequence[Box],
+        prompts: "Sequence[Prompt | Box] | Prompt | Box",
         *,
         intensity: Intensity | None = None,
+        multimask: bool = False,
     ) -> list[MaskResult]:
         import torch
 
-        rgb = to_model_rgb(image, intensity)
-        height, width = rgb.shape[:2]
-        boxes = as_boxes(boxes, width, height)
+        rgb = to_model_rgb(image, intensity)  # checks the image first
+        prompts = as_prompts(prompts, rgb.shape[1], rgb.shape[0])
         with self._lock, torch.inference_mode():
+            if self._model is None:
+                raise InvalidInputError("the engine was closed")
             embedding = self._embedding_for(rgb)
-            results = []
-            for box in boxes:
-                mask, score = predict_box(self._model, embedding, box)
-                results.append(MaskResult(mask=mask, score=score, box=box))
-        return results
+            return [self._result(embedding, p, multimask) for p in prompts]
+
+    def _result(self, embedding: ImageEmbedding, prompt: Prompt, multimask: bool) -> MaskResult:
+        masks, scores = predict(self._model, embedding, prompt, multimask=multimask)
+        if not multimask:
+            return MaskResult(mask=masks[0], score=float(scores[0]), box=prompt.box, prompt=prompt)
+        best = int(np.argmax(scores))
+        return MaskResult(
+            mask=masks[best], score=float(scores[best]), box=prompt.box, prompt=prompt,
+            candidates=tuple(masks), candidate_scores=tuple(float(v) for v in scores),
+        )
 
     def _embedding_for(self, rgb: np.ndarray) -> ImageEmbedding:
         """``rgb`` encoded (cached by content); the encoder output is also lent to tracking."""
