@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polypsam.engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, MaskResult
+from polypsam.engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, MaskResult, as_prompts
 from polypsam.errors import CancelledError, InvalidInputError
 from polypsam.geometry import Box, Volume, VolumeGeometry, box_of_mask
 from polypsam.propagation import largest_components, propagate, track
@@ -19,6 +19,19 @@ from polypsam.propagation import largest_components, propagate, track
 def box_mask(shape, box: Box) -> np.ndarray:
     m = np.zeros(shape, bool)
     m[int(box.y0) : int(box.y1) + 1, int(box.x0) : int(box.x1) + 1] = True
+    return m
+
+
+def prompt_mask(shape, p) -> np.ndarray:
+    """The fake engine's answer to a prompt: the box, else the mask, else 5x5 around each include click."""
+    if p.box is not None:
+        return box_mask(shape, p.box)
+    if p.mask is not None:
+        return np.asarray(p.mask, bool)
+    m = np.zeros(shape, bool)
+    for (x, y), label in zip(p.points, p.labels):
+        if label == 1:
+            m[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = True
     return m
 
 
@@ -37,12 +50,11 @@ class FakeEngine:
         self.calls: list[dict] = []
         self.segment_calls: list[int] = []
 
-    def segment_2d(self, image, boxes, *, intensity=None):
+    def segment_2d(self, image, prompts, *, intensity=None, multimask=False):
         self.segment_calls.append(id(image))
         out = []
-        for i, b in enumerate(boxes):
-            b.validate(image.shape[1], image.shape[0])
-            out.append(MaskResult(box_mask(image.shape[:2], b), self.box_scores.get(i, 0.9), b))
+        for i, p in enumerate(as_prompts(prompts, image.shape[1], image.shape[0])):
+            out.append(MaskResult(prompt_mask(image.shape[:2], p), self.box_scores.get(i, 0.9), p.box, p))
         return out
 
     def track(self, frames, prompts, *, start_frame, reverse=False, max_frames=None,
@@ -64,7 +76,7 @@ class FakeEngine:
                 d = abs(near.frame - f)
                 m = np.zeros(frame.shape[:2], bool)
                 if d <= self.reach:
-                    src = near.mask
+                    src = prompt_mask(frame.shape[:2], near)
                     ys, xs = np.nonzero(src)
                     if ys.size:
                         m[ys.min() + d : ys.max() + 1 - d, xs.min() + d : xs.max() + 1 - d] = True
@@ -149,10 +161,77 @@ def test_refinement_changes_only_its_side(vol):
     np.testing.assert_array_equal(lab[:11], base[:11])  # backward half and key unchanged
     np.testing.assert_array_equal(lab[15], ref_mask.astype(np.uint8))  # the refinement itself
     assert not np.array_equal(lab[16:19], base[16:19])  # beyond it follows the refinement
-    # a box refinement goes through segment_2d like the key slice
+    # a box refinement conditions the tracker (add_new_points_or_box); its slice is the tracked mask
     res = propagate(FakeEngine(), vol, box, (2, 18), refinements=[FramePrompt(4, 1, box=Box(1, 1, 9, 9))])
     np.testing.assert_array_equal(res.labelmap.array[4], box_mask(vol.shape[1:], Box(1, 1, 9, 9)))
     np.testing.assert_array_equal(res.labelmap.array[10:], base[10:])
+
+
+def test_clicks_and_masks_as_key_prompts_and_refinements(vol):
+    from polypsam.engine import Prompt
+
+    seed = box_mask(vol.shape[1:], Box(12, 10, 26, 24))
+    eng = FakeEngine()
+    click = FramePrompt(14, 1, points=[(20, 18), (3, 3)], labels=[1, 0])
+    res = propagate(eng, vol, [Prompt(mask=seed), Prompt(points=[(40, 30)], labels=[1])], (2, 18),
+                    refinements=[click])
+    lab = res.labelmap.array
+    np.testing.assert_array_equal(lab[10] == 1, seed)  # an existing segment seeds as it is
+    assert res.scores == {1: 1.0, 2: 0.9}  # a mask taken as it is scores like SAM2's mask input
+    assert eng.segment_calls and len(eng.segment_calls) == 1  # only object 2 went through 2-D
+    backward, forward = eng.calls
+    assert backward["prompts"] == [(10, 1), (10, 2)]
+    assert forward["prompts"] == [(10, 1), (10, 2), (14, 1)]  # the clicks condition the tracker
+    assert res.conditioning_slices == (10, 14)
+    np.testing.assert_array_equal(lab[14] == 1, prompt_mask(vol.shape[1:], click))
+    with pytest.raises(InvalidInputError, match="key prompt"):
+        propagate(FakeEngine(), vol, Box(1, 1, 9, 9), (2, 18),
+                  refinements=[FramePrompt(10, 1, points=[(5, 5)], labels=[1])])
+    with pytest.raises(InvalidInputError, match=r"object 1 on frame 12: point \(60, 5\) lies outside"):
+        propagate(FakeEngine(), vol, Box(1, 1, 9, 9), (2, 18),
+                  refinements=[FramePrompt(12, 1, points=[(60, 5)], labels=[1])])
+
+
+def test_repropagation_reruns_only_the_affected_direction(vol):
+    box = Box(10, 8, 30, 28)
+    first = propagate(FakeEngine(), vol, box, (2, 18))
+    assert first.tracked == {"backward": 8, "forward": 8}
+    above = [FramePrompt(15, 1, points=[(22, 20)], labels=[1])]
+    eng = FakeEngine()
+    again = propagate(eng, vol, box, (2, 18), refinements=above, previous=first)
+    assert [c["reverse"] for c in eng.calls] == [False] and again.tracked == {"forward": 8}
+    full = propagate(FakeEngine(), vol, box, (2, 18), refinements=above)
+    np.testing.assert_array_equal(again.labelmap.array, full.labelmap.array)
+    assert again.slice_scores == full.slice_scores and again.side_digests == full.side_digests
+    # below the key now: only backward; nothing new: nothing tracked
+    both = above + [FramePrompt(4, 1, mask=box_mask(vol.shape[1:], Box(5, 5, 20, 20)))]
+    eng = FakeEngine()
+    third = propagate(eng, vol, box, (2, 18), refinements=both, previous=again)
+    assert [c["reverse"] for c in eng.calls] == [True]
+    np.testing.assert_array_equal(
+        third.labelmap.array, propagate(FakeEngine(), vol, box, (2, 18), refinements=both).labelmap.array)
+    eng = FakeEngine()
+    same = propagate(eng, vol, box, (2, 18), refinements=both, previous=third)
+    assert eng.calls == [] and same.tracked == {}
+    np.testing.assert_array_equal(same.labelmap.array, third.labelmap.array)
+    # a changed key prompt re-runs both; explicit directions override
+    eng = FakeEngine()
+    propagate(eng, vol, Box(11, 8, 30, 28), (2, 18), refinements=both, previous=third)
+    assert [c["reverse"] for c in eng.calls] == [True, False]
+    eng = FakeEngine()
+    propagate(eng, vol, box, (2, 18), directions=["forward"])
+    assert [c["reverse"] for c in eng.calls] == [False]
+    with pytest.raises(InvalidInputError, match="directions"):
+        propagate(FakeEngine(), vol, box, (2, 18), directions=["up"])
+
+
+def test_affected_directions():
+    from polypsam.propagation import affected_directions
+
+    assert affected_directions(10, [12]) == ("forward",)
+    assert affected_directions(10, [3, 4]) == ("backward",)
+    assert affected_directions(10, [10]) == ("backward", "forward")
+    assert affected_directions(10, []) == ()
 
 
 def test_until_lost_continues_beyond_range_while_found(vol):

@@ -5,8 +5,11 @@ the same code runs with SAM2 in this process or behind a server.
 
 The method (for a volume; a frame sequence is the same with frames for slices):
 
-1. The key slice (default: the middle of the slice range) is segmented in 2-D from the boxes with
-   ``engine.segment_2d``; the key slice of the result is exactly that 2-D result.
+1. The key slice (default: the middle of the slice range) is segmented in 2-D from each object's
+   prompt (a box, clicks, a mask, or a combination: :class:`~polypsam.engine.Prompt`) with
+   ``engine.segment_2d``; the key slice of the result is exactly that 2-D result, the mask the
+   user saw (or chose among the candidates). A mask-only prompt (an existing segment seeding the
+   propagation) is taken as it is, as SAM2's ``add_new_mask`` takes it.
 2. Each object's 2-D mask becomes a conditioning mask for ``engine.track``, run forward and
    backward from the key slice. Each direction is independent and uses the conditioning frames
    on its side (refinements); the key slice, yielded by both, is not taken from either.
@@ -16,25 +19,39 @@ The method (for a volume; a frame sequence is the same with frames for slices):
    range while an object is still found (``until="lost"``: an object is dropped after the first
    slice outside the range where it is empty; a direction stops when all are dropped).
 
-Refinements are extra :class:`~polypsam.engine.FramePrompt` on other slices (a box, segmented in
-2-D like the key slice, or a mask); they become extra conditioning frames and propagation re-runs.
+Refinements are extra :class:`~polypsam.engine.FramePrompt` on other slices; they become extra
+conditioning frames exactly as SAM2's video predictor takes them: a mask with ``add_new_mask``
+(kept as it is on its slice), a box and/or clicks with ``add_new_points_or_box`` (after the mask
+when both are given, so the clicks correct it); that slice's mask is the tracker's output there.
+Clicks on the key slice belong to the key prompt.
+
+Re-propagation (``previous=``): each direction's conditioning is fingerprinted
+(:attr:`PropagationResult.side_digests`); given the previous result, only the directions whose
+conditioning changed are tracked again (a click above the key slice re-runs only that side) and
+the other side's slices are copied, giving the same labelmap as a full run.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from .engine import CancelToken, Engine, FrameMasks, FramePrompt, FrameSource, ProgressCallback
+from .engine import (
+    CancelToken, Engine, FramePrompt, FrameSource, ProgressCallback, Prompt, as_prompts,
+)
 from .errors import InvalidInputError
-from .geometry import Box, Volume, as_box, as_boxes, check_index, check_slice_range
+from .geometry import Box, Volume, check_index, check_slice_range
 from .preprocess import Intensity, volume_intensity
 
 Until = Literal["range", "lost"]
 # Score given to a user-supplied mask prompt when merging overlaps (it beats any model output).
 USER_MASK_SCORE = float("inf")
+# Reported key-slice score of a mask taken as it is (SAM2's dummy IoU for a mask input).
+MASK_PROMPT_IOU = 1.0
+SIDES = ("backward", "forward")
 
 
 @dataclass
@@ -47,6 +64,8 @@ class PropagationResult:
     scores: dict[int, float]  # label -> SAM2's IoU score of the key-slice 2-D mask
     slice_scores: dict[int, dict[int, float]] = field(default_factory=dict)  # k -> label -> score
     conditioning_slices: tuple[int, ...] = ()
+    side_digests: dict[str, str] = field(default_factory=dict)  # direction -> its conditioning
+    tracked: dict[str, int] = field(default_factory=dict)  # direction -> frames tracked this run
 
 
 @dataclass
@@ -119,74 +138,124 @@ def merge_masks(
 # -- conditioning ----------------------------------------------------------------------------
 @dataclass
 class _Conditioning:
-    """Conditioning masks per frame and object, with the score used when merging them."""
+    """Conditioning per frame and object: masks (with their merge scores) and SAM2 click prompts."""
 
     masks: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
     scores: dict[int, dict[int, float]] = field(default_factory=dict)
+    clicks: list[FramePrompt] = field(default_factory=list)
 
     def add(self, frame: int, obj: int, mask: np.ndarray, score: float) -> None:
         self.masks.setdefault(frame, {})[obj] = np.asarray(mask, dtype=bool)
         self.scores.setdefault(frame, {})[obj] = float(score)
 
+    def frames(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.masks) | {p.frame for p in self.clicks}))
+
     def prompts(self, side: str, key: int) -> list[FramePrompt]:
+        def on_side(frame: int) -> bool:
+            return not ((side == "forward" and frame < key) or (side == "backward" and frame > key))
+
         out = []
         for frame in sorted(self.masks):
-            if (side == "forward" and frame < key) or (side == "backward" and frame > key):
-                continue
-            for obj, mask in sorted(self.masks[frame].items()):
-                out.append(FramePrompt(frame=frame, obj_id=obj, mask=mask))
+            if on_side(frame):
+                for obj, mask in sorted(self.masks[frame].items()):
+                    out.append(FramePrompt(frame=frame, obj_id=obj, mask=mask))
+        out += [p for p in sorted(self.clicks, key=lambda p: (p.frame, p.obj_id)) if on_side(p.frame)]
         return out
+
+
+def _mask_only(prompt: Prompt) -> bool:
+    return prompt.mask is not None and prompt.box is None and not prompt.points
 
 
 def _conditioning(
     engine: Engine,
     frames: FrameSource,
     key: int,
-    boxes: list[Box],
+    prompts: list[Prompt],
     refinements: Sequence[FramePrompt],
     intensity: Intensity | None,
     shape: tuple[int, int],
     allowed: tuple[int, int],
 ) -> tuple[_Conditioning, dict[int, float]]:
-    n_obj = len(boxes)
+    n_obj = len(prompts)
     height, width = shape
     cond = _Conditioning()
-    key_results = engine.segment_2d(frames[key], boxes, intensity=intensity)
-    key_scores = {}
-    for label, res in enumerate(key_results, start=1):
-        cond.add(key, label, res.mask, res.score)
-        key_scores[label] = float(res.score)
-    by_frame: dict[int, list[FramePrompt]] = {}
+    key_scores: dict[int, float] = {}
+    to_segment = [(label, p) for label, p in enumerate(prompts, start=1) if not _mask_only(p)]
+    if to_segment:
+        results = engine.segment_2d(frames[key], [p for _, p in to_segment], intensity=intensity)
+        for (label, _), res in zip(to_segment, results):
+            cond.add(key, label, res.mask, res.score)
+            key_scores[label] = float(res.score)
+    for label, p in enumerate(prompts, start=1):
+        if _mask_only(p):  # an existing segment: conditioning as it is
+            cond.add(key, label, p.mask, USER_MASK_SCORE)
+            key_scores[label] = MASK_PROMPT_IOU
     for p in refinements:
         if not isinstance(p, FramePrompt):
             raise InvalidInputError(f"a refinement must be a FramePrompt, got {type(p).__name__}")
         if not 1 <= p.obj_id <= n_obj:
             raise InvalidInputError(
-                f"refinement for object {p.obj_id}: objects are numbered 1..{n_obj} (box order)"
+                f"refinement for object {p.obj_id}: objects are numbered 1..{n_obj} (prompt order)"
             )
         if not allowed[0] <= p.frame <= allowed[1]:
             raise InvalidInputError(
                 f"refinement on slice/frame {p.frame} lies outside {allowed[0]}..{allowed[1]}"
             )
-        by_frame.setdefault(p.frame, []).append(p)
-    for frame, prompts in sorted(by_frame.items()):
-        box_prompts = [p for p in prompts if p.box is not None]
-        if box_prompts:
-            rb = [as_box(p.box) for p in box_prompts]
-            for b in rb:
-                b.validate(width, height)
-            results = engine.segment_2d(frames[frame], rb, intensity=intensity)
-            for p, res in zip(box_prompts, results):
-                cond.add(frame, p.obj_id, res.mask, res.score)
-        for p in prompts:
-            if p.mask is not None:
-                if np.shape(p.mask) != shape:
-                    raise InvalidInputError(
-                        f"refinement mask on slice/frame {frame} has shape {np.shape(p.mask)};"
-                        f" slices are {height} x {width}"
-                    )
-                cond.add(frame, p.obj_id, p.mask, USER_MASK_SCORE)
+        if p.mask is not None and np.shape(p.mask) != shape:
+            raise InvalidInputError(
+                f"refinement mask on slice/frame {p.frame} has shape {np.shape(p.mask)};"
+                f" slices are {height} x {width}"
+            )
+        p.validate(width, height)
+        if p.has_clicks:
+            if p.frame == key:
+                raise InvalidInputError(
+                    f"clicks/box for object {p.obj_id} on the key slice/frame {key}: give them in"
+                    " that object's key prompt, not as a refinement"
+                )
+            cond.clicks.append(p)
+        else:
+            cond.add(p.frame, p.obj_id, p.mask, USER_MASK_SCORE)
     return cond, key_scores
+
+
+def _digest(prompts: Sequence[FramePrompt], context: object) -> str:
+    """A fingerprint of one direction's conditioning (prompts, masks and run parameters)."""
+    h = hashlib.blake2b(repr(context).encode(), digest_size=16)
+    for p in prompts:
+        box = None if p.box is None else p.box.to_list()
+        h.update(repr((p.frame, p.obj_id, box, p.points, p.labels)).encode())
+        if p.mask is not None:
+            h.update(np.packbits(np.asarray(p.mask, dtype=bool)).tobytes())
+    return h.hexdigest()
+
+
+def _sides_to_run(
+    directions: Iterable[str] | None, previous, digests: dict[str, str], key: int
+) -> tuple[str, ...]:
+    if directions is not None:
+        wanted = tuple(directions)
+        bad = [d for d in wanted if d not in SIDES]
+        if bad:
+            raise InvalidInputError(f"directions must be among {SIDES}, got {bad}")
+        return tuple(d for d in SIDES if d in wanted)
+    if previous is None or previous.key_slice != key:
+        return SIDES
+    return tuple(d for d in SIDES if previous.side_digests.get(d) != digests[d])
+
+
+def affected_directions(key: int, frames: Iterable[int]) -> tuple[str, ...]:
+    """The directions a new prompt on each of ``frames`` changes, for a key slice/frame ``key``."""
+    frames = list(frames)
+    out = set()
+    for f in frames:
+        if f <= key:
+            out.add("backward")
+        if f >= key:
+            out.add("forward")
+    return tuple(d for d in SIDES if d in out)
 
 
 # -- the two-way pass ------------------------------------------------------------------------
@@ -201,14 +270,19 @@ def _two_way(
     until: Until,
     intensity: Intensity | None,
     cancel: CancelToken | None,
+    sides: Sequence[str] = SIDES,
+    tracked: dict[str, int] | None = None,
 ) -> Iterator[tuple[int, dict[int, np.ndarray], dict[int, float]]]:
     """Yield ``(frame, masks, scores)`` for the key frame, then backward, then forward.
 
-    Conditioning frames yield their conditioning masks; other frames the tracked masks.
+    Frames with conditioning masks yield those masks; other frames (clicked ones included) the
+    tracked masks. Only ``sides`` are tracked; ``tracked`` counts the frames each one tracked.
     """
     n = len(frames)
     yield key, dict(cond.masks[key]), dict(cond.scores[key])
     for side, reverse in (("backward", True), ("forward", False)):
+        if side not in sides:
+            continue
         if cancel is not None:
             cancel.raise_if_cancelled()
         if until == "range":
@@ -226,6 +300,8 @@ def _two_way(
             for fm in stream:
                 if fm.frame == key:
                     continue
+                if tracked is not None:
+                    tracked[side] = tracked.get(side, 0) + 1
                 if fm.frame in cond.masks:
                     masks = {o: m for o, m in cond.masks[fm.frame].items()}
                     scores = dict(cond.scores[fm.frame])
@@ -259,7 +335,7 @@ def _check_until(until: str) -> None:
 def propagate(
     engine: Engine,
     volume: Volume,
-    boxes: Box | Sequence[Box],
+    prompts: "Prompt | Box | Sequence[Prompt | Box]",
     slice_range: tuple[int, int] | None = None,
     key_slice: int | None = None,
     *,
@@ -269,12 +345,17 @@ def propagate(
     intensity: Intensity | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    previous: PropagationResult | None = None,
+    directions: Iterable[str] | None = None,
 ) -> PropagationResult:
-    """Segment ``boxes`` on the key slice and propagate them through ``volume``'s K axis.
+    """Segment ``prompts`` on the key slice and propagate them through ``volume``'s K axis.
 
     ``slice_range=(k0, k1)`` is inclusive (default: all slices); ``key_slice`` defaults to its
-    middle. Boxes are pixel indices of the key slice (x = I, y = J), one label per box (1..N).
-    ``refinements`` are extra prompts (box or mask, ``obj_id`` = label) on other slices.
+    middle. Each object's prompt (a box, a :class:`~polypsam.engine.Prompt` with clicks and/or a
+    mask) is in pixel indices of the key slice (x = I, y = J), one label per object (1..N).
+    ``refinements`` are extra prompts (box, clicks, mask; ``obj_id`` = label) on other slices.
+    ``previous`` (the last result of the same volume and key slice) re-tracks only the
+    directions whose conditioning changed; ``directions`` names them explicitly instead.
     ``largest_component`` keeps each label's largest 3-D connected component. Scalar intensities
     use ``intensity`` (a window), or percentiles of the slice range when it is ``None`` or a
     :class:`~polypsam.preprocess.Percentile`. The labelmap has the input's geometry.
@@ -286,16 +367,23 @@ def propagate(
     key = (k0 + k1) // 2 if key_slice is None else int(key_slice)
     if not k0 <= key <= k1:
         raise InvalidInputError(f"key slice {key} lies outside the slice range {k0}..{k1}")
-    box_list = as_boxes(boxes, ni, nj)
-    n_obj = len(box_list)
+    prompt_list = as_prompts(prompts, ni, nj)
+    n_obj = len(prompt_list)
+    if previous is not None and previous.labelmap.shape != volume.shape:
+        raise InvalidInputError(
+            f"the previous result has shape {previous.labelmap.shape}, the volume {volume.shape}"
+        )
     intensity = volume_intensity(volume.array[k0 : k1 + 1], intensity)
     frames = volume.array  # a (K, J, I) array is a FrameSource: len = K, [k] = slice k
     allowed = (k0, k1) if until == "range" else (0, nk - 1)
     if cancel is not None:
         cancel.raise_if_cancelled()
     cond, key_scores = _conditioning(
-        engine, frames, key, box_list, refinements, intensity, (nj, ni), allowed
+        engine, frames, key, prompt_list, refinements, intensity, (nj, ni), allowed
     )
+    context = (getattr(engine, "info", None), repr(intensity), until, k0, k1, key, n_obj, nk)
+    digests = {side: _digest(cond.prompts(side, key), (side,) + context) for side in SIDES}
+    sides = _sides_to_run(directions, previous, digests, key)
 
     dtype = _label_dtype(n_obj)
     labels = np.zeros(volume.shape, dtype=dtype)
@@ -303,8 +391,18 @@ def propagate(
     written = [key, key]
     total = k1 - k0 + 1
     done = 0
+    if previous is not None:  # the directions not re-run keep the previous slices
+        for k, scores in previous.slice_scores.items():
+            side = "backward" if k < key else "forward" if k > key else None
+            if side is None or side in sides:
+                continue
+            labels[k] = previous.labelmap.array[k]
+            slice_scores[k] = dict(scores)
+            written = [min(written[0], k), max(written[1], k)]
+            done += 1
+    tracked: dict[str, int] = {side: 0 for side in sides}
     for k, masks, scores in _two_way(
-        engine, frames, cond, key, k0, k1, n_obj, until, intensity, cancel
+        engine, frames, cond, key, k0, k1, n_obj, until, intensity, cancel, sides, tracked
     ):
         labels[k] = merge_masks(masks, scores, (nj, ni), dtype)
         slice_scores[k] = {o: float(s) for o, s in scores.items() if o in masks}
@@ -320,7 +418,9 @@ def propagate(
         slices=(written[0], written[1]),
         scores=key_scores,
         slice_scores=slice_scores,
-        conditioning_slices=tuple(sorted(cond.masks)),
+        conditioning_slices=cond.frames(),
+        side_digests=digests,
+        tracked=tracked,
     )
 
 
@@ -341,23 +441,25 @@ def track(
     engine: Engine,
     frames: FrameSource,
     frame_index: int,
-    boxes: Box | Sequence[Box],
+    prompts: "Prompt | Box | Sequence[Prompt | Box]",
     *,
     refinements: Sequence[FramePrompt] = (),
     intensity: Intensity | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> TrackResult:
-    """Segment ``boxes`` on frame ``frame_index`` and track them both ways through ``frames``.
+    """Segment ``prompts`` on frame ``frame_index`` and track them both ways through ``frames``.
 
-    Returns every frame's label mask (``T x H x W``, labels 1..N in box order). For long
-    sequences use :func:`iter_track`, which yields frames as they come.
+    Each object's prompt is a box or a :class:`~polypsam.engine.Prompt` (clicks, mask);
+    ``refinements`` are prompts on other frames (see :func:`propagate`). Returns every frame's
+    label mask (``T x H x W``, labels 1..N in prompt order). For long sequences use
+    :func:`iter_track`, which yields frames as they come.
     """
     labels = None
     frame_scores: dict[int, dict[int, float]] = {}
     key_scores: dict[int, float] = {}
     for frame, label_mask, scores in iter_track(
-        engine, frames, frame_index, boxes, refinements=refinements, intensity=intensity,
+        engine, frames, frame_index, prompts, refinements=refinements, intensity=intensity,
         progress=progress, cancel=cancel, key_scores=key_scores,
     ):
         if labels is None:
@@ -372,7 +474,7 @@ def iter_track(
     engine: Engine,
     frames: FrameSource,
     frame_index: int,
-    boxes: Box | Sequence[Box],
+    prompts: "Prompt | Box | Sequence[Prompt | Box]",
     *,
     refinements: Sequence[FramePrompt] = (),
     intensity: Intensity | None = None,
@@ -393,12 +495,12 @@ def iter_track(
         )
     shape = key_frame.shape[:2]
     checked = _SameSizeFrames(frames, shape)
-    box_list = as_boxes(boxes, shape[1], shape[0])
-    n_obj = len(box_list)
+    prompt_list = as_prompts(prompts, shape[1], shape[0])
+    n_obj = len(prompt_list)
     if key_frame.ndim == 2:  # a scalar sequence: one mapping for all frames
         intensity = volume_intensity(key_frame[None], intensity)
     cond, scores0 = _conditioning(
-        engine, checked, frame_index, box_list, refinements, intensity, shape, (0, n - 1)
+        engine, checked, frame_index, prompt_list, refinements, intensity, shape, (0, n - 1)
     )
     if key_scores is not None:
         key_scores.update(scores0)

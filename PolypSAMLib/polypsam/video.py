@@ -32,7 +32,6 @@ import numpy as np
 
 from .engine import CancelToken, FrameMasks, FramePrompt, FrameSource
 from .errors import InvalidInputError
-from .geometry import as_box
 from .preprocess import Intensity, to_model_rgb
 from .sam2_image import model_input
 
@@ -294,7 +293,7 @@ class VideoSession:
         if frames is None or len(frames) == 0:
             raise InvalidInputError("the frame sequence is empty")
         if not prompts:
-            raise InvalidInputError("tracking needs at least one prompt (a box or a mask)")
+            raise InvalidInputError("tracking needs at least one prompt (a box, points or a mask)")
         self.model = model
         self.images = LazyFrames(frames, model.image_size, intensity=intensity, device=model.device)
         self.state = new_inference_state(model, self.images)
@@ -309,20 +308,14 @@ class VideoSession:
     def _check_prompts(self) -> None:
         n, h, w = len(self.images), self.images.height, self.images.width
         for p in self.prompts:
+            if not isinstance(p, FramePrompt):
+                raise InvalidInputError(f"a tracking prompt must be a FramePrompt, got {type(p).__name__}")
             if not 0 <= p.frame < n:
                 raise InvalidInputError(
                     f"prompt for object {p.obj_id} is on frame {p.frame}, outside the"
                     f" sequence's frames 0..{n - 1}"
                 )
-            if p.mask is not None:
-                if np.shape(p.mask) != (h, w):
-                    raise InvalidInputError(
-                        f"mask prompt on frame {p.frame} has shape {np.shape(p.mask)}; frames are"
-                        f" {h} x {w}"
-                    )
-            else:
-                box = as_box(p.box)
-                box.validate(w, h)
+            p.validate(w, h)
 
     def _digest(self, frame: int, rgb: np.ndarray | None = None) -> str:
         if frame not in self._digests:
@@ -358,10 +351,14 @@ class VideoSession:
                     self.model.add_new_mask(
                         self.state, p.frame, p.obj_id, np.asarray(p.mask).astype(bool)
                     )
-                else:
-                    box = as_box(p.box)
+                if p.has_clicks:  # after a mask, the clicks correct it (SAM2's own order)
+                    points = labels = None
+                    if p.points:
+                        points = np.asarray(p.points, dtype=np.float32)
+                        labels = np.asarray(p.labels, dtype=np.int32)
                     self.model.add_new_points_or_box(
-                        self.state, p.frame, p.obj_id, box=box.as_xyxy()
+                        self.state, p.frame, p.obj_id, points=points, labels=labels,
+                        box=None if p.box is None else p.box.as_xyxy(),
                     )
                 self._remember_features(p.frame)
         # propagate_in_video's preflight runs the memory encoder on every prompted frame.
