@@ -38,6 +38,125 @@ def add_box_option(parser: argparse.ArgumentParser, required: bool = True) -> No
                              " repeat for several objects, labelled 1..N")
 
 
+def add_prompt_options(parser: argparse.ArgumentParser, where: str, mask_help: str) -> None:
+    """``--point``, ``--negative-point`` and ``--mask-prompt``: one object's clicks and mask.
+
+    ``where`` names the image they are on (e.g. "the image", "the key slice").
+    """
+    group = parser.add_argument_group(
+        "clicks and mask prompt",
+        f"Clicks and a mask prompt on {where} for ONE object: they go with the single --box, or"
+        " make an object of their own without a box. Several --box with clicks is an error.")
+    group.add_argument("--point", nargs=2, type=float, action="append", default=[],
+                       metavar=("X", "Y"), help="include click in pixel coordinates; repeatable")
+    group.add_argument("--negative-point", nargs=2, type=float, action="append", default=[],
+                       metavar=("X", "Y"), help="exclude click in pixel coordinates; repeatable")
+    group.add_argument("--mask-prompt", type=Path, default=None, metavar="MASK", help=mask_help)
+
+
+def add_click_refinement_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--{unit}-point N X Y`` / ``--{unit}-negative-point N X Y``: clicks on other slices/frames."""
+    letter = "K" if unit == "slice" else "I"
+    group = parser.add_argument_group(
+        f"clicks on other {unit}s",
+        f"Clicks on {unit} {letter} (not the prompted one) for the single object: each becomes a"
+        f" conditioning {unit} of the tracker, as SAM2's add_new_points_or_box takes it.")
+    group.add_argument(f"--{unit}-point", nargs=3, type=float, action="append", default=[],
+                       metavar=(letter, "X", "Y"), dest="refine_points",
+                       help=f"include click at (X, Y) on {unit} {letter}; repeatable")
+    group.add_argument(f"--{unit}-negative-point", nargs=3, type=float, action="append",
+                       default=[], metavar=(letter, "X", "Y"), dest="refine_negative_points",
+                       help=f"exclude click at (X, Y) on {unit} {letter}; repeatable")
+
+
+def has_click_prompts(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "point", None) or getattr(args, "negative_point", None)
+                or getattr(args, "mask_prompt", None) is not None
+                or getattr(args, "refine_points", None) or getattr(args, "refine_negative_points", None))
+
+
+def prompts_from_args(args: argparse.Namespace, width: int, height: int, mask=None) -> list:
+    """The objects' prompts (:class:`~polypsam.engine.Prompt`) from --box, clicks and ``mask``.
+
+    Clicks and the mask go with the single box, or form one object alone; several boxes with
+    clicks or a mask are refused. Everything is checked against a ``width`` x ``height`` image.
+    """
+    from ..engine import Prompt, as_prompts
+
+    boxes = [Box.from_sequence(b) for b in (args.box or [])]
+    points = [tuple(p) for p in args.point] + [tuple(p) for p in args.negative_point]
+    labels = [1] * len(args.point) + [0] * len(args.negative_point)
+    clicks = bool(points) or mask is not None or bool(getattr(args, "refine_points", None)) \
+        or bool(getattr(args, "refine_negative_points", None))
+    if len(boxes) > 1 and clicks:
+        raise InvalidInputError(
+            f"{len(boxes)} --box options with clicks or a mask prompt: clicks and masks belong"
+            " to one object, so give at most one --box with them (run once per object)"
+        )
+    if not boxes and not clicks:
+        raise InvalidInputError("give a prompt: --box, --point or --mask-prompt")
+    if not clicks:
+        return as_prompts(boxes, width, height)
+    return as_prompts([Prompt(box=boxes[0] if boxes else None, points=points, labels=labels,
+                              mask=mask)], width, height)
+
+
+def refinements_from_args(args: argparse.Namespace, count: int, unit: str) -> list:
+    """Clicks on other slices/frames as :class:`~polypsam.engine.FramePrompt` (object 1)."""
+    from ..engine import FramePrompt
+    from ..geometry import check_index
+
+    by_frame: dict[int, tuple[list, list]] = {}
+    for values, label in [(v, 1) for v in args.refine_points] + [(v, 0) for v in args.refine_negative_points]:
+        n, x, y = values
+        if n != int(n):
+            raise InvalidInputError(f"--{unit}-point: the {unit} must be an integer, got {n:g}")
+        frame = check_index(int(n), count, f"click {unit} {int(n)}", f"the {unit}s")
+        pts, labs = by_frame.setdefault(frame, ([], []))
+        pts.append((x, y))
+        labs.append(label)
+    return [FramePrompt(f, 1, points=pts, labels=labs) for f, (pts, labs) in sorted(by_frame.items())]
+
+
+def read_mask_prompt(path: Path, shape: tuple[int, int], slice_k: int | None = None):
+    """A mask prompt file as a boolean ``H x W`` mask (non-zero = inside).
+
+    A PNG/JPEG for a frame or slice; a volume file (labelmap on the input's grid) gives its
+    slice ``slice_k``. The shape must be ``shape``.
+    """
+    import numpy as np
+
+    from .. import io
+
+    if io.is_image_file(path):
+        mask = np.asarray(io.read_image(path))
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+    else:
+        volume = io.read_volume(path)
+        if slice_k is None or not 0 <= slice_k < volume.shape[0]:
+            raise InvalidInputError(f"--mask-prompt {path}: a volume mask needs the slice it is on")
+        if volume.shape[1:] != tuple(shape):
+            raise InvalidInputError(
+                f"--mask-prompt {path} has slices of {volume.shape[1:]}; the image's are {tuple(shape)}"
+            )
+        mask = volume.array[slice_k]
+    if mask.shape != tuple(shape):
+        raise InvalidInputError(
+            f"--mask-prompt {path} is {mask.shape[1]}x{mask.shape[0]} pixels; the image is"
+            f" {shape[1]}x{shape[0]}"
+        )
+    mask = mask != 0
+    if not mask.any():
+        raise InvalidInputError(f"--mask-prompt {path} is empty (no non-zero pixel)")
+    return mask
+
+
+def prompt_points(prompts) -> list[tuple[float, float, bool]]:
+    """Every prompt's clicks as ``(x, y, include)`` for :func:`polypsam.overlay.draw_overlay`."""
+    return [(x, y, label == 1) for p in prompts for (x, y), label in zip(p.points, p.labels)]
+
+
 def engine_settings_from_args(args: argparse.Namespace):
     """The :class:`~polypsam.engines.EngineSettings` described by the model options."""
     from ..engines import settings_for
@@ -57,8 +176,6 @@ def intensity_from_args(args: argparse.Namespace):
     from ..preprocess import parse_intensity
 
     return parse_intensity(args.window) if args.window else None
-
-
 
 
 def boxes_from_args(args: argparse.Namespace, width: int, height: int) -> list[Box]:

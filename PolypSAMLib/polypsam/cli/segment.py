@@ -1,4 +1,9 @@
-"""``polypsam segment``: one image or one volume slice, one mask per box."""
+"""``polypsam segment``: one image or one volume slice, one mask per box or click prompt.
+
+``--candidates`` keeps SAM2's three candidate masks: ``-o OUT`` gets the best one (as without
+the option) and ``OUT_candidate1`` .. ``OUT_candidate3`` (same suffix) each hold one candidate as
+label 1 (candidates overlap, so they cannot share one labelmap); their scores are printed.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,19 @@ from ..errors import InvalidInputError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "segment", help="segment one image or one volume slice from box prompts",
+        "segment", help="segment one image or one volume slice from boxes or clicks",
         description="Segment a PNG/JPEG frame, or slice K of a NIfTI/NRRD/DICOM volume, with one"
-                    " mask per box (labels 1..N).")
+                    " mask per box (labels 1..N), or one object from clicks (--point,"
+                    " --negative-point) and/or a mask prompt, with or without one box.")
     p.add_argument("image", type=Path, help="PNG/JPEG frame, volume file or DICOM folder")
-    options.add_box_option(p)
+    options.add_box_option(p, required=False)
+    options.add_prompt_options(
+        p, "the image (or --slice K)",
+        "mask prompt (non-zero = inside): a PNG of the image's size, or for a volume a labelmap"
+        " on its grid (slice K is used); SAM2 refines it with the other prompts")
+    p.add_argument("--candidates", action="store_true",
+                   help="keep SAM2's three candidate masks: -o gets the best, OUT_candidate1..3"
+                        " (same suffix) one each; scores are printed (one object only)")
     p.add_argument("--slice", type=int, default=None, dest="slice_k",
                    help="slice K of a volume (boxes in that slice's pixel coordinates)")
     p.add_argument("-o", "--output", type=Path, required=True,
@@ -54,26 +67,57 @@ def run_segment(args: argparse.Namespace) -> int:
                              "a volume input gives a volume labelmap: -o")
         image = volume.array[args.slice_k]
     height, width = image.shape[:2]
-    boxes = options.boxes_from_args(args, width, height)
+    mask = None
+    if args.mask_prompt is not None:
+        mask = options.read_mask_prompt(args.mask_prompt, (height, width), args.slice_k)
+    prompts = options.prompts_from_args(args, width, height, mask)
+    if args.candidates and len(prompts) > 1:
+        raise InvalidInputError("--candidates keeps the three masks of one object: give one prompt")
     if args.overlay is not None:
         options.check_suffix(args.overlay, (".png",), "--overlay")
     engine = options.engine_from_args(args)
-    results = engine.segment_2d(image, boxes, intensity=intensity)
-    labels = labelmap_from_masks(results)
-    if volume is None:
-        io.write_png(labels, args.output)
-    else:
+    results = engine.segment_2d(image, prompts, intensity=intensity, multimask=args.candidates)
+
+    def full_labels(labels: np.ndarray) -> np.ndarray:
         full = np.zeros(volume.shape, dtype=labels.dtype)
         full[args.slice_k] = labels
-        io.write_volume(volume.with_array(full), args.output)
+        return full
+
+    def write(labels: np.ndarray, path: Path) -> None:
+        if volume is None:
+            io.write_png(labels, path)
+        else:
+            io.write_volume(volume.with_array(full_labels(labels)), path)
+
+    labels = labelmap_from_masks(results)
+    write(labels, args.output)
     if args.overlay is not None:
-        io.write_png(draw_overlay(image, labels, intensity, boxes=boxes), args.overlay)
-    export_from_args(args, labels if volume is None else volume.with_array(full), engine=engine,
-                     prompts={"boxes": boxes, "slice": args.slice_k}, source=args.image,
-                     frame_names=[args.image.stem] if volume is None else None,
+        io.write_png(draw_overlay(image, labels, intensity, boxes=[r.box for r in results],
+                                  points=options.prompt_points(prompts)), args.overlay)
+    export_from_args(args, labels if volume is None else volume.with_array(full_labels(labels)),
+                     engine=engine, prompts={"boxes": [p.box for p in prompts if p.box is not None],
+                                             "prompts": [p.to_dict() for p in prompts],
+                                             "slice": args.slice_k},
+                     source=args.image, frame_names=[args.image.stem] if volume is None else None,
                      reference_dicom=args.image if args.image.is_dir() else None)
     for label, result in enumerate(results, start=1):
-        print(f"label {label}: box {result.box.describe()} score {result.score:.3f}"
-              f" pixels {int(result.mask.sum())}")
+        what = result.prompt.describe() if result.prompt is not None else ""
+        print(f"label {label}: {what} score {result.score:.3f} pixels {int(result.mask.sum())}")
+    if args.candidates:
+        (result,) = results
+        for index, (cand, score) in enumerate(zip(result.candidates, result.candidate_scores), 1):
+            path = candidate_path(args.output, index)
+            write(cand.astype(np.uint8), path)
+            best = " (best, in -o)" if index - 1 == result.best else ""
+            print(f"candidate {index}: score {score:.3f} pixels {int(cand.sum())}{best} -> {path}")
     print(f"wrote {args.output}")
     return 0
+
+
+def candidate_path(output: Path, index: int) -> Path:
+    """``out.png`` → ``out_candidate1.png`` (``.nii.gz`` kept whole)."""
+    from ..io import full_suffix
+
+    suffix = full_suffix(output)
+    stem = output.name[: len(output.name) - len(suffix)] if suffix else output.name
+    return output.with_name(f"{stem}_candidate{index}{suffix}")

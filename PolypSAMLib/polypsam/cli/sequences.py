@@ -5,6 +5,12 @@ segments the key slice and propagates through the slice range (NIfTI/NRRD/DICOM 
 NRRD/NIfTI labelmap out, on the input's grid). ``polypsam track FRAMES --frame I --box ... -o DIR``
 tracks through a folder of frames or a video, writing one PNG label mask per frame named like
 the frame (plus optional overlays). Both show a progress bar; Ctrl-C stops cleanly with exit 130.
+
+Clicks: ``--point X Y`` / ``--negative-point X Y`` are on the key slice (``--key-slice``) or the
+prompted frame (``--frame``) and go with the single ``--box`` (or make the object alone);
+``--slice-point K X Y`` / ``--frame-point I X Y`` (and their ``-negative-`` forms) are clicks on
+other slices/frames, each a conditioning slice of the tracker. ``--mask-prompt`` gives the key
+slice's mask (an existing segment: a labelmap on the volume's grid, or a PNG for a frame).
 """
 
 from __future__ import annotations
@@ -24,17 +30,23 @@ from .options import EXIT_INTERRUPTED
 def register(subparsers) -> None:
     """Add the ``propagate`` and ``track`` commands to the main parser's subparsers."""
     p = subparsers.add_parser(
-        "propagate", help="segment a key slice from boxes and propagate through a volume",
+        "propagate", help="segment a key slice from boxes or clicks and propagate through a volume",
         description="Segment the key slice (default: middle of --slices) of a NIfTI/NRRD volume or"
-                    " DICOM folder from box prompts, then propagate with SAM2 forward and backward"
+                    " DICOM folder from box or click prompts, then propagate with SAM2 forward and backward"
                     " through the slice range. One label per box (1..N); the labelmap keeps the"
                     " input's origin, spacing and direction.")
     p.add_argument("volume", type=Path, help="NIfTI/NRRD/MHA file or DICOM series folder")
-    options.add_box_option(p)
+    options.add_box_option(p, required=False)
+    options.add_prompt_options(
+        p, "the key slice",
+        "mask prompt on the key slice (non-zero = inside): a labelmap on the volume's grid (its"
+        " key slice is used) or a PNG of the slice size. Alone it seeds the propagation as it"
+        " is; with a box or clicks SAM2 refines it first")
+    options.add_click_refinement_options(p, "slice")
     p.add_argument("--slices", nargs=2, type=int, required=True, metavar=("K0", "K1"),
                    help="slice range along the volume's K axis as stored (inclusive)")
     p.add_argument("--key-slice", type=int, default=None, metavar="K",
-                   help="slice the boxes are drawn on (default: middle of the range)")
+                   help="slice the boxes and --point clicks are on (default: middle of the range)")
     p.add_argument("--until", choices=("range", "lost"), default="range",
                    help="stop at the slice range (default) or continue beyond it while the"
                         " object is still found")
@@ -46,14 +58,19 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_propagate)
 
     t = subparsers.add_parser(
-        "track", help="track boxes through a folder of frames or a video, both ways",
-        description="Segment frame I from box prompts and track the objects backward and forward"
+        "track", help="track boxes or clicked objects through a folder of frames or a video, both ways",
+        description="Segment frame I from box or click prompts and track the objects backward and forward"
                     " through the sequence. Writes one PNG label mask per frame (labels 1..N),"
                     " named like the frames.")
     t.add_argument("frames", type=Path, help="folder of PNG/JPEG frames or a video file")
     t.add_argument("--frame", type=int, required=True, metavar="I",
-                   help="index of the frame the boxes are drawn on (0-based, natural order)")
-    options.add_box_option(t)
+                   help="index of the frame the boxes and --point clicks are on (0-based, natural order)")
+    options.add_box_option(t, required=False)
+    options.add_prompt_options(
+        t, "frame I",
+        "mask prompt on frame I: a PNG of the frame size (non-zero = inside); alone it seeds the"
+        " tracking as it is")
+    options.add_click_refinement_options(t, "frame")
     t.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     t.add_argument("--overlay", action="store_true",
                    help="also write overlay PNGs (contours on the frame) to OUT_DIR/overlay/")
@@ -75,7 +92,12 @@ def run_propagate(args: argparse.Namespace) -> int:
     k0, k1 = check_slice_range(args.slices, nk, "--slices")
     if args.key_slice is not None and not k0 <= args.key_slice <= k1:
         raise InvalidInputError(f"--key-slice {args.key_slice} lies outside --slices {k0} {k1}")
-    boxes = options.boxes_from_args(args, ni, nj)
+    key = (k0 + k1) // 2 if args.key_slice is None else args.key_slice
+    mask = None
+    if args.mask_prompt is not None:
+        mask = options.read_mask_prompt(args.mask_prompt, (nj, ni), key)
+    prompts = options.prompts_from_args(args, ni, nj, mask)
+    refinements = options.refinements_from_args(args, nk, "slice")
     engine = options.engine_from_args(args)
     bar = options.progress_bar(k1 - k0 + 1, "slice", "propagate")
 
@@ -86,7 +108,7 @@ def run_propagate(args: argparse.Namespace) -> int:
 
     try:
         result = propagate(
-            engine, volume, boxes, (k0, k1), args.key_slice, until=args.until,
+            engine, volume, prompts, (k0, k1), key, until=args.until, refinements=refinements,
             largest_component=args.largest_component, intensity=intensity, progress=progress,
         )
     except KeyboardInterrupt:
@@ -97,8 +119,10 @@ def run_propagate(args: argparse.Namespace) -> int:
         bar.close()
     io.write_volume(result.labelmap, args.output)
     export_from_args(args, result.labelmap, engine=engine, source=args.volume,
-                     prompts={"boxes": boxes, "key_slice": result.key_slice,
-                              "slices": list(result.slices)},
+                     prompts={"boxes": [p.box for p in prompts if p.box is not None],
+                              "prompts": [p.to_dict() for p in prompts],
+                              "refinements": [r.to_dict() for r in refinements],
+                              "key_slice": result.key_slice, "slices": list(result.slices)},
                      reference_dicom=args.volume if args.volume.is_dir() else None)
     lab = result.labelmap.array
     for label, score in sorted(result.scores.items()):
@@ -122,7 +146,12 @@ def run_track(args: argparse.Namespace) -> int:
     n = len(frames)
     check_index(args.frame, n, f"--frame {args.frame}", "the sequence's frames")
     first = np.asarray(frames[args.frame])
-    boxes = options.boxes_from_args(args, first.shape[1], first.shape[0])
+    mask = None
+    if args.mask_prompt is not None:
+        mask = options.read_mask_prompt(args.mask_prompt, first.shape[:2])
+    prompts = options.prompts_from_args(args, first.shape[1], first.shape[0], mask)
+    refinements = options.refinements_from_args(args, n, "frame")
+    boxes = [p.box for p in prompts]
     if args.output.exists() and not args.output.is_dir():
         raise InvalidInputError(f"-o {args.output} exists and is not a folder")
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
@@ -134,15 +163,18 @@ def run_track(args: argparse.Namespace) -> int:
     kept = {} if args.export else None
     try:
         for frame, labels, _scores in iter_track(
-            engine, frames, args.frame, boxes, intensity=intensity,
+            engine, frames, args.frame, prompts, refinements=refinements, intensity=intensity,
         ):
             io.write_png(labels, args.output / f"{names[frame]}.png")
             if kept is not None:
                 kept[frame] = labels
             if args.overlay:
-                io.write_png(draw_overlay(np.asarray(frames[frame]), labels, intensity,
-                                          boxes=boxes if frame == args.frame else ()),
-                             overlay_dir / f"{names[frame]}.png")
+                here = [r for r in refinements if r.frame == frame]
+                io.write_png(draw_overlay(
+                    np.asarray(frames[frame]), labels, intensity,
+                    boxes=boxes if frame == args.frame else (),
+                    points=options.prompt_points(prompts if frame == args.frame else here),
+                ), overlay_dir / f"{names[frame]}.png")
             written += 1
             bar.update(1)
     except KeyboardInterrupt:
@@ -157,6 +189,9 @@ def run_track(args: argparse.Namespace) -> int:
     if kept:
         blank = np.zeros_like(next(iter(kept.values())))
         export_from_args(args, np.stack([kept.get(i, blank) for i in range(n)]), engine=engine,
-                         prompts={"boxes": boxes, "key_frame": args.frame}, source=args.frames,
+                         prompts={"boxes": [b for b in boxes if b is not None],
+                                  "prompts": [p.to_dict() for p in prompts],
+                                  "refinements": [r.to_dict() for r in refinements],
+                                  "key_frame": args.frame}, source=args.frames,
                          frame_names=names)
     return 0
