@@ -11,7 +11,10 @@ Data flows one way through it, one module per step:
 * :mod:`.history` is the one room for undo steps (and hooks for the Segment Editor's own undo);
 * :mod:`.jobs`, :mod:`.operations`, :mod:`.tracking` and :mod:`.scene` are what the module's
   buttons do (read → compute → write); :mod:`.exporting` the Export button;
-  :mod:`.video` Load video; :mod:`.dependencies` the first-use installs.
+  :mod:`.video` Load video; :mod:`.dependencies` the first-use installs;
+* :mod:`.clicks` maps markups point lists to pixel clicks on a volume's slices,
+  :mod:`.masking` applies the Segment Editor's masking settings to writes, and
+  :mod:`.interactive` holds the click tools' operations (clicks, candidates, start from segment).
 
 Coordinates: "world" is Slicer's RAS after all parent transforms. A volume's IJK-to-world matrix
 is its parent (linear) transform times its IJKToRAS matrix; :func:`volume_from_node` hardens the
@@ -22,6 +25,8 @@ node's own coordinates (through the inverse of its parent transform).
 The names below are the package's public API (``from polypsam import mrml``).
 """
 
+from .clicks import Click, clicks_from_markups
+from .masking import EditorMasking
 from .nodes import Extent, ijk_to_world
 from .roi import VoxelBox, roi_to_voxel_box
 from .segments import (
@@ -38,7 +43,7 @@ from .volumes import (
 )
 
 __all__ = [
-    "Extent", "ijk_to_world", "VoxelBox", "roi_to_voxel_box", "TAG_PREFIX",
+    "Click", "clicks_from_markups", "EditorMasking", "Extent", "ijk_to_world", "VoxelBox", "roi_to_voxel_box", "TAG_PREFIX",
     "export_segment_labelmap", "read_provenance", "write_mask_to_segment",
     "write_tracked_masks_to_sequence", "add_before_write_hook", "forget_undo_history", "redo",
     "remove_before_write_hook", "save_sequence_state_for_undo", "save_state_for_undo", "undo",
