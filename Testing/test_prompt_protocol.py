@@ -84,3 +84,12 @@ def test_plain_dicts_round_trip_through_json_with_masks_apart():
     assert rdata["candidate_scores"] == [0.1, 0.8, 0.3] and rdata["shape"] == [16, 20]
     back_res = MaskResult.from_dict(rdata, cands[1], cands, prompt_mask=mask)
     assert back_res.best == 1 and back_res.score == 0.8 and back_res.prompt.labels == (1, 0)
+
+
+def test_frame_prompts_accept_an_empty_mask_but_check_its_size():
+    empty = FramePrompt(2, 1, mask=np.zeros((16, 20), bool))
+    assert empty.validate(20, 16) is empty  # "absent on this frame" is a prompt for a tracker
+    with pytest.raises(InvalidInputError, match=r"shape \(16, 20\); the image is 10 x 20"):
+        empty.validate(20, 10)
+    both = FramePrompt(2, 1, box=Box(1, 1, 5, 5), mask=np.ones((16, 20), bool), points=[(3, 3)], labels=[0])
+    assert both.has_clicks and both.prompt.box == Box(1, 1, 5, 5)

@@ -101,8 +101,10 @@ def test_bad_click_prompts_on_frames(engine, jpeg_frames):
         VideoSession(engine.model, frames, [FramePrompt(4, 1, points=[(5, 5)], labels=[1])])
     with pytest.raises(InvalidInputError, match=rf"object 1 on frame 2: point \({s}, 5\) lies outside"):
         VideoSession(engine.model, frames, [FramePrompt(2, 1, points=[(s, 5)], labels=[1])])
-    with pytest.raises(InvalidInputError, match="mask prompt is empty"):
-        VideoSession(engine.model, frames, [FramePrompt(2, 1, mask=np.zeros((s, s), bool))])
+    with pytest.raises(InvalidInputError, match=r"mask prompt has shape \(4, 4\)"):
+        VideoSession(engine.model, frames, [FramePrompt(2, 1, mask=np.ones((4, 4), bool))])
+    # an empty mask is a prompt too: the object is absent on that frame
+    VideoSession(engine.model, frames, [FramePrompt(2, 1, mask=np.zeros((s, s), bool))])
 
 
 def test_click_repropagation_tracks_only_its_side_and_equals_a_full_run(engine):

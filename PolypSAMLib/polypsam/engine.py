@@ -61,12 +61,12 @@ def _check_points_in_image(points, width: int, height: int, what: str) -> None:
             )
 
 
-def _check_mask(mask, width: int, height: int, what: str) -> None:
+def _check_mask(mask, width: int, height: int, what: str, allow_empty: bool = False) -> None:
     if np.shape(mask) != (height, width):
         raise InvalidInputError(
             f"{what}: mask prompt has shape {np.shape(mask)}; the image is {height} x {width}"
         )
-    if not np.any(mask):
+    if not allow_empty and not np.any(mask):
         raise InvalidInputError(f"{what}: mask prompt is empty (no pixel set)")
 
 
@@ -280,7 +280,9 @@ class FramePrompt:
     What SAM2's video predictor takes: a box and/or points (``add_new_points_or_box``), or a
     mask (``add_new_mask``). A mask together with points/box means both, in that order: the mask
     is added, then the points/box correct it (SAM2 feeds the mask's logits to the decoder with
-    the points, as it does for a click on an already prompted frame).
+    the points, as it does for a click on an already prompted frame). Unlike a 2-D
+    :class:`Prompt`, an empty mask is accepted here: it tells the tracker the object is absent
+    on that frame.
     """
 
     frame: int
@@ -326,7 +328,7 @@ class FramePrompt:
             self.box.validate(width, height)
         _check_points_in_image(self.points, width, height, what)
         if self.mask is not None:
-            _check_mask(self.mask, width, height, what)
+            _check_mask(self.mask, width, height, what, allow_empty=True)
         return self
 
     def to_dict(self) -> dict:
