@@ -430,3 +430,17 @@ def test_sam2_track_video_frames(engine, shared_data, manifest):
     two_d = engine.segment_2d(few[1], [box])
     np.testing.assert_array_equal(res.labels[1], two_d[0].mask.astype(np.uint8))
     assert sorted(res.frame_scores) == [0, 1, 2, 3]
+
+
+def test_retracking_frames_reruns_only_the_affected_direction():
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 255, size=(30, 40, 3)).astype(np.uint8) for _ in range(9)]
+    first = track(FakeEngine(), frames, 4, Box(5, 5, 20, 20))
+    assert first.tracked == {"backward": 4, "forward": 4}
+    below = [FramePrompt(1, 1, points=[(10, 12)], labels=[1])]
+    eng = FakeEngine()
+    again = track(eng, frames, 4, Box(5, 5, 20, 20), refinements=below, previous=first)
+    assert [c["reverse"] for c in eng.calls] == [True] and again.tracked == {"backward": 4}
+    full = track(FakeEngine(), frames, 4, Box(5, 5, 20, 20), refinements=below)
+    np.testing.assert_array_equal(again.labels, full.labels)
+    assert again.frame_scores == full.frame_scores

@@ -76,6 +76,12 @@ class TrackResult:
     frame_index: int
     scores: dict[int, float]
     frame_scores: dict[int, dict[int, float]] = field(default_factory=dict)
+    side_digests: dict[str, str] = field(default_factory=dict)  # direction -> its conditioning
+    tracked: dict[str, int] = field(default_factory=dict)  # direction -> frames tracked this run
+
+    @property
+    def key_slice(self) -> int:  # the name re-propagation looks for
+        return self.frame_index
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -447,27 +453,39 @@ def track(
     intensity: Intensity | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    previous: TrackResult | None = None,
+    directions: Iterable[str] | None = None,
 ) -> TrackResult:
     """Segment ``prompts`` on frame ``frame_index`` and track them both ways through ``frames``.
 
     Each object's prompt is a box or a :class:`~polypsam.engine.Prompt` (clicks, mask);
     ``refinements`` are prompts on other frames (see :func:`propagate`). Returns every frame's
-    label mask (``T x H x W``, labels 1..N in prompt order). For long sequences use
+    label mask (``T x H x W``, labels 1..N in prompt order). ``previous``/``directions`` re-track
+    only the directions whose prompts changed, as in :func:`propagate`. For long sequences use
     :func:`iter_track`, which yields frames as they come.
     """
     labels = None
     frame_scores: dict[int, dict[int, float]] = {}
     key_scores: dict[int, float] = {}
+    run: dict[str, dict] = {}
     for frame, label_mask, scores in iter_track(
         engine, frames, frame_index, prompts, refinements=refinements, intensity=intensity,
-        progress=progress, cancel=cancel, key_scores=key_scores,
+        progress=progress, cancel=cancel, key_scores=key_scores, previous=previous,
+        directions=directions, run_info=run,
     ):
         if labels is None:
             labels = np.zeros((len(frames),) + label_mask.shape, dtype=label_mask.dtype)
         labels[frame] = label_mask
         frame_scores[frame] = scores
+    if previous is not None:  # the directions not re-run keep the previous frames
+        for frame, scores in previous.frame_scores.items():
+            side = "backward" if frame < frame_index else "forward" if frame > frame_index else None
+            if side is not None and side not in run["sides"]:
+                labels[frame] = previous.labels[frame]
+                frame_scores[frame] = dict(scores)
     return TrackResult(labels=labels, frame_index=frame_index, scores=key_scores,
-                       frame_scores=frame_scores)
+                       frame_scores=frame_scores, side_digests=run["digests"],
+                       tracked=run["tracked"])
 
 
 def iter_track(
@@ -481,9 +499,15 @@ def iter_track(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     key_scores: dict[int, float] | None = None,
+    previous: TrackResult | None = None,
+    directions: Iterable[str] | None = None,
+    run_info: dict | None = None,
 ) -> Iterator[tuple[int, np.ndarray, dict[int, float]]]:
     """Like :func:`track`, yielding ``(frame, label_mask, scores)``: the prompted frame first,
-    then backward to frame 0, then forward to the last frame. Memory does not grow with ``T``."""
+    then backward to frame 0, then forward to the last frame. Memory does not grow with ``T``.
+
+    With ``previous``/``directions`` only the directions to re-run are yielded (plus the prompted
+    frame); ``run_info`` receives ``sides``, ``digests`` and ``tracked`` counts."""
     if frames is None or len(frames) == 0:
         raise InvalidInputError("the frame sequence is empty")
     n = len(frames)
@@ -504,10 +528,19 @@ def iter_track(
     )
     if key_scores is not None:
         key_scores.update(scores0)
+    if previous is not None and previous.labels.shape[0] != n:
+        raise InvalidInputError(f"the previous result has {previous.labels.shape[0]} frames, the sequence {n}")
+    context = (getattr(engine, "info", None), repr(intensity), frame_index, n_obj, n, shape)
+    digests = {side: _digest(cond.prompts(side, frame_index), (side,) + context) for side in SIDES}
+    sides = _sides_to_run(directions, previous, digests, frame_index)
+    tracked: dict[str, int] = {side: 0 for side in sides}
+    if run_info is not None:
+        run_info.update(sides=sides, digests=digests, tracked=tracked)
     dtype = _label_dtype(n_obj)
     done = 0
     for frame, masks, scores in _two_way(
-        engine, checked, cond, frame_index, 0, n - 1, n_obj, "range", intensity, cancel
+        engine, checked, cond, frame_index, 0, n - 1, n_obj, "range", intensity, cancel, sides,
+        tracked,
     ):
         done += 1
         yield frame, merge_masks(masks, scores, shape, dtype), {
