@@ -285,3 +285,29 @@ def test_start_from_segment_seeds_propagation_and_a_click_reruns_one_side(slicer
     assert mrml.read_provenance(seg, "Polyp")["operation"] == "start-from-segment"
     with pytest.raises(Exception, match="empty or missing"):
         start_from_segment(engine, volume, seg, "Nothing")
+
+
+def test_clicks_on_an_rgb_frame_with_a_box(slicer_scene, engine):
+    import slicer
+
+    from conftest import synthetic_rgb
+    from polypsam import mrml
+    from polypsam.engine import Prompt
+    from polypsam.mrml.interactive import segment_with_clicks
+    from slicer_fixtures import add_roi_on_ijk
+
+    rgb = synthetic_rgb(60, 80, seed=44)
+    frame = slicer_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
+    slicer.util.updateVolumeFromArray(frame, rgb[None])
+    roi = add_roi_on_ijk(slicer_scene, frame, (32, 30, 0), (30, 24, 1), "box")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    include = _points(slicer_scene, "in", [_world(frame, (31.5, 29.5, 0.2))])
+    rec = Recorder(engine)
+    result = segment_with_clicks(rec, frame, seg, "Polyp", include=include, roi=roi)
+    ((image, (prompt,), _),) = rec.calls
+    np.testing.assert_array_equal(image, rgb)
+    assert prompt.points == ((31.5, 29.5),) and prompt.box is not None
+    (expected,) = engine.segment_2d(rgb, [Prompt(box=prompt.box, points=[(31.5, 29.5)], labels=[1])])
+    labels = mrml.export_segment_labelmap(seg, frame, ["Polyp"])
+    np.testing.assert_array_equal(labels[0] == 1, expected.mask)
+    assert result.segment == "Polyp" and "slice 0" in result.scores

@@ -70,7 +70,13 @@ def main() -> int:
     parser.add_argument("--slice-size", type=int, default=512, help="CT slice size (pixels)")
     parser.add_argument("--clicks", type=int, default=30)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from polypsam.engine import Prompt
     from polypsam.preprocess import Window
 

@@ -47,6 +47,8 @@ class SAM2Engine:
             checkpoint.config, checkpoint.path, self._device, image_size=self._image_size
         )
         self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        # caller's image (+ intensity) → key of its model RGB: a click skips the conversion
+        self._input_keys: OrderedDict[str, str] = OrderedDict()
         self._cache_size = max(1, embedding_cache_size)
         # Encoder outputs of recently segmented/prompted frames, lent to tracking passes so a key
         # slice is encoded once for the 2-D mask and both propagation directions.
@@ -83,13 +85,33 @@ class SAM2Engine:
     ) -> list[MaskResult]:
         import torch
 
-        rgb = to_model_rgb(image, intensity)  # checks the image first
-        prompts = as_prompts(prompts, rgb.shape[1], rgb.shape[0])
         with self._lock, torch.inference_mode():
             if self._model is None:
                 raise InvalidInputError("the engine was closed")
-            embedding = self._embedding_for(rgb)
-            return [self._result(embedding, p, multimask) for p in prompts]
+            embedding = self._cached_embedding(image, intensity)
+            if embedding is None:  # not seen: convert (this checks the image) and encode
+                rgb = to_model_rgb(image, intensity)
+                as_prompts(prompts, rgb.shape[1], rgb.shape[0])  # bad prompts: nothing encoded
+                embedding = self._embedding_for(rgb, self._input_key(image, intensity))
+            checked = as_prompts(prompts, embedding.width, embedding.height)
+            return [self._result(embedding, p, multimask) for p in checked]
+
+    @staticmethod
+    def _input_key(image, intensity) -> str | None:
+        """Content key of the caller's image + intensity (cheaper than hashing the float RGB)."""
+        array = np.asarray(image)
+        if array.dtype == object:
+            return None
+        return image_digest(array) + repr(intensity)
+
+    def _cached_embedding(self, image, intensity) -> ImageEmbedding | None:
+        """The embedding of an image given before (same pixels and intensity), else ``None``."""
+        key = self._input_key(image, intensity)
+        digest = self._input_keys.get(key) if key is not None else None
+        if digest is None or digest not in self._cache:
+            return None
+        self._cache.move_to_end(digest)
+        return self._cache[digest]
 
     def _result(self, embedding: ImageEmbedding, prompt: Prompt, multimask: bool) -> MaskResult:
         masks, scores = predict(self._model, embedding, prompt, multimask=multimask)
@@ -101,9 +123,13 @@ class SAM2Engine:
             candidates=tuple(masks), candidate_scores=tuple(float(v) for v in scores),
         )
 
-    def _embedding_for(self, rgb: np.ndarray) -> ImageEmbedding:
+    def _embedding_for(self, rgb: np.ndarray, input_key: str | None = None) -> ImageEmbedding:
         """``rgb`` encoded (cached by content); the encoder output is also lent to tracking."""
         digest = image_digest(rgb)
+        if input_key is not None:
+            self._input_keys[input_key] = digest
+            while len(self._input_keys) > 4 * self._cache_size:
+                self._input_keys.popitem(last=False)
         if digest in self._cache:
             self._cache.move_to_end(digest)
             return self._cache[digest]
@@ -147,6 +173,7 @@ class SAM2Engine:
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._input_keys.clear()
             self._backbones.clear()
             self._model = None
 
