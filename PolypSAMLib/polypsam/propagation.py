@@ -33,12 +33,15 @@ the other side's slices are copied, giving the same labelmap as a full run.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from .conditioning import (  # noqa: F401  (affected_directions, USER_MASK_SCORE: public here too)
+    MASK_PROMPT_IOU, SIDES, USER_MASK_SCORE, Conditioning, affected_directions, build_conditioning,
+    conditioning_digest, sides_to_run,
+)
 from .engine import (
     CancelToken, Engine, FramePrompt, FrameSource, ProgressCallback, Prompt, as_prompts,
 )
@@ -47,11 +50,6 @@ from .geometry import Box, Volume, check_index, check_slice_range
 from .preprocess import Intensity, volume_intensity
 
 Until = Literal["range", "lost"]
-# Score given to a user-supplied mask prompt when merging overlaps (it beats any model output).
-USER_MASK_SCORE = float("inf")
-# Reported key-slice score of a mask taken as it is (SAM2's dummy IoU for a mask input).
-MASK_PROMPT_IOU = 1.0
-SIDES = ("backward", "forward")
 
 
 @dataclass
@@ -141,134 +139,11 @@ def merge_masks(
     return out
 
 
-# -- conditioning ----------------------------------------------------------------------------
-@dataclass
-class _Conditioning:
-    """Conditioning per frame and object: masks (with their merge scores) and SAM2 click prompts."""
-
-    masks: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
-    scores: dict[int, dict[int, float]] = field(default_factory=dict)
-    clicks: list[FramePrompt] = field(default_factory=list)
-
-    def add(self, frame: int, obj: int, mask: np.ndarray, score: float) -> None:
-        self.masks.setdefault(frame, {})[obj] = np.asarray(mask, dtype=bool)
-        self.scores.setdefault(frame, {})[obj] = float(score)
-
-    def frames(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.masks) | {p.frame for p in self.clicks}))
-
-    def prompts(self, side: str, key: int) -> list[FramePrompt]:
-        def on_side(frame: int) -> bool:
-            return not ((side == "forward" and frame < key) or (side == "backward" and frame > key))
-
-        out = []
-        for frame in sorted(self.masks):
-            if on_side(frame):
-                for obj, mask in sorted(self.masks[frame].items()):
-                    out.append(FramePrompt(frame=frame, obj_id=obj, mask=mask))
-        out += [p for p in sorted(self.clicks, key=lambda p: (p.frame, p.obj_id)) if on_side(p.frame)]
-        return out
-
-
-def _mask_only(prompt: Prompt) -> bool:
-    return prompt.mask is not None and prompt.box is None and not prompt.points
-
-
-def _conditioning(
-    engine: Engine,
-    frames: FrameSource,
-    key: int,
-    prompts: list[Prompt],
-    refinements: Sequence[FramePrompt],
-    intensity: Intensity | None,
-    shape: tuple[int, int],
-    allowed: tuple[int, int],
-) -> tuple[_Conditioning, dict[int, float]]:
-    n_obj = len(prompts)
-    height, width = shape
-    cond = _Conditioning()
-    key_scores: dict[int, float] = {}
-    to_segment = [(label, p) for label, p in enumerate(prompts, start=1) if not _mask_only(p)]
-    if to_segment:
-        results = engine.segment_2d(frames[key], [p for _, p in to_segment], intensity=intensity)
-        for (label, _), res in zip(to_segment, results):
-            cond.add(key, label, res.mask, res.score)
-            key_scores[label] = float(res.score)
-    for label, p in enumerate(prompts, start=1):
-        if _mask_only(p):  # an existing segment: conditioning as it is
-            cond.add(key, label, p.mask, USER_MASK_SCORE)
-            key_scores[label] = MASK_PROMPT_IOU
-    for p in refinements:
-        if not isinstance(p, FramePrompt):
-            raise InvalidInputError(f"a refinement must be a FramePrompt, got {type(p).__name__}")
-        if not 1 <= p.obj_id <= n_obj:
-            raise InvalidInputError(
-                f"refinement for object {p.obj_id}: objects are numbered 1..{n_obj} (prompt order)"
-            )
-        if not allowed[0] <= p.frame <= allowed[1]:
-            raise InvalidInputError(
-                f"refinement on slice/frame {p.frame} lies outside {allowed[0]}..{allowed[1]}"
-            )
-        if p.mask is not None and np.shape(p.mask) != shape:
-            raise InvalidInputError(
-                f"refinement mask on slice/frame {p.frame} has shape {np.shape(p.mask)};"
-                f" slices are {height} x {width}"
-            )
-        p.validate(width, height)
-        if p.has_clicks:
-            if p.frame == key:
-                raise InvalidInputError(
-                    f"clicks/box for object {p.obj_id} on the key slice/frame {key}: give them in"
-                    " that object's key prompt, not as a refinement"
-                )
-            cond.clicks.append(p)
-        else:
-            cond.add(p.frame, p.obj_id, p.mask, USER_MASK_SCORE)
-    return cond, key_scores
-
-
-def _digest(prompts: Sequence[FramePrompt], context: object) -> str:
-    """A fingerprint of one direction's conditioning (prompts, masks and run parameters)."""
-    h = hashlib.blake2b(repr(context).encode(), digest_size=16)
-    for p in prompts:
-        box = None if p.box is None else p.box.to_list()
-        h.update(repr((p.frame, p.obj_id, box, p.points, p.labels)).encode())
-        if p.mask is not None:
-            h.update(np.packbits(np.asarray(p.mask, dtype=bool)).tobytes())
-    return h.hexdigest()
-
-
-def _sides_to_run(
-    directions: Iterable[str] | None, previous, digests: dict[str, str], key: int
-) -> tuple[str, ...]:
-    if directions is not None:
-        wanted = tuple(directions)
-        bad = [d for d in wanted if d not in SIDES]
-        if bad:
-            raise InvalidInputError(f"directions must be among {SIDES}, got {bad}")
-        return tuple(d for d in SIDES if d in wanted)
-    if previous is None or previous.key_slice != key:
-        return SIDES
-    return tuple(d for d in SIDES if previous.side_digests.get(d) != digests[d])
-
-
-def affected_directions(key: int, frames: Iterable[int]) -> tuple[str, ...]:
-    """The directions a new prompt on each of ``frames`` changes, for a key slice/frame ``key``."""
-    frames = list(frames)
-    out = set()
-    for f in frames:
-        if f <= key:
-            out.add("backward")
-        if f >= key:
-            out.add("forward")
-    return tuple(d for d in SIDES if d in out)
-
-
 # -- the two-way pass ------------------------------------------------------------------------
 def _two_way(
     engine: Engine,
     frames: FrameSource,
-    cond: _Conditioning,
+    cond: Conditioning,
     key: int,
     lo: int,
     hi: int,
@@ -384,12 +259,14 @@ def propagate(
     allowed = (k0, k1) if until == "range" else (0, nk - 1)
     if cancel is not None:
         cancel.raise_if_cancelled()
-    cond, key_scores = _conditioning(
+    cond, key_scores = build_conditioning(
         engine, frames, key, prompt_list, refinements, intensity, (nj, ni), allowed
     )
     context = (getattr(engine, "info", None), repr(intensity), until, k0, k1, key, n_obj, nk)
-    digests = {side: _digest(cond.prompts(side, key), (side,) + context) for side in SIDES}
-    sides = _sides_to_run(directions, previous, digests, key)
+    digests = {
+        side: conditioning_digest(cond.prompts(side, key), (side,) + context) for side in SIDES
+    }
+    sides = sides_to_run(directions, previous, digests, key)
 
     dtype = _label_dtype(n_obj)
     labels = np.zeros(volume.shape, dtype=dtype)
@@ -523,16 +400,21 @@ def iter_track(
     n_obj = len(prompt_list)
     if key_frame.ndim == 2:  # a scalar sequence: one mapping for all frames
         intensity = volume_intensity(key_frame[None], intensity)
-    cond, scores0 = _conditioning(
+    cond, scores0 = build_conditioning(
         engine, checked, frame_index, prompt_list, refinements, intensity, shape, (0, n - 1)
     )
     if key_scores is not None:
         key_scores.update(scores0)
     if previous is not None and previous.labels.shape[0] != n:
-        raise InvalidInputError(f"the previous result has {previous.labels.shape[0]} frames, the sequence {n}")
+        raise InvalidInputError(
+            f"the previous result has {previous.labels.shape[0]} frames, the sequence {n}"
+        )
     context = (getattr(engine, "info", None), repr(intensity), frame_index, n_obj, n, shape)
-    digests = {side: _digest(cond.prompts(side, frame_index), (side,) + context) for side in SIDES}
-    sides = _sides_to_run(directions, previous, digests, frame_index)
+    digests = {
+        side: conditioning_digest(cond.prompts(side, frame_index), (side,) + context)
+        for side in SIDES
+    }
+    sides = sides_to_run(directions, previous, digests, frame_index)
     tracked: dict[str, int] = {side: 0 for side in sides}
     if run_info is not None:
         run_info.update(sides=sides, digests=digests, tracked=tracked)

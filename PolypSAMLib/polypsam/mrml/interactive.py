@@ -55,12 +55,12 @@ class ClickResult(RunResult):
 
 
 def _read_input(input_node: Any):
-    """``(images K x H x W[ x 3], intensity, source voxels or None, is_rgb)``."""
+    """``(images K x H x W[ x 3], source voxels or None, is_rgb)``: an RGB frame is one slice."""
     input_node = require_input(input_node)
     if input_node.IsA("vtkMRMLVectorVolumeNode"):
-        return frame_from_vector_node(input_node)[None], None, None, True
+        return frame_from_vector_node(input_node)[None], None, True
     volume = volume_from_node(input_node)
-    return volume.array, intensity_for(input_node, "display"), volume.array, False
+    return volume.array, volume.array, False
 
 
 def _segment_slices(segmentation_node: Any, segment: str, reference: Any, shape) -> np.ndarray | None:
@@ -106,7 +106,7 @@ def segment_with_clicks(
     segmentation_node = require_output(segmentation_node)
     if not segment:
         raise InvalidInputError("no segment name given for the clicks")
-    images, _, source, rgb = _read_input(input_node)
+    images, source, rgb = _read_input(input_node)
     intensity = None if rgb else intensity_for(input_node, window_preset)
     nk, height, width = images.shape[:3]
     by_slice = clicks_by_slice(clicks_from_markups(input_node, include, exclude))
@@ -182,7 +182,7 @@ def choose_candidate(
     masks, scores = result.candidates[slice_k]
     if not 0 <= index < len(masks):
         raise InvalidInputError(f"candidate {index} does not exist: choose 0..{len(masks) - 1}")
-    images, _, source, rgb = _read_input(input_node)
+    images, source, rgb = _read_input(input_node)
     height, width = images.shape[1:3]
     masking = EditorMasking.from_editor_node(editor_node)
     _check_masking(masking, rgb)
