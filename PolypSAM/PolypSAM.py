@@ -169,6 +169,8 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingRoiList = False
 
     def setup(self) -> None:
+        import qt
+
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/PolypSAM.ui"))
         self.layout.addWidget(uiWidget)
@@ -196,6 +198,20 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.releaseEngineButton.connect("clicked(bool)", self.onReleaseEngine)
         self.ui.loadVideoButton.connect("clicked(bool)", self.onLoadVideo)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.includeButton.connect("clicked(bool)", lambda: self.onPlaceClicks("include"))
+        self.ui.excludeButton.connect("clicked(bool)", lambda: self.onPlaceClicks("exclude"))
+        self.ui.nextCandidateButton.connect("clicked(bool)", self.onNextCandidate)
+        self.ui.propagateClicksButton.connect("clicked(bool)", lambda: self.onClickOperation("propagate"))
+        self.ui.startFromSegmentButton.connect("clicked(bool)", lambda: self.onClickOperation("start"))
+        self._clickLists = None  # (include, exclude) point lists being observed
+        self._lastClicks = None  # the last click result (its candidates)
+        self._lastPropagation = None  # the last propagation: a new click re-runs only what it affects
+        self._shortcuts = []
+        for key, kind in (("a", "include"), ("s", "exclude")):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda kind=kind: self.onPlaceClicks(kind))
+            shortcut.setEnabled(False)
+            self._shortcuts.append(shortcut)
         from polypsam import mrml
 
         mrml.add_before_write_hook(saveSegmentEditorUndoState)
@@ -205,6 +221,8 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         from polypsam import mrml
 
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
         self.removeObservers()
         mrml.remove_before_write_hook(saveSegmentEditorUndoState)
         if self.logic is not None:
@@ -213,8 +231,12 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        for shortcut in self._shortcuts:  # A / S place include / exclude clicks while shown
+            shortcut.setEnabled(True)
 
     def exit(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -316,6 +338,12 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trackButton.enabled = hasBoxes and bool(p and p.inputSequenceBrowser)
         self.ui.undoButton.enabled = bool(p and p.outputSegmentation)
         self.ui.exportButton.enabled = bool(p and p.outputSegmentation and self._exportReference())
+        isVolume = hasVolume and not isVector
+        for button in (self.ui.includeButton, self.ui.excludeButton, self.ui.nextCandidateButton):
+            button.enabled = hasVolume
+        self.ui.propagateClicksButton.enabled = isVolume
+        self.ui.startFromSegmentButton.enabled = isVolume and bool(p.outputSegmentation)
+        self._updateTargetSegments()
 
     def run(self, operation: str) -> None:
         """One button: dependencies (first use), engine (with download consent), then the work.
@@ -352,11 +380,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("PolypSAM {operation} failed.").format(operation=operation),
                                              waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
-            if p.outputSegmentation is None:
-                p.outputSegmentation = self.logic.createSegmentation(p.inputVolume)
-            engine = self.logic.engineFor(p.engineSettings(), confirmDownload=True)
+            engine = self._clickEngine()
             if engine is None:
                 return
             result = self.logic.runWithProgress(operation, p, engine)
@@ -379,6 +403,107 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with self._busyPanel():
             self.logic.releaseEngine()
         self.ui.engineStatusLabel.text = _("Model released.")
+
+    # -- clicks and candidates -----------------------------------------------------------------
+    def _targetSegment(self) -> str:
+        return self.ui.targetSegmentComboBox.currentText.strip() or "Polyp"
+
+    def _updateTargetSegments(self) -> None:
+        p = self._parameterNode
+        combo = self.ui.targetSegmentComboBox
+        current = combo.currentText
+        names = []
+        if p and p.outputSegmentation:
+            segmentation = p.outputSegmentation.GetSegmentation()
+            names = [segmentation.GetNthSegment(n).GetName()
+                     for n in range(segmentation.GetNumberOfSegments())]
+        if names != [combo.itemText(i) for i in range(combo.count)]:
+            combo.clear()
+            combo.addItems(names)
+            combo.setEditText(current)
+
+    def onPlaceClicks(self, kind: str) -> None:
+        """Include/exclude tool: place points in any slice view; each one re-segments at once."""
+        if getattr(self, "_busy", False) or self._parameterNode is None:
+            return
+        include, exclude = self.logic.clickLists(self._targetSegment())
+        if self._clickLists != (include, exclude):
+            for node in self._clickLists or ():
+                self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                                    self.onClickPlaced)
+            for node in (include, exclude):
+                self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                                 self.onClickPlaced)
+            self._clickLists = (include, exclude)
+            self._lastClicks = self._lastPropagation = None
+        self.logic.placeClicks(include if kind == "include" else exclude)
+
+    def _engineSettings(self):
+        """The settings panel's choices (the server token is kept out of the scene)."""
+        return self._parameterNode.engineSettings()
+
+    def _clickEngine(self):
+        p = self._parameterNode
+        if p.engine != "server" and not self.logic.ensureDependencies():
+            return None
+        if p.outputSegmentation is None:
+            p.outputSegmentation = self.logic.createSegmentation(p.inputVolume)
+        return self.logic.engineFor(self._engineSettings(), confirmDownload=True)
+
+    def onClickPlaced(self, caller=None, event=None) -> None:
+        """A click landed: re-segment its slice (decoder only where the slice is encoded)."""
+        if getattr(self, "_busy", False) or self._clickLists is None:
+            return
+        with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("PolypSAM click failed."),
+                                                                waitCursor=True):
+            engine = self._clickEngine()
+            if engine is None:
+                return
+            p = self._parameterNode
+            include, exclude = self._clickLists
+            self._lastClicks = self.logic.segmentWithClicks(
+                engine, p, self._targetSegment(), include, exclude,
+                multimask=self.ui.candidatesCheckBox.checked)
+            self._showClickResult(self._lastClicks)
+
+    def _showClickResult(self, result) -> None:
+        text = result.summary
+        if result.candidates:
+            k = max(result.candidates)
+            _masks, scores = result.candidates[k]
+            chosen = result.chosen[k]
+            text += _(" — candidate {n}/{total} on slice {k} (predicted IoU {iou:.2f})").format(
+                n=chosen + 1, total=len(scores), k=k, iou=scores[chosen])
+        self.ui.clickStatusLabel.text = text
+        self._updateTargetSegments()
+
+    def onNextCandidate(self) -> None:
+        result = self._lastClicks
+        if result is None or not result.candidates:
+            self.ui.clickStatusLabel.text = _("No candidates: check 'Show 3 candidates' and click.")
+            return
+        with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("Choosing a candidate failed."),
+                                                                waitCursor=True):
+            k = max(result.candidates)
+            index = (result.chosen[k] + 1) % len(result.candidates[k][1])
+            self.logic.chooseCandidate(self._parameterNode, result, k, index)
+            self._showClickResult(result)
+
+    def onClickOperation(self, operation: str) -> None:
+        """Propagate clicks, or Start from segment (the segment seeds a propagation)."""
+        if getattr(self, "_busy", False):
+            return
+        with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("PolypSAM failed."), waitCursor=True):
+            engine = self._clickEngine()
+            if engine is None:
+                return
+            p = self._parameterNode
+            include, exclude = self.logic.clickLists(self._targetSegment())
+            result = self.logic.propagateClicks(
+                engine, p, self._targetSegment(), include, exclude,
+                fromSegment=operation == "start", previous=self._lastPropagation)
+            self._lastPropagation = result.propagation
+            self._showClickResult(result)
 
     def _exportReference(self):
         """The volume whose grid an export uses: the input, else the sequence's proxy."""
@@ -556,6 +681,66 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
 
         return video.load_video(slicer.mrmlScene, path, progress=progress)
 
+    # -- clicks and candidates (headless) -------------------------------------------------------
+    @staticmethod
+    def clickLists(segment: str):
+        """The include and exclude point lists of ``segment`` (made on first use)."""
+        from polypsam.mrml import clicks
+
+        return clicks.click_lists(slicer.mrmlScene, segment)
+
+    @staticmethod
+    def placeClicks(pointList) -> None:
+        appLogic = slicer.app.applicationLogic()
+        scene.place_clicks(appLogic.GetSelectionNode(), appLogic.GetInteractionNode(), pointList)
+
+    @staticmethod
+    def segmentEditorNodeFor(segmentationNode):
+        """The Segment Editor's node when it edits ``segmentationNode`` (its masking settings
+        then apply to PolypSAM's writes), else ``None``."""
+        widget = getattr(slicer.modules, "SegmentEditorWidget", None)
+        editor = getattr(widget, "editor", None)
+        if editor is None or segmentationNode is None:
+            return None
+        edited = editor.segmentationNode()
+        if edited is None or edited.GetID() != segmentationNode.GetID():
+            return None
+        return editor.mrmlSegmentEditorNode()
+
+    def _background(self):
+        worker = self._engines.worker
+        return lambda work: worker.run(work, while_waiting=slicer.app.processEvents)
+
+    def segmentWithClicks(self, engine, p, segment, include, exclude, multimask=False):
+        """Re-segment every clicked slice of ``segment`` (its current mask as SAM2's mask input)."""
+        from polypsam.mrml import interactive
+
+        seg = p.outputSegmentation
+        exists = bool(seg.GetSegmentation().GetSegmentIdBySegmentName(segment))
+        return interactive.segment_with_clicks(
+            engine, p.inputVolume, seg, segment, include=include, exclude=exclude,
+            use_segment=exists, multimask=multimask, editor_node=self.segmentEditorNodeFor(seg),
+            window_preset=p.windowPreset, background=self._background())
+
+    def chooseCandidate(self, p, result, sliceK: int, index: int) -> None:
+        from polypsam.mrml import interactive
+
+        interactive.choose_candidate(p.outputSegmentation, p.inputVolume, result, sliceK, index,
+                                     editor_node=self.segmentEditorNodeFor(p.outputSegmentation))
+
+    def propagateClicks(self, engine, p, segment, include, exclude, fromSegment=False, previous=None):
+        """Propagate ``segment`` (from its box ROI, key-slice clicks, or with ``fromSegment`` its own
+        mask); clicks elsewhere condition SAM2; ``previous`` limits the re-run to what changed."""
+        from polypsam.mrml import interactive
+
+        rois = [r for r in p.rois if r is not None]
+        return interactive.propagate_with_clicks(
+            engine, p.inputVolume, p.outputSegmentation, segment, include=include,
+            exclude=exclude, roi=None if fromSegment or not rois else rois[0],
+            from_segment=fromSegment, key_slice=p.keySlice, previous=previous,
+            editor_node=self.segmentEditorNodeFor(p.outputSegmentation),
+            window_preset=p.windowPreset, background=self._background())
+
     @staticmethod
     def exportFormats():
         from polypsam.export import FORMATS
@@ -578,7 +763,8 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
             input_node=p.inputVolume, browser_node=p.inputSequenceBrowser,
             rois=list(p.rois), segmentation_node=p.outputSegmentation,
             key_slice=p.keySlice, slice_range=(p.sliceRangeStart, p.sliceRangeEnd),
-            window_preset=p.windowPreset)
+            window_preset=p.windowPreset,
+            editor_node=PolypSAMLogic.segmentEditorNodeFor(p.outputSegmentation))
 
     def run(self, operation: str, engine, request, progress=None, cancel=None, background=None):
         """Run ``operation`` (segment, propagate, track, refine): read the scene, compute (through

@@ -311,3 +311,58 @@ def test_clicks_on_an_rgb_frame_with_a_box(slicer_scene, engine):
     labels = mrml.export_segment_labelmap(seg, frame, ["Polyp"])
     np.testing.assert_array_equal(labels[0] == 1, expected.mask)
     assert result.segment == "Polyp" and "slice 0" in result.scores
+
+
+def test_click_tools_make_one_include_and_one_exclude_list_per_segment(slicer_scene, slicer_core):
+    from polypsam.mrml import clicks, scene
+
+    include, exclude = clicks.click_lists(slicer_scene, "Polyp")
+    assert include.IsA("vtkMRMLMarkupsFiducialNode") and exclude.IsA("vtkMRMLMarkupsFiducialNode")
+    assert (include.GetAttribute(clicks.CLICK_ATTRIBUTE), exclude.GetAttribute(clicks.CLICK_ATTRIBUTE)) \
+        == ("include", "exclude")
+    assert clicks.click_lists(slicer_scene, "Polyp") == (include, exclude), "one pair per segment"
+    other = clicks.click_lists(slicer_scene, "Polyp 2")
+    assert set(other).isdisjoint({include, exclude})
+    selection, interaction = slicer_core.app.GetSelectionNode(), slicer_core.app.GetInteractionNode()
+    scene.place_clicks(selection, interaction, exclude)
+    assert selection.GetActivePlaceNodeID() == exclude.GetID()
+    assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsFiducialNode"
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert interaction.GetPlaceModePersistence()
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    interaction.SetPlaceModePersistence(0)
+    with pytest.raises(Exception, match="segment"):
+        clicks.click_lists(slicer_scene, "")
+
+
+def test_box_operations_follow_segment_editor_masking_too(slicer_scene, engine):
+    """Propagate from a box (the module's Propagate button) with the Segment Editor's node in the
+    request: nothing outside the editable area changes, in any segment."""
+    import slicer
+
+    from polypsam import mrml
+    from polypsam.mrml import operations as ops
+    from slicer_fixtures import add_roi_on_ijk
+
+    array = _lesion()
+    volume = add_volume(slicer_scene, array, GRIDS["flipped"], name="ct")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
+    area = np.zeros(array.shape, bool)
+    area[:, 14:28, 14:30] = True
+    other = np.zeros(array.shape, bool)
+    other[2:5, 18:24, 20:40] = True
+    mrml.write_mask_to_segment(seg, "Area", area, volume)
+    mrml.write_mask_to_segment(seg, "Other", other, volume)
+    editor = _editor(slicer_scene, slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment,
+                     slicer.vtkMRMLSegmentEditorNode.OverwriteNone,
+                     seg.GetSegmentation().GetSegmentIdBySegmentName("Area"))
+    roi = add_roi_on_ijk(slicer_scene, volume, (22, 20, 3), (20, 18, 5), "Polyp")
+    before = {n: mrml.export_segment_labelmap(seg, volume, [n]) == 1 for n in ("Area", "Other")}
+    ops.run("propagate", engine, ops.Request(input_node=volume, rois=[roi], segmentation_node=seg,
+                                             window_preset="abdomen", editor_node=editor))
+    polyp = mrml.export_segment_labelmap(seg, volume, ["Polyp"]) == 1
+    assert polyp.any() and not (polyp & ~area).any(), "written only inside the editable area"
+    for n, mask in before.items():
+        np.testing.assert_array_equal(mrml.export_segment_labelmap(seg, volume, [n]) == 1, mask)
+    assert mrml.undo(seg)
+    assert not seg.GetSegmentation().GetSegmentIdBySegmentName("Polyp")

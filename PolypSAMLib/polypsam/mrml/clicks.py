@@ -90,3 +90,32 @@ def clicks_by_slice(clicks: Sequence[Click]) -> dict[int, tuple[list[tuple[float
         points.append((c.x, c.y))
         labels.append(c.label)
     return dict(sorted(out.items()))
+
+
+CLICK_ATTRIBUTE = "PolypSAM.clicks"  # "include" or "exclude"
+SEGMENT_ATTRIBUTE = "PolypSAM.segment"  # the segment the point list's clicks are for
+_CLICK_COLOURS = {"include": (0.2, 0.85, 0.25), "exclude": (0.95, 0.25, 0.2)}
+
+
+def click_lists(scene: Any, segment: str) -> tuple[Any, Any]:
+    """The include and exclude point lists of ``segment`` (one pair per object), made on first
+    use: green include and red exclude points, named after the segment."""
+    if not segment:
+        raise InvalidInputError("choose the segment the clicks are for")
+    found: dict[str, Any] = {}
+    nodes = scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode")
+    for n in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(n)
+        if node.GetAttribute(SEGMENT_ATTRIBUTE) == segment and node.GetAttribute(CLICK_ATTRIBUTE):
+            found.setdefault(node.GetAttribute(CLICK_ATTRIBUTE), node)
+    for kind, colour in _CLICK_COLOURS.items():
+        if kind not in found:
+            node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                           scene.GenerateUniqueName(f"{segment} {kind}"))
+            node.SetAttribute(SEGMENT_ATTRIBUTE, segment)
+            node.SetAttribute(CLICK_ATTRIBUTE, kind)
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetSelectedColor(*colour)
+            node.GetDisplayNode().SetColor(*colour)
+            found[kind] = node
+    return found["include"], found["exclude"]

@@ -127,10 +127,33 @@ def frame_of(roi: Any, default: int) -> int:
         return default
 
 
-def write_all(segmentation_node: Any, writes: list[dict], reference: Any) -> RunResult:
-    """Save an undo step, then write every mask on ``reference``'s grid; restore the step if
-    any write fails."""
+def follow_editor_masking(segmentation_node: Any, writes: list[dict], reference: Any,
+                          editor_node: Any, source_kji=None) -> list[dict]:
+    """``writes`` limited to the Segment Editor's editable area (mask mode, intensity range) and
+    overwrite mode, read from ``editor_node`` (``None``: unchanged)."""
+    from .masking import EditorMasking, masked_writes
+
+    masking = EditorMasking.from_editor_node(editor_node)
+    if masking == EditorMasking():
+        return writes
+    if source_kji is None and masking.intensity_range is not None:
+        raise InvalidInputError("an editable intensity range applies to scalar volumes, not RGB frames")
+    out: list[dict] = []
+    for item in writes:
+        item = dict(item)
+        extent = item.pop("region")
+        out += masked_writes(segmentation_node, item.pop("segment"), item.pop("mask_kji"), extent,
+                             reference, masking, source_kji=source_kji, **item)
+    return out
+
+
+def write_all(segmentation_node: Any, writes: list[dict], reference: Any, *,
+              editor_node: Any = None, source_kji=None) -> RunResult:
+    """Save an undo step, then write every mask on ``reference``'s grid (within the Segment
+    Editor's editable area when ``editor_node`` is given); restore the step if any write fails.
+    Each write is a region write (``region`` = the crop's extent)."""
     result = RunResult()
+    writes = follow_editor_masking(segmentation_node, writes, reference, editor_node, source_kji)
     history.save_state_for_undo(segmentation_node)
     try:
         for item in writes:

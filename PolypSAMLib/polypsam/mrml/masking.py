@@ -182,6 +182,7 @@ def masked_writes(
     source_kji: np.ndarray | None = None,
     color=None,
     provenance=None,
+    terminology=None,
 ) -> list[dict]:
     """The writes (for :func:`~polypsam.mrml.jobs.write_all`) of ``mask_crop`` into ``segment``.
 
@@ -191,7 +192,7 @@ def masked_writes(
     """
     mask_crop = np.asarray(mask_crop, dtype=bool)
     target = dict(segment=segment, mask_kji=mask_crop, region=tuple(extent), color=color,
-                  provenance=provenance)
+                  provenance=provenance, terminology=terminology)
     if masking == EditorMasking():
         return [target]
     image_to_node = _image_to_node(segmentation_node, reference)

@@ -49,6 +49,7 @@ def segment_2d(
     *,
     key_slice: int = -1,
     window_preset: str = "display",
+    editor_node: Any = None,
     progress: Optional[ProgressFn] = None,
     cancel=None,
     background: Optional[Background] = None,
@@ -56,7 +57,8 @@ def segment_2d(
     """One segment per ROI from a 2-D box prompt on one slice (volume) or on an RGB frame.
 
     The mask replaces the segment on that slice only (the changed region); other slices and
-    other segments are kept.
+    other segments are kept. With the Segment Editor's ``editor_node``, its masking settings
+    (editable area, intensity range, overwrite mode) limit the write.
     """
     progress = progress or noop_progress
     input_node = require_input(input_node)
@@ -65,9 +67,9 @@ def segment_2d(
     vector, prompts = _image_and_boxes(input_node, rois, key_slice)
     if vector:
         volume_array = frame_from_vector_node(input_node)[None]
-        intensity = None
+        intensity, source = None, None
     else:
-        volume_array = volume_from_node(input_node).array
+        volume_array = source = volume_from_node(input_node).array
         intensity = intensity_for(input_node, window_preset)
     height, width = volume_array.shape[1:3]
     terminology = "polyp" if vector else "lesion"  # endoscopy frames show polyps; CT, lesions
@@ -99,7 +101,8 @@ def segment_2d(
     def write(out: tuple[list[dict], dict[str, float]]) -> RunResult:
         writes, scores = out
         progress(len(slices), len(slices), "writing segments")
-        result = write_all(segmentation_node, writes, input_node)
+        result = write_all(segmentation_node, writes, input_node, editor_node=editor_node,
+                           source_kji=source)
         result.scores = scores
         result.summary = f"segmented {len(writes)} box(es) on slice(s) {', '.join(map(str, slices))}"
         return result
@@ -122,6 +125,7 @@ def propagate(
     slice_range: tuple[int, int] = (-1, -1),
     window_preset: str = "display",
     refinement_rois: Sequence[Any] = (),
+    editor_node: Any = None,
     progress: Optional[ProgressFn] = None,
     cancel=None,
     background: Optional[Background] = None,
@@ -191,7 +195,8 @@ def propagate(
 
     def write(writes: list[dict]) -> RunResult:
         progress(len(rois) * 1000, len(rois) * 1000, "writing segments")
-        result = write_all(segmentation_node, writes, input_node)
+        result = write_all(segmentation_node, writes, input_node, editor_node=editor_node,
+                           source_kji=volume.array)
         result.summary = f"propagated {len(writes)} box(es)"
         return result
 
@@ -208,6 +213,7 @@ def refine(
     key_slice: int = -1,
     slice_range: tuple[int, int] = (-1, -1),
     window_preset: str = "display",
+    editor_node: Any = None,
     progress: Optional[ProgressFn] = None,
     cancel=None,
     background: Optional[Background] = None,
@@ -230,12 +236,12 @@ def refine(
     if not input_node.IsA("vtkMRMLVectorVolumeNode"):
         return propagate(engine, input_node, [first], segmentation_node, key_slice=key_slice,
                          slice_range=slice_range, window_preset=window_preset,
-                         refinement_rois=extra, progress=progress, cancel=cancel,
-                         background=background)
+                         refinement_rois=extra, editor_node=editor_node, progress=progress,
+                         cancel=cancel, background=background)
     target = segment_name(first)
     out = segment_2d(engine, input_node, [_Renamed(roi, target) for roi in rois], segmentation_node,
-                     window_preset=window_preset, progress=progress, cancel=cancel,
-                     background=background)
+                     window_preset=window_preset, editor_node=editor_node, progress=progress,
+                     cancel=cancel, background=background)
     out.summary = f"refined segment '{target}' with {len(rois)} box(es)"
     return out
 
@@ -270,6 +276,7 @@ class Request:
     key_slice: int = -1
     slice_range: tuple[int, int] = (-1, -1)
     window_preset: str = "display"
+    editor_node: Any = None  # the Segment Editor's node: its masking settings limit the writes
 
 
 OPERATIONS = ("segment", "propagate", "track", "refine")
@@ -290,14 +297,15 @@ def run(
                   background=background)
     if operation == "segment":
         return segment_2d(engine, r.input_node, list(r.rois), r.segmentation_node,
-                          key_slice=r.key_slice, **common)
+                          key_slice=r.key_slice, editor_node=r.editor_node, **common)
     if operation == "propagate":
         return propagate(engine, r.input_node, list(r.rois), r.segmentation_node,
-                         key_slice=r.key_slice, slice_range=tuple(r.slice_range), **common)
+                         key_slice=r.key_slice, slice_range=tuple(r.slice_range),
+                         editor_node=r.editor_node, **common)
     if operation == "track":
         return track(engine, r.browser_node, list(r.rois), r.segmentation_node, **common)
     if operation == "refine":
         return refine(engine, r.input_node, list(r.rois), r.segmentation_node,
                       browser_node=r.browser_node, key_slice=r.key_slice,
-                      slice_range=tuple(r.slice_range), **common)
+                      slice_range=tuple(r.slice_range), editor_node=r.editor_node, **common)
     raise InvalidInputError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")

@@ -60,3 +60,12 @@ def new_segmentation(scene: Any, reference_volume: Any = None, name: str = "Poly
                 else:
                     hierarchy.CreateItem(parent, segmentation)
     return segmentation
+
+
+def place_clicks(selection_node: Any, interaction_node: Any, point_list: Any) -> None:
+    """Persistent place mode for ``point_list``: every click in a slice view adds a point to it
+    (until the user leaves place mode), as the include/exclude click tools need."""
+    selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+    selection_node.SetActivePlaceNodeID(point_list.GetID())
+    interaction_node.SetPlaceModePersistence(1)
+    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
