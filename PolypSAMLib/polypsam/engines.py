@@ -8,13 +8,16 @@ then :func:`create_engine` is called with ``allow_download=True``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from .errors import InvalidInputError
 
-ENGINE_KINDS = {"in-process": "SAM2 in this Python process (CPU, CUDA or MPS)"}
+ENGINE_KINDS = {
+    "in-process": "SAM2 in this Python process (CPU, CUDA or MPS)",
+    "server": "a PolypSAM server ('polypsam serve') at a URL; needs no torch here",
+}
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 
 
@@ -24,6 +27,7 @@ class EngineSettings:
 
     ``model`` is a registry name; ``checkpoint`` a custom ``.pt`` in SAM2's official layout whose
     config is ``config``, else the config of ``model`` (a GUI's architecture choice).
+    ``kind="server"`` uses ``server_url`` and ``token`` only (the model is the server's).
     """
 
     kind: str = "in-process"
@@ -32,8 +36,12 @@ class EngineSettings:
     config: str = ""
     device: str = "auto"
     image_size: int = 0
+    server_url: str = ""
+    token: str = field(default="", repr=False)
 
     def describe(self) -> str:
+        if self.kind == "server":
+            return f"server: {self.server_url}"
         weights = self.checkpoint or self.model
         size = self.image_size or "default"
         return f"{self.kind}: {weights} on {self.device}, image size {size}"
@@ -113,6 +121,10 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
         raise InvalidInputError(
             f"unknown engine {settings.kind!r}: use one of {', '.join(ENGINE_KINDS)}"
         )
+    if settings.kind == "server":
+        from .server.client import ServerEngine
+
+        return ServerEngine(settings.server_url, settings.token)
     from .sam2_engine import SAM2Engine
 
     resolved = checkpoint_for(settings, allow_download=allow_download)

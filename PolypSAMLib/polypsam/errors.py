@@ -25,3 +25,7 @@ class DeviceError(PolypSAMError):
 
 class CancelledError(PolypSAMError):
     """The caller cancelled a long-running operation."""
+
+
+class ServerError(PolypSAMError):
+    """The PolypSAM server cannot be reached, refused the request or stopped while working."""

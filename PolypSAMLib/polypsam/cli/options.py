@@ -29,6 +29,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                             " LEVEL,WIDTH, or percentile[:LOW,HIGH] (default: percentile 0.5-99.5)")
     group.add_argument("--no-download", action="store_true",
                        help="never download weights; fail if they are not in the cache")
+    group.add_argument("--server", default=None, metavar="URL",
+                       help="run on a PolypSAM server ('polypsam serve') at URL, e.g."
+                            " http://127.0.0.1:8765; the model options are then the server's")
+    group.add_argument("--token", default=None,
+                       help="the server's token (default: $POLYPSAM_TOKEN)")
 
 
 def add_box_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -159,8 +164,13 @@ def prompt_points(prompts) -> list[tuple[float, float, bool]]:
 
 def engine_settings_from_args(args: argparse.Namespace):
     """The :class:`~polypsam.engines.EngineSettings` described by the model options."""
-    from ..engines import settings_for
+    import os
 
+    from ..engines import EngineSettings, settings_for
+
+    if getattr(args, "server", None):
+        token = args.token if args.token is not None else os.environ.get("POLYPSAM_TOKEN", "")
+        return EngineSettings(kind="server", server_url=args.server, token=token)
     return settings_for(args.checkpoint, args.config, device=args.device,
                         image_size=args.image_size)
 

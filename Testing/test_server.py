@@ -1,0 +1,470 @@
+"""The PolypSAM server and its client against a real ``polypsam serve`` on 127.0.0.1.
+
+One server (random-weight tiny model, image size 256, CPU, a token) serves most tests; the fault
+tests start and kill their own. Parity: the server engine gives exactly the in-process engine's
+masks and scores (same weights, same inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_rgb
+from server_fixtures import ServerProcess, child_env, free_port
+
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    proc = ServerProcess(tiny_checkpoint, token=TOKEN,
+                         extra=("--max-jobs", "3", "--max-upload-mb", "1", "--memory-mb", "64",
+                                "--max-sessions", "8"),
+                         log=tmp_path_factory.mktemp("server") / "server.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def remote(server):
+    from polypsam.server.client import ServerEngine
+
+    eng = ServerEngine(server.url, TOKEN)
+    yield eng
+    eng.close()
+
+
+def _volume(nk: int = 10, nj: int = 48, ni: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(0, 30, (nk, nj, ni)).astype(np.int16) - 50
+    kk, jj, ii = np.mgrid[:nk, :nj, :ni]
+    vol[(jj - nj / 2) ** 2 + (ii - ni / 2) ** 2 < (8 + kk / 2) ** 2] += 250
+    return vol
+
+
+def _same_masks(a, b) -> None:
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.mask.dtype == bool and ra.mask.shape == rb.mask.shape
+        assert np.array_equal(ra.mask, rb.mask)
+        assert ra.score == pytest.approx(rb.score, abs=1e-6)
+        assert ra.box == rb.box
+
+
+# -- capabilities, parity -------------------------------------------------------------------------
+def test_capabilities_openapi_and_test_connection(server, remote, engine):
+    from polypsam.server.client import test_connection
+
+    caps = remote.capabilities
+    assert caps["image_size"] == 256 and caps["device"] == "cpu"
+    assert caps["checkpoint_sha256"] == engine.info.checkpoint_sha256
+    assert caps["api_version"] == "1.0" and caps["token_required"] is True
+    assert caps["limits"]["max_jobs"] == 3 and "zlib" in caps["codecs"]
+    assert remote.info.image_size == 256 and remote.info.engine == "server"
+    status, schema = server.request("GET", "/openapi.json")
+    assert status == 200
+    paths = schema["paths"]
+    for path in ("/v1/health", "/v1/capabilities", "/v1/sessions",
+                 "/v1/sessions/{sid}/arrays/{sha256}", "/v1/sessions/{sid}/segment",
+                 "/v1/sessions/{sid}/track", "/v1/sessions/{sid}/jobs/{job_id}/cancel"):
+        assert path in paths, path
+    seg = paths["/v1/sessions/{sid}/segment"]["post"]
+    assert seg["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "SegmentRequest")
+    assert "application/octet-stream" in paths["/v1/sessions/{sid}/arrays/{sha256}"]["put"][
+        "requestBody"]["content"]
+    line = test_connection(server.url, TOKEN)
+    assert "API 1.0" in line and "image size 256" in line and caps["checkpoint_sha256"][:12] in line
+
+
+def test_segment_parity_rgb_and_ct(remote, engine):
+    from polypsam.preprocess import Window
+
+    rgb = synthetic_rgb(60, 80, seed=3)
+    boxes = [(20, 15, 50, 45), (5, 5, 30, 25)]
+    _same_masks(remote.segment_2d(rgb, boxes), engine.segment_2d(rgb, boxes))
+    ct = _volume()[4]
+    for intensity in (Window(40, 400), None):
+        _same_masks(remote.segment_2d(ct, [(20, 12, 44, 36)], intensity=intensity),
+                    engine.segment_2d(ct, [(20, 12, 44, 36)], intensity=intensity))
+    sent = remote.voxel_bytes_sent
+    remote.segment_2d(ct, [(10, 10, 40, 40)])  # same image again: no pixel bytes
+    assert remote.voxel_bytes_sent == sent
+
+
+def test_propagation_parity_and_repeat_sends_no_voxels(remote, engine):
+    from polypsam.engine import FramePrompt
+    from polypsam.propagation import propagate
+
+    vol = _volume()
+    refine = [FramePrompt(frame=7, obj_id=1, box=(22, 14, 42, 34))]
+    kw = dict(slice_range=(2, 8), key_slice=4, refinements=refine)
+    done = []
+    a = propagate(remote, vol, [(20, 12, 44, 36)], progress=lambda d, t: done.append(d), **kw)
+    b = propagate(engine, vol, [(20, 12, 44, 36)], **kw)
+    assert np.array_equal(a.labelmap.array, b.labelmap.array)
+    assert a.labelmap.array[2:9].any() and not a.labelmap.array[[0, 1, 9]].any()
+    assert a.slice_scores == b.slice_scores
+    assert done == list(range(1, 8))
+    sent, uploads = remote.voxel_bytes_sent, remote.uploads
+    c = propagate(remote, vol, [(20, 12, 44, 36)], **kw)
+    assert np.array_equal(c.labelmap.array, b.labelmap.array)
+    assert remote.voxel_bytes_sent == sent and remote.uploads == uploads
+
+
+def test_tracking_parity_rgb_frames(remote, engine):
+    from polypsam.propagation import track
+
+    frames = np.stack([np.roll(synthetic_rgb(48, 64, seed=1), 2 * t, axis=1) for t in range(6)])
+    a = track(remote, frames, 2, [(15, 12, 40, 36)])
+    b = track(engine, frames, 2, [(15, 12, 40, 36)])
+    assert np.array_equal(a.labels, b.labels) and a.labels.any()
+    assert a.frame_scores == b.frame_scores
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def _session(server) -> str:
+    status, body = server.request("POST", "/v1/sessions")
+    assert status == 201
+    return body["session"]
+
+
+def _upload(server, sid, array, codec="zlib", body=None, **meta_changes):
+    from polypsam.server import wire
+
+    meta, payload = wire.encode_array(array, codec)
+    meta.update(meta_changes)
+    query = f"dtype={meta['dtype']}&shape={','.join(map(str, meta['shape']))}&codec={meta['codec']}"
+    return server.request("PUT", f"/v1/sessions/{sid}/arrays/{meta['sha256']}?{query}",
+                          payload if body is None else body,
+                          {"Content-Type": "application/octet-stream"})
+
+
+def test_bad_input_answers_4xx_and_server_keeps_serving(server):
+    from polypsam.server import wire
+
+    sid = _session(server)
+    img = _volume()[3]
+    digest = wire.content_hash(img)
+    assert _upload(server, sid, img)[0] == 201
+    seg = f"/v1/sessions/{sid}/segment"
+    _meta, good = wire.encode_array(img, "zlib")
+    nan = np.zeros((8, 8), np.float32)
+    nan[2, 3] = np.nan
+    cases = {
+        "garbage body": (server.request("POST", seg, b"\x00{not json",
+                                        {"Content-Type": "application/json"}), 400, "JSON"),
+        "truncated upload": (_upload(server, sid, img, body=good[: len(good) // 2]), 400,
+                             "truncated"),
+        "wrong dtype": (_upload(server, sid, img, dtype="complex64"), 400, "dtype"),
+        "wrong shape": (_upload(server, sid, img, shape=[48, 65]), 400, "truncated"),
+        "NaN": (_upload(server, sid, nan), 400, "NaN"),
+        "oversized upload": (_upload(server, sid, np.zeros((1100, 1100), np.uint8), codec="none"),
+                             413, "limit"),
+        "unknown volume hash": (server.post_json(seg, {"image": "ab" * 32, "boxes": [[1, 1, 9, 9]]}),
+                                404, "not on the server"),
+        "box outside": (server.post_json(seg, {"image": digest, "boxes": [[10, 10, 90, 30]]}),
+                        400, "outside"),
+        "inverted box": (server.post_json(seg, {"image": digest, "boxes": [[30, 10, 10, 30]]}),
+                         400, "inverted"),
+        "unknown session": (server.post_json("/v1/sessions/nope/segment",
+                                             {"image": digest, "boxes": [[1, 1, 9, 9]]}),
+                            404, "unknown session"),
+        "missing token": (server.request("GET", "/v1/capabilities", token=""), 401, "missing"),
+        "wrong token": (server.request("GET", "/v1/capabilities", token="x" * 21), 401, "wrong"),
+        "wrong content type": (server.request("POST", seg, b"image=1",
+                                              {"Content-Type": "text/plain"}), 415,
+                               "application/json"),
+    }
+    # negative slice ranges in a tracking request
+    vol = _volume()
+    chunk = wire.content_hash(vol)
+    assert _upload(server, sid, vol)[0] == 201
+    track = f"/v1/sessions/{sid}/track"
+    mask = wire.pack_mask(np.ones((48, 64), bool))
+    base = {"frames": {"length": 10, "chunks": [{"start": 0, "array": chunk}]},
+            "prompts": [{"frame": 4, "obj_id": 1, "mask": mask}], "start_frame": 4}
+    cases["negative start frame"] = (server.post_json(track, {**base, "start_frame": -1}), 400,
+                                     "outside")
+    cases["negative max_frames"] = (server.post_json(track, {**base, "max_frames": -3}), 400,
+                                    "max_frames")
+    cases["negative chunk start"] = (server.post_json(
+        track, {**base, "frames": {"length": 10, "chunks": [{"start": -2, "array": chunk}]}}),
+        422, "start")
+    cases["prompt outside frames"] = (server.post_json(
+        track, {**base, "prompts": [{"frame": 12, "obj_id": 1, "mask": mask}]}), 400, "outside")
+    for name, ((status, body), want, words) in cases.items():
+        assert status == want, (name, status, body)
+        assert words.lower() in body["error"]["message"].lower(), (name, body)
+    assert server.health()["status"] == "ok"
+    status, body = server.post_json(seg, {"image": digest, "boxes": [[10, 10, 40, 30]]})
+    assert status == 200 and len(body["results"]) == 1
+
+
+def test_too_many_concurrent_jobs_is_429_then_cancel_frees(server):
+    from polypsam.server import wire
+
+    sid = _session(server)
+    frames = np.stack([synthetic_rgb(32, 32, seed=t) for t in range(40)])
+    assert _upload(server, sid, frames)[0] == 201
+    body = {"frames": {"length": 40, "chunks": [{"start": 0, "array": wire.content_hash(frames)}]},
+            "prompts": [{"frame": 0, "obj_id": 1, "box": [4, 4, 20, 20]}], "start_frame": 0}
+    conns = []
+    import http.client
+
+    for i in range(3):  # the limit: one runs, two wait
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", f"/v1/sessions/{sid}/track", json.dumps({**body, "job": f"j{i}"}),
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("X-PolypSAM-Job") == f"j{i}"
+        conns.append((conn, resp))
+    status, err = server.post_json(f"/v1/sessions/{sid}/track", body)
+    assert status == 429 and "busy" in err["error"]["message"]
+    for i in range(3):
+        assert server.post_json(f"/v1/sessions/{sid}/jobs/j{i}/cancel", None)[1]["cancelled"]
+    server.wait_idle(60)
+    for conn, resp in conns:
+        lines = [json.loads(x) for x in resp.read().splitlines()]
+        assert lines and lines[-1]["error"]["code"] == "cancelled"
+        assert len(lines) - 1 < 40
+        conn.close()
+
+
+def test_cancel_mid_propagation_frees_server_within_one_frame(server, remote):
+    from polypsam.engine import CancelToken, FramePrompt
+    from polypsam.errors import CancelledError
+
+    frames = np.stack([synthetic_rgb(32, 32, seed=t) for t in range(40)])
+    cancel = CancelToken()
+    before = server.health()["frames_done"]
+    stream = remote.track(frames, [FramePrompt(frame=0, obj_id=1, box=(4, 4, 20, 20))],
+                          start_frame=0, cancel=cancel)
+    received = 0
+    with pytest.raises(CancelledError):
+        for _fm in stream:
+            received += 1
+            if received == 2:
+                cancel.cancel()
+    after = server.wait_idle(30)["frames_done"]
+    assert received == 2
+    assert after - before <= received + 2  # the frame in flight and at most one more
+
+
+# -- client errors --------------------------------------------------------------------------------
+def test_client_errors_are_clear(server, monkeypatch):
+    from polypsam.errors import InvalidInputError, ServerError
+    from polypsam.server import wire
+    from polypsam.server.client import ServerEngine, test_connection
+
+    with pytest.raises(InvalidInputError, match="no scheme.*http://"):
+        ServerEngine(f"127.0.0.1:{server.port}", TOKEN)
+    with pytest.raises(ServerError, match="connection refused"):
+        test_connection(f"http://127.0.0.1:{free_port()}", TOKEN)
+    with pytest.raises(ServerError, match="refused the token"):
+        ServerEngine(server.url, "wrong-token")
+    with pytest.raises(ServerError, match="refused the token"):
+        ServerEngine(server.url)
+    monkeypatch.setattr(wire, "API_VERSION", "2.0")
+    with pytest.raises(ServerError, match=r"client API 2\.0.*server API 1\.0"):
+        ServerEngine(server.url, TOKEN)
+    monkeypatch.undo()
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="did not answer within"):
+            ServerEngine(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        assert time.monotonic() - t0 < 5
+
+
+def test_cli_segment_with_server(server, engine, tmp_path):
+    from polypsam import io
+    from polypsam.cli import main
+
+    img = synthetic_rgb(60, 80, seed=5)
+    src = tmp_path / "frame.png"
+    io.write_png(img, src)
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(src), "--box", "20", "15", "50", "45", "-o", str(out),
+                 "--server", server.url, "--token", TOKEN]) == 0
+    expected = engine.segment_2d(io.read_image(src), [(20, 15, 50, 45)])[0].mask
+    assert np.array_equal(io.read_image(out) > 0, expected)
+
+
+# -- the Slicer-side path without torch -------------------------------------------------------------
+NO_TORCH = r"""
+import importlib.abc, sys, json
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "sam2", "torchvision", "hydra", "fastapi", "uvicorn"):
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+import numpy as np
+from polypsam.engines import EngineSettings, create_engine
+from polypsam.propagation import propagate
+url, token = sys.argv[1], sys.argv[2]
+vol = np.load(sys.argv[3], allow_pickle=False)
+eng = create_engine(EngineSettings(kind="server", server_url=url, token=token))
+res = propagate(eng, vol, [(20, 12, 44, 36)], (2, 8), 4)
+seg = eng.segment_2d(vol[4], [(20, 12, 44, 36)])
+eng.close()
+try:
+    import torch
+    raise SystemExit("torch imported")
+except ImportError:
+    pass
+bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "sam2", "fastapi")]
+np.save(sys.argv[4], res.labelmap.array)
+print(json.dumps({"bad": bad, "pixels": int(seg[0].mask.sum())}))
+"""
+
+
+def test_client_runs_where_torch_and_sam2_cannot_import(server, engine, tmp_path):
+    from polypsam.propagation import propagate
+
+    vol = _volume()
+    np.save(tmp_path / "vol.npy", vol)
+    script = tmp_path / "client.py"
+    script.write_text(NO_TORCH)
+    run = subprocess.run([sys.executable, str(script), server.url, TOKEN, str(tmp_path / "vol.npy"),
+                          str(tmp_path / "out.npy")], env=child_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["bad"] == [] and report["pixels"] > 0
+    expected = propagate(engine, vol, [(20, 12, 44, 36)], (2, 8), 4).labelmap.array
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+# -- load -----------------------------------------------------------------------------------------
+def test_load_20_clients_10_requests_all_answered_memory_bounded(server):
+    from polypsam.errors import ServerError
+    from polypsam.server.client import ServerEngine
+
+    img = synthetic_rgb(32, 32, seed=9)
+    ServerEngine(server.url, TOKEN).segment_2d(img, [(4, 4, 20, 20)])  # warm the embedding
+    rss0 = server.rss_mb()
+    answers: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        eng = ServerEngine(server.url, TOKEN, timeout=120)
+        for r in range(10):
+            kind = ("valid", "unknown-array", "garbage", "no-token", "unknown-session")[(i + r) % 5]
+            if kind == "valid":
+                try:
+                    res = eng.segment_2d(img, [(4, 4, 20, 20)])
+                    got = 200 if res[0].mask.shape == (32, 32) else -1
+                except ServerError as exc:
+                    got = getattr(exc, "status", -1)
+            elif kind == "unknown-array":
+                got = server.post_json(f"/v1/sessions/{eng._session_id()}/segment",
+                                       {"image": "0" * 64, "boxes": [[9, 9, 1, 1]]})[0]
+            elif kind == "garbage":
+                got = server.request("POST", "/v1/sessions", b"\xff\xfe",
+                                     {"Content-Type": "application/json"})[0]
+            elif kind == "no-token":
+                got = server.request("GET", "/v1/capabilities", token="")[0]
+            else:
+                got = server.post_json("/v1/sessions/zz/segment", {"image": "0" * 64,
+                                                                   "boxes": [[1, 1, 5, 5]]})[0]
+            with lock:
+                answers.append((kind, got))
+        eng.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not any(t.is_alive() for t in threads)
+    assert len(answers) == 200
+    allowed = {"valid": {200, 429}, "unknown-array": {404}, "garbage": {201, 400},
+               "no-token": {401}, "unknown-session": {404}}
+    wrong = [(k, s) for k, s in answers if s not in allowed[k]]
+    assert not wrong, wrong[:10]
+    assert sum(1 for k, s in answers if k == "valid" and s == 200) >= 10
+    health = server.wait_idle(60)
+    assert health["sessions"] <= 8
+    assert server.rss_mb() - rss0 < 300
+
+
+# -- faults: killed mid-propagation, restarted ------------------------------------------------------
+def test_server_killed_mid_propagation_then_restarted(tiny_checkpoint, tmp_path, engine):
+    from polypsam.errors import ServerError
+    from polypsam.propagation import propagate
+    from polypsam.server.client import ServerEngine
+
+    port = free_port()
+    first = ServerProcess(tiny_checkpoint, port=port, log=tmp_path / "a.log")
+    try:
+        remote = ServerEngine(first.url, timeout=30)
+        vol = _volume(nk=40)
+
+        def kill_after_two(done, _total):
+            if done == 2:
+                first.stop(kill=True)
+
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="closed the connection|cannot reach"):
+            propagate(remote, vol, [(20, 12, 44, 36)], (0, 39), 20, progress=kill_after_two)
+        assert time.monotonic() - t0 < 30 + 20
+    finally:
+        first.stop(kill=True)
+    second = ServerProcess(tiny_checkpoint, port=port, log=tmp_path / "b.log")
+    try:
+        uploads = remote.uploads
+        small = vol[:8]
+        a = propagate(remote, small, [(20, 12, 44, 36)], (2, 6), 4)  # same client goes on
+        assert remote.uploads > uploads  # it re-sent what the new server lacked
+        b = propagate(engine, small, [(20, 12, 44, 36)], (2, 6), 4)
+        assert np.array_equal(a.labelmap.array, b.labelmap.array)
+        remote.close()
+    finally:
+        second.stop()
+
+
+# -- wire format, token storage -------------------------------------------------------------------
+def test_wire_masks_arrays_and_codecs():
+    from polypsam.errors import InvalidInputError
+    from polypsam.server import wire
+
+    mask = np.zeros((300, 200), bool)
+    mask[100:140, 50:70] = True
+    packed = wire.pack_mask(mask)
+    assert packed["bbox"] == [100, 140, 50, 70]
+    assert len(packed["bits"]) < 200 * 300 / 8 / 10
+    assert np.array_equal(wire.unpack_mask(packed), mask)
+    assert not wire.unpack_mask(wire.pack_mask(np.zeros((5, 4), bool))).any()
+    ct = _volume(nk=3)
+    for codec in wire.available_codecs():
+        meta, body = wire.encode_array(ct, codec)
+        back = wire.decode_array(body, max_bytes=1 << 24, **meta)
+        assert back.dtype == np.int16 and np.array_equal(back, ct)
+    assert wire.choose_codec(["zlib", "none"]) == "zlib"  # a server without zstd
+    bomb = zlib.compress(bytes(10 << 20))
+    with pytest.raises(InvalidInputError, match="truncated or oversized"):
+        wire.decompress(bomb, "zlib", 1000)
+    with pytest.raises(InvalidInputError, match="dtype"):
+        wire.check_dtype_shape("object", [2, 2], 100)
+
+
+def test_token_is_generated_once_with_user_only_permissions(tmp_path, monkeypatch):
+    from polypsam.cli.serve import is_loopback, stored_token
+
+    monkeypatch.setenv("POLYPSAM_CONFIG_DIR", str(tmp_path / "cfg"))
+    token, path, created = stored_token()
+    assert created and len(token) >= 32 and (path.stat().st_mode & 0o777) == 0o600
+    assert stored_token() == (token, path, False)
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
