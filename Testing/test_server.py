@@ -301,6 +301,24 @@ def test_cli_segment_with_server(server, engine, tmp_path):
     assert np.array_equal(io.read_image(out) > 0, expected)
 
 
+def test_cli_propagate_with_server(server, engine, tmp_path):
+    from polypsam import io
+    from polypsam.cli import main
+    from polypsam.engines import EngineSettings
+    from polypsam.geometry import Volume
+    from polypsam.propagation import propagate
+
+    vol = _volume(nk=5, nj=32, ni=40)
+    src, out = tmp_path / "ct.nrrd", tmp_path / "lab.nrrd"
+    io.write_volume(Volume(vol), src)
+    assert main(["propagate", str(src), "--box", "10", "8", "30", "24", "--slices", "1", "3",
+                 "-o", str(out), "--server", server.url, "--token", TOKEN]) == 0
+    expected = propagate(engine, io.read_volume(src), [(10, 8, 30, 24)], (1, 3)).labelmap.array
+    assert np.array_equal(io.read_volume(out).array, expected)
+    settings = EngineSettings(kind="server", server_url=server.url, token=TOKEN)
+    assert settings.describe() == f"server: {server.url}" and TOKEN not in repr(settings)
+
+
 # -- the Slicer-side path without torch -------------------------------------------------------------
 NO_TORCH = r"""
 import importlib.abc, sys, json

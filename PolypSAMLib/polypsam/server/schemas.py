@@ -17,7 +17,7 @@ class PackedMask(Strict):
     shape: list[int] = Field(min_length=2, max_length=2)
     bbox: Optional[list[int]] = Field(default=None, min_length=4, max_length=4,
                                       description="[y0, y1, x0, x1], end-exclusive")
-    bits: str = Field(default="", description="base64 of np.packbits of the bbox crop")
+    bits: str = Field(default="", description="base64 of zlib(np.packbits(bbox crop))")
 
 
 class IntensityModel(Strict):

@@ -4,7 +4,7 @@
   sides have it) or zlib (standard library, always available): the codec is negotiated through
   the server's capabilities. The dtype is kept (int16 CT stays int16). An array is addressed by
   :func:`content_hash` (SHA-256 of dtype, shape and bytes), so one upload serves every request.
-* Masks come back bit-packed (``np.packbits``) and cropped to their bounding box.
+* Masks come back cropped to their bounding box, bit-packed (``np.packbits``) and zlib-compressed.
 * Prompts are JSON objects: ``{"box": [x0, y0, x1, y1], "points": [[x, y], ...],
   "labels": [1, 0, ...], "mask": <packed mask>}``; every field is optional, so point and mask
   prompts travel the same way as boxes.
@@ -159,9 +159,9 @@ def pack_mask(mask: np.ndarray) -> dict[str, Any]:
     if rows.size == 0:
         return {"shape": list(mask.shape), "bbox": None, "bits": ""}
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    bits = np.packbits(mask[y0:y1, x0:x1], axis=None)
+    bits = zlib.compress(np.packbits(mask[y0:y1, x0:x1], axis=None).tobytes(), 6)
     return {"shape": list(mask.shape), "bbox": [y0, y1, x0, x1],
-            "bits": base64.b64encode(bits.tobytes()).decode("ascii")}
+            "bits": base64.b64encode(bits).decode("ascii")}
 
 
 def unpack_mask(packed: dict[str, Any], max_pixels: int = 1 << 28) -> np.ndarray:
@@ -179,14 +179,13 @@ def unpack_mask(packed: dict[str, Any], max_pixels: int = 1 << 28) -> np.ndarray
         return mask
     try:
         y0, y1, x0, x1 = (int(v) for v in bbox)
-        data = np.frombuffer(base64.b64decode(bits, validate=True), dtype=np.uint8)
+        compressed = base64.b64decode(bits, validate=True)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"a packed mask has a bad bbox or bits: {exc}") from exc
     if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
         raise InvalidInputError(f"mask bbox {bbox} lies outside the mask of {h} x {w}")
     n = (y1 - y0) * (x1 - x0)
-    if data.size != (n + 7) // 8:
-        raise InvalidInputError(f"mask bits: expected {(n + 7) // 8} bytes, got {data.size}")
+    data = np.frombuffer(decompress(compressed, "zlib", (n + 7) // 8), dtype=np.uint8)
     mask[y0:y1, x0:x1] = np.unpackbits(data, count=n).reshape(y1 - y0, x1 - x0).astype(bool)
     return mask
 
