@@ -4,7 +4,8 @@
 process). Endpoints (JSON unless said otherwise; every error is 4xx/5xx with
 ``{"error": {"code", "message"}}``):
 
-* ``GET /v1/health`` (no token), ``GET /v1/capabilities``;
+* ``GET /v1/health`` and the OpenAPI schema (``/openapi.json``, ``/docs``) without a token;
+  ``GET /v1/capabilities``;
 * ``POST /v1/sessions``, ``DELETE /v1/sessions/{sid}``;
 * ``PUT /v1/sessions/{sid}/arrays/{sha256}?dtype=&shape=&codec=``: an array, compressed
   (``application/octet-stream``);
@@ -71,7 +72,7 @@ def _error(status: int, code: str, message: str, missing: list[str] | None = Non
 class _Guard:
     """ASGI middleware: token, request size and content type, before FastAPI reads a byte."""
 
-    OPEN = ("/v1/health",)
+    OPEN = ("/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
     def __init__(self, app, config: ServerConfig) -> None:
         self.app = app
