@@ -11,7 +11,8 @@ process). Endpoints (JSON unless said otherwise; every error is 4xx/5xx with
   (``application/octet-stream``);
 * ``POST /v1/sessions/{sid}/segment``: masks for boxes on an uploaded image;
 * ``POST /v1/sessions/{sid}/track``: tracking through uploaded frame chunks, answered as NDJSON,
-  one line per frame (``{"frame", "masks", "scores"}``), then ``{"done": true}`` or
+  one line per frame (``{"frame", "masks", "scores"}``; ``{"heartbeat": true}`` while waiting),
+  then ``{"done": true}`` or
   ``{"error": ...}``; ``POST /v1/sessions/{sid}/jobs/{job}/cancel`` stops it before its next frame,
   and so does the client closing the connection.
 """
@@ -43,6 +44,7 @@ from .sessions import NotFoundError, SessionStore
 from .worker import BusyError, Worker
 
 MiB = 1 << 20
+HEARTBEAT_S = 5.0  # a tracking stream says it is alive this often while it waits
 
 
 @dataclass(frozen=True)
@@ -355,9 +357,11 @@ def create_app(engine, config: ServerConfig | None = None):
         job = worker.start_stream(sid, run, req.job)
 
         async def lines():
-            async for kind, value in worker.items(job):
+            async for kind, value in worker.items(job, heartbeat=HEARTBEAT_S):
                 if kind == "item":
                     yield value
+                elif kind == "heartbeat":
+                    yield b'{"heartbeat": true}\n'
                 else:
                     code = "cancelled" if isinstance(value, CancelledError) else (
                         "invalid_input" if isinstance(value, PolypSAMError) else "internal")

@@ -201,6 +201,10 @@ class ServerEngine:
                 if item.get("done"):
                     done = True
                     return
+                if item.get("heartbeat"):  # queued behind other work, or a slow frame
+                    if cancel is not None and cancel.cancelled:
+                        raise CancelledError("cancelled by the user")
+                    continue
                 frames_read += 1
                 yield FrameMasks(
                     frame=int(item["frame"]),

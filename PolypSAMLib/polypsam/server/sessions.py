@@ -3,7 +3,8 @@
 A client opens a session and uploads arrays (images, chunks of volume slices or video frames)
 addressed by their SHA-256. All sessions share one memory cap: when it is reached, the least
 recently used arrays of any session are dropped; a session unused for ``idle_timeout`` seconds is
-dropped whole, and at most ``max_sessions`` live at once (the least recently used goes). A client
+dropped whole, and at most ``max_sessions`` live at once (beyond, the least recently used goes if
+it has been idle for ``grace`` seconds; otherwise a new session is refused with 429). A client
 that asks for something dropped gets a 404 naming it and uploads it again: eviction and server
 restarts are not errors for the user. Image embeddings are cached by content in the engine itself
 (shared by all sessions; identical images are encoded once).
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InvalidInputError
+from .worker import BusyError
 
 
 class NotFoundError(InvalidInputError):
@@ -46,7 +48,8 @@ class SessionStore:
     """Thread-safe sessions with a shared memory cap, LRU and idle eviction."""
 
     def __init__(self, *, memory_bytes: int, max_sessions: int = 16,
-                 idle_timeout: float = 3600.0) -> None:
+                 idle_timeout: float = 3600.0, grace: float = 30.0) -> None:
+        self.grace = float(grace)
         self.memory_bytes = int(memory_bytes)
         self.max_sessions = int(max_sessions)
         self.idle_timeout = float(idle_timeout)
@@ -57,13 +60,21 @@ class SessionStore:
 
     # -- sessions --------------------------------------------------------------------------------
     def create(self) -> str:
+        """A new session; at the limit the least recently used one goes if it has been idle for
+        ``grace`` seconds, else the server is busy (429) rather than thrashing active clients."""
         with self._lock:
             self._expire_idle()
+            if len(self._sessions) >= self.max_sessions:
+                oldest = next(iter(self._sessions.values()))
+                if time.monotonic() - oldest.last_used < self.grace:
+                    raise BusyError(
+                        f"the server holds {len(self._sessions)} active sessions (limit"
+                        f" {self.max_sessions}); try again later or start it with a higher"
+                        " --max-sessions")
+                del self._sessions[oldest.sid]
+                self.evicted_sessions += 1
             sid = secrets.token_urlsafe(16)
             self._sessions[sid] = Session(sid)
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-                self.evicted_sessions += 1
             return sid
 
     def get(self, sid: str) -> Session:

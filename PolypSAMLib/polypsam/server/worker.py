@@ -84,11 +84,20 @@ class Worker:
         """Queue a stream; read it with :meth:`items`."""
         return self._submit(session, run, True, job_id)
 
-    async def items(self, job: Job):
-        """Items of a stream job as they come; ``("error", exc)`` ends it on a failure."""
+    async def items(self, job: Job, heartbeat: float | None = None):
+        """Items of a stream job as they come; ``("error", exc)`` ends it on a failure.
+
+        With ``heartbeat``, ``("heartbeat", None)`` comes after that many seconds without an
+        item (the job waits in the queue or a frame is slow): the client's read timeout then
+        means a dead server, not a busy one.
+        """
         try:
             while True:
-                kind, value = await job.results.get()
+                try:
+                    kind, value = await asyncio.wait_for(job.results.get(), heartbeat)
+                except asyncio.TimeoutError:
+                    yield "heartbeat", None
+                    continue
                 if kind == "end":
                     return
                 yield kind, value
