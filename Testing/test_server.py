@@ -67,7 +67,9 @@ def test_capabilities_openapi_and_test_connection(server, remote, engine):
     caps = remote.capabilities
     assert caps["image_size"] == 256 and caps["device"] == "cpu"
     assert caps["checkpoint_sha256"] == engine.info.checkpoint_sha256
-    assert caps["api_version"] == "1.0" and caps["token_required"] is True
+    from polypsam.server import wire
+
+    assert caps["api_version"] == wire.API_VERSION and caps["token_required"] is True
     assert caps["limits"]["max_jobs"] == 3 and "zlib" in caps["codecs"]
     assert remote.info.image_size == 256 and remote.info.engine == "server"
     status, schema = server.request("GET", "/openapi.json", token="")  # the schema is open
@@ -83,7 +85,8 @@ def test_capabilities_openapi_and_test_connection(server, remote, engine):
     assert "application/octet-stream" in paths["/v1/sessions/{sid}/arrays/{sha256}"]["put"][
         "requestBody"]["content"]
     line = test_connection(server.url, TOKEN)
-    assert "API 1.0" in line and "image size 256" in line and caps["checkpoint_sha256"][:12] in line
+    assert f"API {wire.API_VERSION}" in line and "image size 256" in line
+    assert caps["checkpoint_sha256"][:12] in line
 
 
 def test_segment_parity_rgb_and_ct(remote, engine):
@@ -99,6 +102,45 @@ def test_segment_parity_rgb_and_ct(remote, engine):
     sent = remote.voxel_bytes_sent
     remote.segment_2d(ct, [(10, 10, 40, 40)])  # same image again: no pixel bytes
     assert remote.voxel_bytes_sent == sent
+
+
+def test_segment_parity_every_prompt_kind_and_candidates(remote, engine):
+    from polypsam.engine import Prompt
+
+    rgb = synthetic_rgb(60, 80, seed=4)
+    first = engine.segment_2d(rgb, [(20, 15, 50, 45)])[0].mask
+    prompts = [
+        Prompt(points=((35, 30),), labels=(1,)),                              # one click
+        Prompt(box=(20, 15, 50, 45), points=((25, 20), (45, 40)), labels=(1, 0)),  # box + clicks
+        Prompt(mask=first),                                                   # a mask
+        Prompt(mask=first, points=((40, 35),), labels=(0,)),                  # mask + exclude
+    ]
+    for multimask in (False, True):
+        a = remote.segment_2d(rgb, prompts, multimask=multimask)
+        b = engine.segment_2d(rgb, prompts, multimask=multimask)
+        _same_masks(a, b)
+        for ra, rb in zip(a, b):
+            assert ra.candidate_scores == rb.candidate_scores
+            assert len(ra.candidates) == len(rb.candidates) == (3 if multimask else 0)
+            assert all(np.array_equal(x, y) for x, y in zip(ra.candidates, rb.candidates))
+            assert ra.prompt.to_dict() == rb.prompt.to_dict()
+            assert (ra.prompt.mask is None) == (rb.prompt.mask is None)
+
+
+def test_tracking_parity_point_prompts(remote, engine):
+    from polypsam.engine import FramePrompt
+
+    frames = np.stack([np.roll(synthetic_rgb(48, 64, seed=2), 2 * t, axis=1) for t in range(4)])
+    prompts = [FramePrompt(frame=1, obj_id=1, points=((28, 24), (10, 5)), labels=(1, 0)),
+               FramePrompt(frame=1, obj_id=2, box=(30, 10, 60, 40), points=((45, 25),),
+                           labels=(1,))]
+    kw = dict(start_frame=1, max_frames=2)
+    a = list(remote.track(frames, prompts, **kw))
+    b = list(engine.track(frames, prompts, **kw))
+    assert [f.frame for f in a] == [f.frame for f in b] == [1, 2, 3]
+    for fa, fb in zip(a, b):
+        assert fa.scores == fb.scores and set(fa.masks) == {1, 2}
+        assert all(np.array_equal(fa.masks[o], fb.masks[o]) for o in fb.masks)
 
 
 def test_propagation_parity_and_repeat_sends_no_voxels(remote, engine):
@@ -176,6 +218,10 @@ def test_bad_input_answers_4xx_and_server_keeps_serving(server):
                         400, "outside"),
         "inverted box": (server.post_json(seg, {"image": digest, "boxes": [[30, 10, 10, 30]]}),
                          400, "inverted"),
+        "point outside": (server.post_json(seg, {"image": digest, "prompts": [
+            {"points": [[70, 10]], "labels": [1]}]}), 400, "outside"),
+        "bad point label": (server.post_json(seg, {"image": digest, "prompts": [
+            {"points": [[7, 10]], "labels": [3]}]}), 400, "labels"),
         "unknown session": (server.post_json("/v1/sessions/nope/segment",
                                              {"image": digest, "boxes": [[1, 1, 9, 9]]}),
                             404, "unknown session"),
@@ -279,8 +325,9 @@ def test_client_errors_are_clear(server, monkeypatch):
         ServerEngine(server.url, "wrong-token")
     with pytest.raises(ServerError, match="refused the token"):
         ServerEngine(server.url)
+    server_api = wire.API_VERSION.replace(".", r"\.")
     monkeypatch.setattr(wire, "API_VERSION", "2.0")
-    with pytest.raises(ServerError, match=r"client API 2\.0.*server API 1\.0"):
+    with pytest.raises(ServerError, match=rf"client API 2\.0.*server API {server_api}"):
         ServerEngine(server.url, TOKEN)
     monkeypatch.undo()
     with socket.socket() as silent:  # accepts connections, never answers

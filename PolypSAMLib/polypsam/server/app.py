@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import CancelledError, InvalidInputError, PolypSAMError
-from ..geometry import Box, as_boxes
+from ..geometry import Box
 from . import wire
 from .schemas import (CancelOut, ErrorOut, SegmentRequest, SegmentResponse, SessionOut,
                       TrackRequest, UploadOut)
@@ -319,19 +319,24 @@ def create_app(engine, config: ServerConfig | None = None):
 
     @app.post("/v1/sessions/{sid}/segment", dependencies=secured, response_model=SegmentResponse)
     async def segment(sid: str, req: SegmentRequest) -> dict:
-        """One mask per box on an uploaded 2-D image (H x W scalar or H x W x 3 uint8)."""
+        """One mask per prompt (or box) on an uploaded 2-D image (H x W or H x W x 3 uint8);
+        with ``multimask`` SAM2's three candidates and their scores come along."""
+        from ..engine import as_prompts
         from ..preprocess import check_image
 
         image = store.arrays(sid, [req.image])[0]
         image = check_image(image)
-        boxes = as_boxes([Box.from_sequence(b) for b in req.boxes], image.shape[1], image.shape[0])
+        if req.prompts is not None:
+            prompts = [wire.prompt_from_wire(p.model_dump()) for p in req.prompts]
+        else:
+            prompts = [Box.from_sequence(b) for b in req.boxes]
+        prompts = as_prompts(prompts, image.shape[1], image.shape[0])
         intensity = wire.intensity_from_wire(req.intensity.model_dump() if req.intensity else None)
 
         def run(_cancel):
-            results = engine.segment_2d(image, boxes, intensity=intensity)
-            return [{"mask": wire.pack_mask(r.mask), "score": float(r.score),
-                     "box": wire.box_to_wire(r.box) if r.box is not None else None}
-                    for r in results]
+            results = engine.segment_2d(image, prompts, intensity=intensity,
+                                        multimask=req.multimask)
+            return [wire.result_to_wire(r) for r in results]
 
         return {"results": await worker.call(sid, run)}
 

@@ -22,9 +22,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .. import __version__
-from ..engine import CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult
+from ..engine import (CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult,
+                      Prompt, as_prompts)
 from ..errors import CancelledError, InvalidInputError, PolypSAMError, ServerError
-from ..geometry import Box, as_boxes
+from ..geometry import Box
 from ..preprocess import Intensity, check_image
 from . import wire
 
@@ -90,19 +91,17 @@ class ServerEngine:
             image_size=int(c.get("image_size", 0)), device=f"{c.get('device', '')} @ {self.url}",
             polypsam_version=str(c.get("polypsam_version", "")))
 
-    def segment_2d(self, image: np.ndarray, boxes: Sequence[Box], *,
-                   intensity: Intensity | None = None) -> list[MaskResult]:
+    def segment_2d(self, image: np.ndarray, prompts: "Sequence[Prompt | Box] | Prompt | Box", *,
+                   intensity: Intensity | None = None, multimask: bool = False) -> list[MaskResult]:
         image = check_image(image)
-        boxes = as_boxes(boxes, image.shape[1], image.shape[0])
+        prompts = as_prompts(prompts, image.shape[1], image.shape[0])
         array = wire.wire_array(image)
         digest = wire.content_hash(array)
-        body = {"image": digest, "boxes": [wire.box_to_wire(b) for b in boxes],
-                "intensity": wire.intensity_to_wire(intensity)}
+        body = {"image": digest, "prompts": [wire.prompt_to_wire(p) for p in prompts],
+                "multimask": bool(multimask), "intensity": wire.intensity_to_wire(intensity)}
         answer = self._with_arrays({digest: lambda: array},
                                    lambda sid: self._json("POST", f"/v1/sessions/{sid}/segment", body))
-        return [MaskResult(mask=wire.unpack_mask(r["mask"]), score=float(r["score"]),
-                           box=Box(*r["box"]) if r.get("box") else None)
-                for r in answer["results"]]
+        return [wire.result_from_wire(r, p) for r, p in zip(answer["results"], prompts)]
 
     def track(self, frames: FrameSource, prompts: Sequence[FramePrompt], *, start_frame: int,
               reverse: bool = False, max_frames: int | None = None,

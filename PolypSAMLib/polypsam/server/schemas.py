@@ -28,16 +28,39 @@ class IntensityModel(Strict):
     high: Optional[float] = None
 
 
+class PromptModel(Strict):
+    """One object's 2-D prompt: any of a box, include/exclude points and a mask."""
+
+    box: Optional[list[float]] = Field(default=None, min_length=4, max_length=4)
+    points: list[list[float]] = Field(default=[], max_length=1024, description="[[x, y], ...]")
+    labels: list[int] = Field(default=[], max_length=1024, description="1 include, 0 exclude")
+    mask: Optional[PackedMask] = None
+
+
 class SegmentRequest(Strict):
     image: str = SHA256
-    boxes: list[list[float]] = Field(max_length=256, description="[x0, y0, x1, y1] per object")
+    prompts: Optional[list[PromptModel]] = Field(default=None, max_length=256)
+    boxes: list[list[float]] = Field(default=[], max_length=256,
+                                     description="[x0, y0, x1, y1] per object (API 1.0)")
+    multimask: bool = False
     intensity: Optional[IntensityModel] = None
+
+
+class PromptOut(BaseModel):
+    box: Optional[list[float]] = None
+    points: list[list[float]] = []
+    labels: list[int] = []
+    has_mask: bool = False
 
 
 class MaskOut(Strict):
     mask: PackedMask
     score: float
     box: Optional[list[float]] = None
+    prompt: Optional[PromptOut] = None
+    candidates: list[PackedMask] = []
+    candidate_scores: list[float] = []
+    shape: Optional[list[int]] = None
 
 
 class SegmentResponse(Strict):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"  # 1.1: segment takes prompts (box, points, mask) and multimask
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 MAX_NDIM = 4
 
@@ -256,3 +256,39 @@ def frame_prompt_from_wire(data: dict[str, Any]):
         return FramePrompt(**kwargs)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"prompt on frame {kwargs['frame']}: {exc}") from exc
+
+
+def prompt_to_wire(prompt) -> dict[str, Any]:
+    """A 2-D :class:`~polypsam.engine.Prompt` as JSON: box, points, labels, packed mask."""
+    data = prompt.to_dict()
+    data.pop("has_mask", None)
+    data["mask"] = None if prompt.mask is None else pack_mask(prompt.mask)
+    return data
+
+
+def prompt_from_wire(data: dict[str, Any]):
+    from ..engine import Prompt
+
+    data = dict(data)
+    mask = data.pop("mask", None)
+    data["has_mask"] = mask is not None
+    return Prompt.from_dict(data, None if mask is None else unpack_mask(mask))
+
+
+def result_to_wire(result) -> dict[str, Any]:
+    """A :class:`~polypsam.engine.MaskResult`: its JSON fields plus packed mask and candidates."""
+    data = result.to_dict()
+    data["mask"] = pack_mask(result.mask)
+    data["candidates"] = [pack_mask(c) for c in result.candidates]
+    return data
+
+
+def result_from_wire(data: dict[str, Any], prompt=None):
+    """Inverse of :func:`result_to_wire`; ``prompt`` (the one sent) gives back its mask."""
+    from ..engine import MaskResult
+
+    data = dict(data)
+    mask = unpack_mask(data.pop("mask"))
+    candidates = [unpack_mask(c) for c in data.pop("candidates", None) or []]
+    prompt_mask = getattr(prompt, "mask", None) if (data.get("prompt") or {}).get("has_mask") else None
+    return MaskResult.from_dict(data, mask, candidates, prompt_mask)
