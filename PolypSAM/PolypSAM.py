@@ -111,7 +111,8 @@ class PolypSAMParameterNode:
     inputVolume - CT/MR volume or RGB frame. inputSequenceBrowser - video / 4-D sequence for Track.
     outputSegmentation - where segments go. rois - the box ROIs to use (checked in the list).
     keySlice, sliceRangeStart, sliceRangeEnd - -1 means automatic (from the box).
-    engine, model, customCheckpoint, device, imageSize (0 = checkpoint's), windowPreset - settings.
+    engine, model, customCheckpoint, device, imageSize (0 = checkpoint's), windowPreset - settings;
+    serverUrl - the PolypSAM server of the "server" engine (its token is not stored here).
     """
 
     # Slicer's parameterNodeWrapper needs None in a union of node types (it writes None first).
@@ -128,11 +129,15 @@ class PolypSAMParameterNode:
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     imageSize: Annotated[int, WithinRange(0, 1024)] = 0
     windowPreset: Annotated[str, Choice(WINDOW_CHOICES)] = "display"
+    serverUrl: str = ""
 
-    def engineSettings(self) -> engines.EngineSettings:
+    def engineSettings(self, token: str = "") -> engines.EngineSettings:
+        """The engine the settings describe; the server token comes from the widget (it is
+        never stored in the parameter node, which is saved with the scene)."""
         return engines.EngineSettings(
             kind=self.engine, model=self.model, checkpoint=self.customCheckpoint.strip(),
-            device=self.device, image_size=int(self.imageSize))
+            device=self.device, image_size=int(self.imageSize),
+            server_url=self.serverUrl.strip(), token=token.strip())
 
 
 #
@@ -198,6 +203,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.releaseEngineButton.connect("clicked(bool)", self.onReleaseEngine)
         self.ui.loadVideoButton.connect("clicked(bool)", self.onLoadVideo)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.includeButton.connect("clicked(bool)", lambda: self.onPlaceClicks("include"))
         self.ui.excludeButton.connect("clicked(bool)", lambda: self.onPlaceClicks("exclude"))
         self.ui.nextCandidateButton.connect("clicked(bool)", self.onNextCandidate)
@@ -343,6 +349,13 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = hasVolume
         self.ui.propagateClicksButton.enabled = isVolume
         self.ui.startFromSegmentButton.enabled = isVolume and bool(p.outputSegmentation)
+        server = bool(p and p.engine == "server")
+        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit,
+                       self.ui.testConnectionButton):
+            widget.enabled = server
+        for widget in (self.ui.modelComboBox, self.ui.checkpointPathLineEdit, self.ui.deviceComboBox,
+                       self.ui.imageSizeSpinBox, self.ui.dependenciesButton):
+            widget.enabled = not server
         self._updateTargetSegments()
 
     def run(self, operation: str) -> None:
@@ -440,7 +453,14 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _engineSettings(self):
         """The settings panel's choices (the server token is kept out of the scene)."""
-        return self._parameterNode.engineSettings()
+        return self._parameterNode.engineSettings(token=self.ui.serverTokenLineEdit.text)
+
+    def onTestConnection(self) -> None:
+        """One line about the server, or a message naming what is wrong (down, wrong URL or
+        token, version mismatch, timeout)."""
+        with slicer.util.tryWithErrorDisplay(_("Connection test failed."), waitCursor=True):
+            self.ui.engineStatusLabel.text = self.logic.testConnection(
+                self._parameterNode.serverUrl, self.ui.serverTokenLineEdit.text)
 
     def _clickEngine(self):
         p = self._parameterNode
@@ -647,6 +667,13 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
 
     def releaseEngine(self) -> None:
         self._engines.close()
+
+    @staticmethod
+    def testConnection(url: str, token: str = "") -> str:
+        """Check a PolypSAM server (standard library only: works without torch in Slicer)."""
+        from polypsam.server.client import test_connection
+
+        return test_connection(url, token)
 
     # -- scene helpers -----------------------------------------------------------------------
     @staticmethod

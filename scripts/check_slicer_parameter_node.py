@@ -157,6 +157,12 @@ def main() -> int:
     _expect_refused(lambda: setattr(p, "imageSize", 4096), "image size 4096")
     _expect_refused(lambda: setattr(p, "inputVolume", p.outputSegmentation), "a segmentation as input")
     print("settings:", p.engineSettings())
+    p.engine, p.serverUrl = "server", "http://127.0.0.1:8765"
+    remote = p.engineSettings(token="secret-token")
+    assert (remote.kind, remote.server_url, remote.token) == ("server", "http://127.0.0.1:8765",
+                                                             "secret-token"), remote
+    assert "secret-token" not in repr(remote)
+    p.engine = "in-process"
 
     url = os.path.join(tempfile.mkdtemp(prefix="polypsam-pnw-"), "scene.mrml")
     scene.SetURL(url)
@@ -164,8 +170,10 @@ def main() -> int:
     reloaded = slicer.vtkMRMLScene()
     reloaded.SetURL(url)
     reloaded.Import()
+    assert "secret-token" not in Path(url).read_text(), "the server token is never saved with the scene"
     q = ParameterNode(reloaded.GetFirstNodeByClass("vtkMRMLScriptedModuleNode"))
     assert q.inputVolume.GetName() == "ct" and [r.GetName() for r in q.rois] == ["B"]
+    assert q.serverUrl == "http://127.0.0.1:8765"
     assert q.outputSegmentation.GetID() == p.outputSegmentation.GetID()
     print("saved and reloaded with the scene")
 
