@@ -32,6 +32,7 @@ class Click:
     k: int
     include: bool
     source: str = ""  # "<list name> #<n>", for messages
+    point: int = -1  # the control point's index in its list
 
     @property
     def label(self) -> int:
@@ -78,6 +79,7 @@ def clicks_from_markups(volume_node: Any, include: Any = None, exclude: Any = No
             clicks.append(Click(
                 x=float(np.clip(i, 0, ni - 1)), y=float(np.clip(j, 0, nj - 1)),
                 k=int(np.clip(np.floor(k + 0.5), 0, nk - 1)), include=positive, source=source,
+                point=n,
             ))
     return clicks
 
