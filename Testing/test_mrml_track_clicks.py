@@ -97,6 +97,28 @@ def test_clicks_record_the_frame_shown_when_they_were_placed(slicer_scene, slice
     assert exclude.GetNumberOfControlPoints() == 0
 
 
+def test_place_clicks_with_a_browser_records_each_points_frame(slicer_scene, slicer_core):
+    from polypsam.mrml import scene
+    from polypsam.mrml.clicks import click_lists
+    from polypsam.mrml.video_clicks import recorded_frame
+
+    browser, proxy, _ = _video(slicer_scene, slicer_core, selected=2)
+    selection, interaction = slicer_core.app.GetSelectionNode(), slicer_core.app.GetInteractionNode()
+    include, exclude = click_lists(slicer_scene, "Polyp")
+    scene.place_clicks(selection, interaction, exclude, browser=browser)
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert interaction.GetPlaceModePersistence()
+    scene.place_clicks(selection, interaction, include)  # no browser: a volume, nothing recorded
+    _click(exclude, proxy, 4.0, 5.0)
+    browser.SetSelectedItemNumber(0)
+    _click(exclude, proxy, 6.0, 7.0)
+    _click(include, proxy, 8.0, 9.0)
+    assert [recorded_frame(exclude, n) for n in range(2)] == [2, 0]
+    assert recorded_frame(include, 0) is None
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    interaction.SetPlaceModePersistence(0)
+
+
 def test_clicks_on_two_frames_condition_tracking_and_a_later_click_retracks_one_way(
         slicer_scene, slicer_core, engine):
     from polypsam import mrml, propagation

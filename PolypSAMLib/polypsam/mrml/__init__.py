@@ -14,7 +14,9 @@ Data flows one way through it, one module per step:
   :mod:`.video` Load video; :mod:`.dependencies` the first-use installs;
 * :mod:`.clicks` maps markups point lists to pixel clicks on a volume's slices,
   :mod:`.masking` applies the Segment Editor's masking settings to writes, and
-  :mod:`.interactive` holds the click tools' operations (clicks, candidates, start from segment).
+  :mod:`.interactive` holds the click tools' operations (clicks, candidates, start from segment);
+  :mod:`.video_clicks` records the frame each click on a video was placed on and tracks a
+  segment through the video with them.
 
 Coordinates: "world" is Slicer's RAS after all parent transforms. A volume's IJK-to-world matrix
 is its parent (linear) transform times its IJKToRAS matrix; :func:`volume_from_node` hardens the

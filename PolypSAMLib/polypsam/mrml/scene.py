@@ -62,9 +62,18 @@ def new_segmentation(scene: Any, reference_volume: Any = None, name: str = "Poly
     return segmentation
 
 
-def place_clicks(selection_node: Any, interaction_node: Any, point_list: Any) -> None:
+def place_clicks(selection_node: Any, interaction_node: Any, point_list: Any,
+                 browser: Any = None) -> None:
     """Persistent place mode for ``point_list``: every click in a slice view adds a point to it
-    (until the user leaves place mode), as the include/exclude click tools need."""
+    (until the user leaves place mode), as the include/exclude click tools need.
+
+    With a sequence ``browser``, each point records the item shown when it is placed
+    (:func:`~polypsam.mrml.video_clicks.observe_click_frames`), for tracking with clicks.
+    """
+    if browser is not None:
+        from .video_clicks import observe_click_frames
+
+        observe_click_frames(point_list, browser)
     selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
     selection_node.SetActivePlaceNodeID(point_list.GetID())
     interaction_node.SetPlaceModePersistence(1)
