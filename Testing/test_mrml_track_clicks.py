@@ -203,6 +203,7 @@ def test_a_box_on_the_key_frame_goes_with_its_clicks(slicer_scene, slicer_core, 
 
 
 def test_cancelled_tracking_leaves_the_sequence_untouched(slicer_scene, slicer_core, module_engine):
+    from polypsam import mrml
     from polypsam.engine import CancelToken
     from polypsam.errors import CancelledError
     from polypsam.mrml.video_clicks import track_with_clicks
@@ -225,6 +226,8 @@ def test_cancelled_tracking_leaves_the_sequence_untouched(slicer_scene, slicer_c
                           previous=first.tracking, progress=progress, cancel=cancel)
     after = _stored(browser, seg, proxy)
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert mrml.undo(seg) and browser.GetSequenceNode(seg) is None, "undo: the first run's step"
+    assert not mrml.undo(seg), "the cancelled run left no undo step"
 
 
 def test_bad_clicks_are_refused_and_the_scene_is_unchanged(slicer_scene, slicer_core, engine):
