@@ -347,7 +347,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         isVolume = hasVolume and not isVector
         for button in (self.ui.includeButton, self.ui.excludeButton, self.ui.nextCandidateButton):
             button.enabled = hasVolume
-        self.ui.propagateClicksButton.enabled = isVolume
+        self.ui.propagateClicksButton.enabled = isVolume or self._videoBrowser() is not None
         self.ui.startFromSegmentButton.enabled = isVolume and bool(p.outputSegmentation)
         server = bool(p and p.engine == "server")
         for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit,
@@ -449,7 +449,23 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                  self.onClickPlaced)
             self._clickLists = (include, exclude)
             self._lastClicks = self._lastPropagation = None
-        self.logic.placeClicks(include if kind == "include" else exclude)
+        self.logic.placeClicks(include if kind == "include" else exclude,
+                               browser=self._videoBrowser())
+
+    def _videoBrowser(self):
+        """The sequence browser when the clicks go on a video's frames (the input is its proxy
+        frame, or no input and a browser of RGB frames), else ``None``."""
+        p = self._parameterNode
+        browser = p.inputSequenceBrowser if p else None
+        if browser is None:
+            return None
+        master = browser.GetMasterSequenceNode()
+        proxy = browser.GetProxyNode(master) if master is not None else None
+        if proxy is None or not proxy.IsA("vtkMRMLVectorVolumeNode"):
+            return None
+        if p.inputVolume is not None and p.inputVolume.GetID() != proxy.GetID():
+            return None
+        return browser
 
     def _engineSettings(self):
         """The settings panel's choices (the server token is kept out of the scene)."""
@@ -488,7 +504,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showClickResult(self, result) -> None:
         text = result.summary
-        if result.candidates:
+        if getattr(result, "candidates", None):
             k = max(result.candidates)
             _masks, scores = result.candidates[k]
             chosen = result.chosen[k]
@@ -519,10 +535,16 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             p = self._parameterNode
             include, exclude = self.logic.clickLists(self._targetSegment())
-            result = self.logic.propagateClicks(
-                engine, p, self._targetSegment(), include, exclude,
-                fromSegment=operation == "start", previous=self._lastPropagation)
-            self._lastPropagation = result.propagation
+            browser = self._videoBrowser()
+            if browser is not None and operation == "propagate":  # clicks through the video
+                result = self.logic.trackClicks(engine, p, browser, self._targetSegment(),
+                                                include, exclude, previous=self._lastPropagation)
+                self._lastPropagation = result.tracking
+            else:
+                result = self.logic.propagateClicks(
+                    engine, p, self._targetSegment(), include, exclude,
+                    fromSegment=operation == "start", previous=self._lastPropagation)
+                self._lastPropagation = result.propagation
             self._showClickResult(result)
 
     def _exportReference(self):
@@ -717,9 +739,11 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
         return clicks.click_lists(slicer.mrmlScene, segment)
 
     @staticmethod
-    def placeClicks(pointList) -> None:
+    def placeClicks(pointList, browser=None) -> None:
+        """Place mode for ``pointList``; with a video ``browser`` each point records its frame."""
         appLogic = slicer.app.applicationLogic()
-        scene.place_clicks(appLogic.GetSelectionNode(), appLogic.GetInteractionNode(), pointList)
+        scene.place_clicks(appLogic.GetSelectionNode(), appLogic.GetInteractionNode(), pointList,
+                           browser=browser)
 
     @staticmethod
     def segmentEditorNodeFor(segmentationNode):
@@ -759,14 +783,29 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
         """Propagate ``segment`` (from its box ROI, key-slice clicks, or with ``fromSegment`` its own
         mask); clicks elsewhere condition SAM2; ``previous`` limits the re-run to what changed."""
         from polypsam.mrml import interactive
+        from polypsam.propagation import PropagationResult
 
         rois = [r for r in p.rois if r is not None]
+        previous = previous if isinstance(previous, PropagationResult) else None
         return interactive.propagate_with_clicks(
             engine, p.inputVolume, p.outputSegmentation, segment, include=include,
             exclude=exclude, roi=None if fromSegment or not rois else rois[0],
             from_segment=fromSegment, key_slice=p.keySlice, previous=previous,
             editor_node=self.segmentEditorNodeFor(p.outputSegmentation),
             window_preset=p.windowPreset, background=self._background())
+
+    def trackClicks(self, engine, p, browser, segment, include, exclude, previous=None):
+        """Track ``segment`` through a video: clicked frames condition SAM2 (their frame recorded
+        when placed); with ``previous`` only the directions a new click affects run again."""
+        from polypsam.mrml import video_clicks
+        from polypsam.propagation import TrackResult
+
+        rois = [r for r in p.rois if r is not None]
+        return video_clicks.track_with_clicks(
+            engine, browser, p.outputSegmentation, segment, include=include, exclude=exclude,
+            roi=rois[0] if rois else None,
+            previous=previous if isinstance(previous, TrackResult) else None,
+            background=self._background())
 
     @staticmethod
     def exportFormats():
