@@ -198,6 +198,56 @@ def as_prompts(
     return out
 
 
+def object_prompts(
+    boxes: Sequence,
+    points: Sequence = (),
+    labels: Sequence[int] = (),
+    mask: np.ndarray | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    *,
+    other_clicks: bool = False,
+    boxes_name: str = "boxes",
+    advice: str = "one call per object",
+) -> list[Prompt]:
+    """Boxes plus ONE object's clicks and mask as the objects' prompts (CLI and batch rule).
+
+    Without clicks or mask every box is an object (labels 1..N). Clicks (``points`` with
+    ``labels`` 1/0) and ``mask`` go with the single box, or form one object alone; several boxes
+    with them, or with ``other_clicks`` (clicks on other frames, which belong to object 1), are
+    refused (``boxes_name``/``advice`` word the error for the caller). With ``width`` and
+    ``height`` everything is checked against that image (:func:`as_prompts`).
+    """
+    boxes = [as_box(b) for b in boxes]
+    clicks = len(points) > 0 or mask is not None or other_clicks
+    if len(boxes) > 1 and clicks:
+        raise InvalidInputError(
+            f"{len(boxes)} {boxes_name} with clicks or a mask prompt: clicks and masks belong to"
+            f" one object, so give at most one box with them ({advice})"
+        )
+    if not clicks:
+        return as_prompts(boxes, width, height)
+    prompt = Prompt(box=boxes[0] if boxes else None, points=points, labels=labels, mask=mask)
+    return as_prompts([prompt], width, height)
+
+
+def frame_clicks(clicks: Sequence, count: int, unit: str = "frame", obj_id: int = 1) -> list[FramePrompt]:
+    """Clicks ``(frame, x, y, label)`` on frames of a ``count``-frame sequence as one
+    :class:`FramePrompt` per frame for object ``obj_id`` (sorted by frame; ``unit`` words errors).
+    """
+    from .geometry import check_index
+
+    by_frame: dict[int, tuple[list, list]] = {}
+    for n, x, y, label in clicks:
+        if n != int(n):
+            raise InvalidInputError(f"click {unit} {n:g}: the {unit} must be an integer")
+        frame = check_index(int(n), count, f"click {unit} {int(n)}", f"the {unit}s")
+        pts, labs = by_frame.setdefault(frame, ([], []))
+        pts.append((x, y))
+        labs.append(label)
+    return [FramePrompt(f, obj_id, points=pts, labels=labs) for f, (pts, labs) in sorted(by_frame.items())]
+
+
 @dataclass(frozen=True, eq=False)
 class MaskResult:
     """One object's 2-D mask (``bool``, input size) and SAM2's predicted IoU score.

@@ -83,44 +83,26 @@ def has_click_prompts(args: argparse.Namespace) -> bool:
 def prompts_from_args(args: argparse.Namespace, width: int, height: int, mask=None) -> list:
     """The objects' prompts (:class:`~polypsam.engine.Prompt`) from --box, clicks and ``mask``.
 
-    Clicks and the mask go with the single box, or form one object alone; several boxes with
-    clicks or a mask are refused. Everything is checked against a ``width`` x ``height`` image.
+    The rule is :func:`polypsam.engine.object_prompts`: clicks and the mask go with the single
+    box, or form one object alone. Everything is checked against a ``width`` x ``height`` image.
     """
-    from ..engine import Prompt, as_prompts
+    from ..engine import object_prompts
 
-    boxes = [Box.from_sequence(b) for b in (args.box or [])]
     points = [tuple(p) for p in args.point] + [tuple(p) for p in args.negative_point]
     labels = [1] * len(args.point) + [0] * len(args.negative_point)
-    clicks = bool(points) or mask is not None or bool(getattr(args, "refine_points", None)) \
-        or bool(getattr(args, "refine_negative_points", None))
-    if len(boxes) > 1 and clicks:
-        raise InvalidInputError(
-            f"{len(boxes)} --box options with clicks or a mask prompt: clicks and masks belong"
-            " to one object, so give at most one --box with them (run once per object)"
-        )
-    if not boxes and not clicks:
+    other = bool(getattr(args, "refine_points", None) or getattr(args, "refine_negative_points", None))
+    if not args.box and not points and mask is None and not other:
         raise InvalidInputError("give a prompt: --box, --point or --mask-prompt")
-    if not clicks:
-        return as_prompts(boxes, width, height)
-    return as_prompts([Prompt(box=boxes[0] if boxes else None, points=points, labels=labels,
-                              mask=mask)], width, height)
+    return object_prompts(args.box or [], points, labels, mask, width, height, other_clicks=other,
+                          boxes_name="--box options", advice="run once per object")
 
 
 def refinements_from_args(args: argparse.Namespace, count: int, unit: str) -> list:
     """Clicks on other slices/frames as :class:`~polypsam.engine.FramePrompt` (object 1)."""
-    from ..engine import FramePrompt
-    from ..geometry import check_index
+    from ..engine import frame_clicks
 
-    by_frame: dict[int, tuple[list, list]] = {}
-    for values, label in [(v, 1) for v in args.refine_points] + [(v, 0) for v in args.refine_negative_points]:
-        n, x, y = values
-        if n != int(n):
-            raise InvalidInputError(f"--{unit}-point: the {unit} must be an integer, got {n:g}")
-        frame = check_index(int(n), count, f"click {unit} {int(n)}", f"the {unit}s")
-        pts, labs = by_frame.setdefault(frame, ([], []))
-        pts.append((x, y))
-        labs.append(label)
-    return [FramePrompt(f, 1, points=pts, labels=labs) for f, (pts, labs) in sorted(by_frame.items())]
+    clicks = [(*v, 1) for v in args.refine_points] + [(*v, 0) for v in args.refine_negative_points]
+    return frame_clicks(clicks, count, unit)
 
 
 def read_mask_prompt(path: Path, shape: tuple[int, int], slice_k: int | None = None):
