@@ -31,9 +31,13 @@ def engine_args(checkpoint) -> list[str]:
             "--image-size", str(TEST_IMAGE_SIZE)]
 
 
-def write_manifest(path: Path, rows: list[dict]) -> Path:
+POINT_COLUMNS = ["points", "negative_points", "slice_points", "slice_negative_points",
+                 "frame_points", "frame_negative_points"]
+
+
+def write_manifest(path: Path, rows: list[dict], header: list[str] = HEADER) -> Path:
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, HEADER)
+        writer = csv.DictWriter(fh, header)
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
@@ -146,7 +150,7 @@ def test_manifest_rows_are_checked_one_by_one(shared_data, manifest, tmp_path):
     assert "unknown task 'explode'" in errors[5]
     assert "input not found" in errors[6] and "missing.png" in errors[6]
     assert "a box needs 4 numbers" in errors[7]
-    assert "no box given" in errors[8]
+    assert "no prompt: give boxes" in errors[8]
     assert "case_id '../evil'" in errors[9]
     assert "apply to volumes" in errors[10]
     assert "task track does not apply to an image" in errors[11]
@@ -177,7 +181,7 @@ def test_manifest_file_level_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="unknown column.*boxs"):
         read_manifest(tmp_path / "a.csv")
     (tmp_path / "b.csv").write_text("input,task\nx.png,segment\n")
-    with pytest.raises(InvalidInputError, match="needs the column.*boxes"):
+    with pytest.raises(InvalidInputError, match="needs a boxes or points column"):
         read_manifest(tmp_path / "b.csv")
 
 
@@ -256,6 +260,87 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
         scored = sorted(r["case"] for r in csv.DictReader(fh))
     assert scored == ["clip/030", "clip/031", "clip/032", "cvc", "kvasir"]
     assert plot.is_file() and "dice" in summary
+
+
+# -- click prompts in the manifest: same masks as the library with the same Prompt ------------
+def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
+        cases, engine, tiny_checkpoint, tmp_path):
+    from polypsam import io
+    from polypsam.engine import FramePrompt, Prompt
+    from polypsam.overlay import labelmap_from_masks
+    from polypsam.propagation import propagate
+
+    x0, y0, x1, y1 = (int(float(v)) for v in cases["kvasir"]["boxes"].split())
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    lx0, ly0, lx1, ly1 = (int(v) for v in cases["lesion"]["boxes"].split())
+    lx, ly = (lx0 + lx1) // 2, (ly0 + ly1) // 2
+    kvasir = {**cases["kvasir"], "reference": ""}
+    rows = [
+        {**kvasir, "case_id": "boxpts", "points": f"{cx} {cy}", "negative_points": f"{x0 + 3} {y0 + 3}"},
+        {**kvasir, "case_id": "ptsonly", "boxes": "", "points": f"{cx} {cy}; {cx + 5},{cy}",
+         "negative_points": f"{x0 + 3} {y0 + 3}"},
+        {**cases["lesion"], "case_id": "ctpts", "boxes": "", "reference": "",
+         "points": f"{lx} {ly}", "slice_points": f"5 {lx} {ly}"},
+        {**kvasir, "case_id": "twoboxes", "boxes": f"{x0} {y0} {cx} {cy}; {cx} {cy} {x1} {y1}",
+         "points": f"{cx} {cy}"},
+        {**kvasir, "case_id": "outside", "points": f"{cx} 5000"},
+        {**kvasir, "case_id": "onlyneg", "boxes": "", "negative_points": f"{cx} {cy}"},
+        {**kvasir, "case_id": "badpoint", "points": "1 2 3"},
+        {**kvasir, "case_id": "sliceonimage", "slice_points": "0 5 5"},
+    ]
+    path = write_manifest(tmp_path / "m.csv", rows, HEADER + POINT_COLUMNS)
+    parsed = read_manifest(path)
+    errors = {e.case_id: e.message for e in parsed.errors}
+    assert "2 boxes with clicks" in errors["twoboxes"] and "one row per object" in errors["twoboxes"]
+    assert "exclude points alone" in errors["onlyneg"]
+    assert "must be X Y" in errors["badpoint"]
+    assert "slice_points applies to volumes" in errors["sliceonimage"]
+    assert len(errors) == 4
+    ct = next(c for c in parsed.cases if c.case_id == "ctpts")
+    assert ct.task == "propagate" and ct.other_points == ((5.0, lx, ly, 1),)
+
+    out = tmp_path / "out"
+    plan = plan_for(out, tiny_checkpoint)
+    report = run_batch(parsed, plan, engine=engine)
+    status = {r.case_id: r.status for r in report.results}
+    assert status == {"boxpts": "ok", "ptsonly": "ok", "ctpts": "ok", "outside": "failed"}
+    outside = next(r for r in report.results if r.case_id == "outside")
+    assert "point (" in outside.error and "lies outside the image" in outside.error
+    failures = {f["case_id"] for f in csv.DictReader((out / "failures.csv").open())}
+    assert failures == {"outside", "twoboxes", "onlyneg", "badpoint", "sliceonimage"}
+
+    image = io.read_image(cases["kvasir"]["input"])
+    expected = {
+        "boxpts": Prompt(box=(x0, y0, x1, y1), points=[(cx, cy), (x0 + 3, y0 + 3)], labels=[1, 0]),
+        "ptsonly": Prompt(points=[(cx, cy), (cx + 5, cy), (x0 + 3, y0 + 3)], labels=[1, 1, 0]),
+    }
+    for name, prompt in expected.items():
+        want = labelmap_from_masks(engine.segment_2d(image, [prompt]))
+        np.testing.assert_array_equal(read_labels(out / name / "mask.png"), want)
+    record = json.loads((out / "boxpts" / "case.json").read_text())
+    assert record["prompts"] == {"boxes": [[x0, y0, x1, y1]], "points": [[cx, cy]],
+                                 "negative_points": [[x0 + 3, y0 + 3]]}
+    assert record["provenance"]["prompts"] == record["prompts"]
+
+    volume = io.read_volume(cases["lesion"]["input"])
+    want = propagate(engine, volume, [Prompt(points=[(lx, ly)], labels=[1])], (5, 7), 6,
+                     refinements=[FramePrompt(5, 1, points=[(lx, ly)], labels=[1])])
+    got = io.read_volume(out / "ctpts" / "labelmap.nii.gz").array
+    np.testing.assert_array_equal(got, want.labelmap.array)
+    record = json.loads((out / "ctpts" / "case.json").read_text())
+    assert record["prompts"] == {"boxes": [], "points": [[lx, ly]], "slice_points": [[5, lx, ly]],
+                                 "slices": [5, 7], "key_slice": 6}
+
+    # points are part of the fingerprint: only the row whose points changed runs again
+    rows[0] = {**rows[0], "points": f"{cx} {cy + 4}"}
+    counting = CountingEngine(engine)
+    report = run_batch(read_manifest(write_manifest(path, rows, HEADER + POINT_COLUMNS)), plan,
+                       engine=counting)
+    status = {r.case_id: r.status for r in report.results}
+    assert status == {"boxpts": "ok", "ptsonly": "skipped", "ctpts": "skipped", "outside": "failed"}
+    assert counting.calls == 1
+    record = json.loads((out / "boxpts" / "case.json").read_text())
+    assert record["prompts"]["points"] == [[cx, cy + 4]]
 
 
 # -- CLI: in this process and through real Dask clusters on loopback --------------------------

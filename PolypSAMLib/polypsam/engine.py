@@ -231,7 +231,9 @@ def object_prompts(
     return as_prompts([prompt], width, height)
 
 
-def frame_clicks(clicks: Sequence, count: int, unit: str = "frame", obj_id: int = 1) -> list[FramePrompt]:
+def frame_clicks(
+    clicks: Sequence, count: int, unit: str = "frame", obj_id: int = 1
+) -> list[FramePrompt]:
     """Clicks ``(frame, x, y, label)`` on frames of a ``count``-frame sequence as one
     :class:`FramePrompt` per frame for object ``obj_id`` (sorted by frame; ``unit`` words errors).
     """
@@ -245,7 +247,9 @@ def frame_clicks(clicks: Sequence, count: int, unit: str = "frame", obj_id: int 
         pts, labs = by_frame.setdefault(frame, ([], []))
         pts.append((x, y))
         labs.append(label)
-    return [FramePrompt(f, obj_id, points=pts, labels=labs) for f, (pts, labs) in sorted(by_frame.items())]
+    return [
+        FramePrompt(f, obj_id, points=pts, labels=labs) for f, (pts, labs) in sorted(by_frame.items())
+    ]
 
 
 @dataclass(frozen=True, eq=False)

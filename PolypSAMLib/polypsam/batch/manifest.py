@@ -1,6 +1,6 @@
 """Batch manifests: a CSV file, one case per row, parsed and checked into :class:`Case` objects.
 
-Columns (header row required; only ``input`` and ``boxes`` are mandatory, order is free):
+Columns (header row required; ``input`` and ``boxes`` or ``points`` are mandatory, order is free):
 
 ``case_id``    name of the case's output folder (letters, digits, ``._-``; default: the input's
                file name without suffix, made unique with ``-2``, ``-3``...)
@@ -10,6 +10,13 @@ Columns (header row required; only ``input`` and ``boxes`` are mandatory, order 
                volume propagated (segmented when it has one slice), frames/videos tracked
 ``boxes``      one or more boxes ``X0 Y0 X1 Y1`` (pixels, inclusive; x = column/I, y = row/J)
                separated by ``;`` (labels 1..N in that order); numbers split by spaces or commas
+``points``     include clicks ``X Y`` (pixels) separated by ``;`` on the key slice/frame, for ONE
+               object: they go with the single box or make the object alone (several boxes
+               with points are refused, as in the CLI); ``negative_points``: exclude clicks
+``slice_points`` propagate: include clicks ``K X Y`` on other slices K (each a conditioning slice
+               of the tracker, as ``--slice-point``); ``slice_negative_points``: exclude clicks
+``frame_points`` track: ``I X Y`` on other frames I, as ``--frame-point``;
+               ``frame_negative_points``: exclude clicks
 ``key_slice``  volumes: the slice K the boxes are drawn on (propagate: default the middle of
                ``slices``; segment: required unless the volume has one slice)
 ``slices``     propagate: the slice range ``K0 K1`` (inclusive; default all slices)
@@ -19,8 +26,9 @@ Columns (header row required; only ``input`` and ``boxes`` are mandatory, order 
 ``window``     optional intensity for scalar images, as ``--window`` (overrides it for the row)
 
 A row that cannot be used (missing file, unknown task, bad numbers, options that do not fit the
-input) becomes a :class:`RowError` naming the row and the problem; the other rows still run.
-Boxes are checked against the image size when the case runs (the file is read there).
+input, several boxes with points) becomes a :class:`RowError` naming the row and the problem; the
+other rows still run. Boxes and points are checked against the image size when the case runs (the
+file is read there): one outside fails that case only.
 """
 
 from __future__ import annotations
@@ -33,8 +41,11 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from ..geometry import Box, as_boxes
 
-COLUMNS = ("case_id", "input", "task", "boxes", "key_slice", "slices", "frame", "reference",
-           "window")
+COLUMNS = ("case_id", "input", "task", "boxes", "points", "negative_points", "slice_points",
+           "slice_negative_points", "frame_points", "frame_negative_points", "key_slice", "slices",
+           "frame", "reference", "window")
+OTHER_POINTS = {"volume": ("slice_points", "slice_negative_points"),
+                "frames": ("frame_points", "frame_negative_points")}
 TASKS = ("segment", "propagate", "track")
 KINDS = ("image", "volume", "frames")
 RESERVED_IDS = ("summary.csv", "failures.csv", "batch.log", "metrics.csv", "metrics.png")
@@ -51,6 +62,9 @@ class Case:
     kind: str  # image | volume | frames
     task: str  # segment | propagate | track | "" (volume: decided once its slices are known)
     boxes: tuple[Box, ...]
+    points: tuple[tuple[float, float], ...] = ()  # include clicks on the key slice/frame
+    negative_points: tuple[tuple[float, float], ...] = ()
+    other_points: tuple[tuple[float, float, float, int], ...] = ()  # (slice/frame, x, y, label)
     key_slice: int | None = None
     slices: tuple[int, int] | None = None
     frame: int | None = None
@@ -60,11 +74,41 @@ class Case:
     def prompts(self) -> dict:
         """The prompts as JSON-ready values (recorded in the case's JSON)."""
         out: dict = {"boxes": [b.to_list() for b in self.boxes]}
+        # clicks only when given: rows without them keep the fingerprints of older versions
+        for name in ("points", "negative_points"):
+            if getattr(self, name):
+                out[name] = [list(p) for p in getattr(self, name)]
+        if self.other_points:
+            pos, neg = OTHER_POINTS["volume" if self.kind == "volume" else "frames"]
+            for name, label in ((pos, 1), (neg, 0)):
+                values = [[n, x, y] for n, x, y, lab in self.other_points if lab == label]
+                if values:
+                    out[name] = values
         for name in ("key_slice", "slices", "frame"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
+
+    @property
+    def point_labels(self) -> tuple[int, ...]:
+        """Labels of ``points + negative_points`` (1 include, 0 exclude)."""
+        return (1,) * len(self.points) + (0,) * len(self.negative_points)
+
+    def object_prompts(self, width: int | None = None, height: int | None = None) -> list:
+        """The objects' :class:`~polypsam.engine.Prompt` list (checked on a ``width`` x ``height``
+        image when given), by the CLI's rule :func:`polypsam.engine.object_prompts`."""
+        from ..engine import object_prompts
+
+        return object_prompts(self.boxes, self.points + self.negative_points, self.point_labels,
+                              None, width, height, other_clicks=bool(self.other_points),
+                              boxes_name="boxes", advice="one row per object")
+
+    def refinements(self, count: int) -> list:
+        """Clicks on other slices/frames as :class:`~polypsam.engine.FramePrompt` (object 1)."""
+        from ..engine import frame_clicks
+
+        return frame_clicks(self.other_points, count, "slice" if self.kind == "volume" else "frame")
 
     def describe(self) -> dict:
         """Everything that decides this case's outputs, as JSON-ready values."""
@@ -96,6 +140,18 @@ def parse_boxes(text: str) -> list[Box]:
     if not parts:
         raise InvalidInputError("no box given: the boxes column needs X0 Y0 X1 Y1 (';' between)")
     return as_boxes([_numbers(p, "box", float) for p in parts])
+
+
+def parse_points(text: str, what: str, size: int = 2) -> list[tuple[float, ...]]:
+    """``"x y; x y"`` (``size`` 3: ``"k x y; ..."``) as tuples of floats; empty text: none."""
+    out = []
+    for part in (p for p in (text or "").split(";") if p.strip()):
+        values = _numbers(part, what, float)
+        if len(values) != size:
+            form = "X Y" if size == 2 else "K X Y"
+            raise InvalidInputError(f"{what} {part.strip()!r} must be {form} (';' between clicks)")
+        out.append(tuple(values))
+    return out
 
 
 def _numbers(text: str, what: str, kind=int) -> list:
@@ -156,13 +212,21 @@ def _task_for(kind: str, task: str, row: dict) -> str:
         raise InvalidInputError(f"key_slice/slices apply to volumes, not to {what}")
     if kind != "frames" and row["frame"]:
         raise InvalidInputError(f"frame applies to frame folders and videos, not to {what}")
+    for other, columns in OTHER_POINTS.items():
+        given = [c for c in columns if row[c]]
+        if given and kind != other:
+            where = "volumes" if other == "volume" else "frame folders and videos"
+            raise InvalidInputError(f"{given[0]} applies to {where}, not to {what}")
     if task == "segment" and row["slices"]:
         raise InvalidInputError("slices applies to propagate; segment takes one key_slice")
+    if task == "segment" and (row["slice_points"] or row["slice_negative_points"]):
+        raise InvalidInputError("slice_points apply to propagate; segment takes one key_slice")
     if kind == "image":
         return "segment"
     if kind == "frames":
         return "track"
-    return task or ("propagate" if row["slices"] else "")
+    others = row["slices"] or row["slice_points"] or row["slice_negative_points"]
+    return task or ("propagate" if others else "")
 
 
 def parse_row(row: dict, line: int, base: Path) -> Case:
@@ -172,7 +236,17 @@ def parse_row(row: dict, line: int, base: Path) -> Case:
     path = _resolve(base, row["input"], "input")
     kind = input_kind(path)
     task = _task_for(kind, row["task"].lower(), row)
-    boxes = tuple(parse_boxes(row["boxes"]))
+    boxes = tuple(parse_boxes(row["boxes"])) if row["boxes"] else ()
+    points = tuple(parse_points(row["points"], "points"))
+    negative = tuple(parse_points(row["negative_points"], "negative_points"))
+    other = ()
+    if kind in OTHER_POINTS:
+        pos, neg = OTHER_POINTS[kind]
+        other = tuple((*p, 1) for p in parse_points(row[pos], pos, 3)) + \
+            tuple((*p, 0) for p in parse_points(row[neg], neg, 3))
+    if not boxes and not points and not negative:
+        raise InvalidInputError("no prompt: give boxes (X0 Y0 X1 Y1, ';' between) and/or points"
+                                " (X Y, ';' between)")
     slices = None
     if row["slices"]:
         values = _numbers(row["slices"], "slices")
@@ -189,9 +263,12 @@ def parse_row(row: dict, line: int, base: Path) -> Case:
     reference = _resolve(base, row["reference"], "reference") if row["reference"] else None
     case_id = row["case_id"] or _default_id(path)
     check_case_id(case_id)
-    return Case(case_id=case_id, row=line, input=path, kind=kind, task=task, boxes=boxes,
-                key_slice=key, slices=slices, frame=_one_int(row["frame"], "frame"),
+    case = Case(case_id=case_id, row=line, input=path, kind=kind, task=task, boxes=boxes,
+                points=points, negative_points=negative, other_points=other, key_slice=key,
+                slices=slices, frame=_one_int(row["frame"], "frame"),
                 reference=reference, window=row["window"])
+    case.object_prompts()  # the box/points rule now, so a bad row is reported before any run
+    return case
 
 
 def check_case_id(case_id: str) -> str:
@@ -217,7 +294,7 @@ def read_manifest(path: str | Path) -> Manifest:
     """Parse a manifest CSV; unusable rows become :class:`RowError` entries, not exceptions.
 
     Raises :class:`InvalidInputError` only when the file itself is unusable (missing, no header,
-    no ``input``/``boxes`` column, unknown columns).
+    no ``input`` column, neither ``boxes`` nor ``points``, unknown columns).
     """
     path = Path(path)
     if not path.is_file():
@@ -232,9 +309,10 @@ def read_manifest(path: str | Path) -> Manifest:
         if unknown:
             raise InvalidInputError(f"manifest {path.name}: unknown column(s) {', '.join(unknown)};"
                                     f" known: {', '.join(COLUMNS)}")
-        missing = [c for c in ("input", "boxes") if c not in header]
-        if missing:
-            raise InvalidInputError(f"manifest {path.name} needs the column(s) {', '.join(missing)}")
+        if "input" not in header:
+            raise InvalidInputError(f"manifest {path.name} needs the column input")
+        if "boxes" not in header and "points" not in header:
+            raise InvalidInputError(f"manifest {path.name} needs a boxes or points column")
         reader.fieldnames = header
         manifest = Manifest(path=path.resolve())
         seen: dict[str, int] = {}

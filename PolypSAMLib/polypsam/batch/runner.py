@@ -197,17 +197,16 @@ def _run(case: Case, plan: BatchPlan, provider: EngineProvider, folder: Path, ti
 
 def _segment_image(case, plan, provider, folder, timings, record):
     from .. import io
-    from ..geometry import as_boxes
     from ..overlay import labelmap_from_masks
 
     t = time.perf_counter()
     image = io.read_image(case.input)
-    boxes = as_boxes(case.boxes, image.shape[1], image.shape[0])
+    prompts = case.object_prompts(image.shape[1], image.shape[0])
     intensity = _intensity(case, plan)
     timings["read_s"] = time.perf_counter() - t
     engine = _engine(provider, plan, timings, record)
     t = time.perf_counter()
-    results = engine.segment_2d(image, boxes, intensity=intensity)
+    results = engine.segment_2d(image, prompts, intensity=intensity)
     timings["compute_s"] = time.perf_counter() - t
     t = time.perf_counter()
     io.write_png(labelmap_from_masks(results), folder / "mask.png")
@@ -217,7 +216,7 @@ def _segment_image(case, plan, provider, folder, timings, record):
 
 def _volume(case, plan, provider, folder, timings, record):
     from .. import io
-    from ..geometry import as_boxes, check_index, check_slice_range
+    from ..geometry import check_index, check_slice_range
     from ..overlay import labelmap_from_masks
     from ..propagation import propagate
 
@@ -226,7 +225,7 @@ def _volume(case, plan, provider, folder, timings, record):
     nk, nj, ni = volume.shape
     task = case.task or ("segment" if nk == 1 else "propagate")
     record["task"] = task
-    boxes = as_boxes(case.boxes, ni, nj)
+    prompts = case.object_prompts(ni, nj)
     intensity = _intensity(case, plan)
     name = "labelmap" + plan.labelmap_suffix
     if task == "segment":
@@ -237,8 +236,8 @@ def _volume(case, plan, provider, folder, timings, record):
         timings["read_s"] = time.perf_counter() - t
         engine = _engine(provider, plan, timings, record)
         t = time.perf_counter()
-        results = engine.segment_2d(volume.array[k], boxes, intensity=intensity)
-        labels = np.zeros(volume.shape, dtype=np.uint8 if len(boxes) < 256 else np.uint16)
+        results = engine.segment_2d(volume.array[k], prompts, intensity=intensity)
+        labels = np.zeros(volume.shape, dtype=np.uint8 if len(prompts) < 256 else np.uint16)
         labels[k] = labelmap_from_masks(results)
         timings["compute_s"] = time.perf_counter() - t
         extra = {"scores": {str(i): r.score for i, r in enumerate(results, start=1)},
@@ -248,10 +247,12 @@ def _volume(case, plan, provider, folder, timings, record):
         k0, k1 = check_slice_range(case.slices, nk, "slices")
         if case.key_slice is not None:
             check_index(case.key_slice, nk, f"key_slice {case.key_slice}", "the volume's slices")
+        refinements = case.refinements(nk)
         timings["read_s"] = time.perf_counter() - t
         engine = _engine(provider, plan, timings, record)
         t = time.perf_counter()
-        result = propagate(engine, volume, boxes, (k0, k1), case.key_slice, intensity=intensity)
+        result = propagate(engine, volume, prompts, (k0, k1), case.key_slice,
+                           refinements=refinements, intensity=intensity)
         timings["compute_s"] = time.perf_counter() - t
         labelmap = result.labelmap
         extra = {"scores": {str(k): v for k, v in result.scores.items()},
@@ -265,7 +266,7 @@ def _volume(case, plan, provider, folder, timings, record):
 def _track(case, plan, provider, folder, timings, record):
     from .. import io
     from ..frames import read_frames
-    from ..geometry import as_boxes, check_index
+    from ..geometry import check_index
     from ..propagation import iter_track
 
     t = time.perf_counter()
@@ -273,14 +274,16 @@ def _track(case, plan, provider, folder, timings, record):
     n = len(frames)
     index = check_index(case.frame or 0, n, f"frame {case.frame or 0}", "the sequence's frames")
     first = np.asarray(frames[index])
-    boxes = as_boxes(case.boxes, first.shape[1], first.shape[0])
+    prompts = case.object_prompts(first.shape[1], first.shape[0])
+    refinements = case.refinements(n)
     intensity = _intensity(case, plan)
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
     timings["read_s"] = time.perf_counter() - t
     engine = _engine(provider, plan, timings, record)
     t = time.perf_counter()
     written = []
-    for frame, labels, _scores in iter_track(engine, frames, index, boxes, intensity=intensity):
+    for frame, labels, _scores in iter_track(engine, frames, index, prompts,
+                                             refinements=refinements, intensity=intensity):
         written.append(str(io.write_png(labels, folder / "masks" / f"{names[frame]}.png")
                            .relative_to(folder)))
     timings["compute_s"] = time.perf_counter() - t
