@@ -268,19 +268,29 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     from polypsam import io
     from polypsam.engine import FramePrompt, Prompt
     from polypsam.overlay import labelmap_from_masks
-    from polypsam.propagation import propagate
+    from polypsam.frames import read_frames
+    from polypsam.propagation import propagate, track
 
     x0, y0, x1, y1 = (int(float(v)) for v in cases["kvasir"]["boxes"].split())
     cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     lx0, ly0, lx1, ly1 = (int(v) for v in cases["lesion"]["boxes"].split())
     lx, ly = (lx0 + lx1) // 2, (ly0 + ly1) // 2
+    clip_box = [int(float(v)) for v in cases["clip"]["boxes"].split()]
+    fx, fy = (clip_box[0] + clip_box[2]) // 2, (clip_box[1] + clip_box[3]) // 2
+    two = tmp_path / "two-frames"  # prompted frame 1, a click on frame 0: one tracked frame
+    two.mkdir()
+    for name in ("030.png", "031.png"):
+        shutil.copy(Path(cases["clip"]["input"]) / name, two / name)
     kvasir = {**cases["kvasir"], "reference": ""}
     rows = [
-        {**kvasir, "case_id": "boxpts", "points": f"{cx} {cy}", "negative_points": f"{x0 + 3} {y0 + 3}"},
+        {**kvasir, "case_id": "boxpts", "points": f"{cx} {cy}",
+         "negative_points": f"{x0 + 3} {y0 + 3}"},
         {**kvasir, "case_id": "ptsonly", "boxes": "", "points": f"{cx} {cy}; {cx + 5},{cy}",
          "negative_points": f"{x0 + 3} {y0 + 3}"},
         {**cases["lesion"], "case_id": "ctpts", "boxes": "", "reference": "",
-         "points": f"{lx} {ly}", "slice_points": f"5 {lx} {ly}"},
+         "slices": "5 6", "points": f"{lx} {ly}", "slice_points": f"5 {lx} {ly}"},
+        {**cases["clip"], "case_id": "clippts", "input": str(two), "reference": "",
+         "frame_points": f"0 {fx} {fy}"},
         {**kvasir, "case_id": "twoboxes", "boxes": f"{x0} {y0} {cx} {cy}; {cx} {cy} {x1} {y1}",
          "points": f"{cx} {cy}"},
         {**kvasir, "case_id": "outside", "points": f"{cx} 5000"},
@@ -291,7 +301,8 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     path = write_manifest(tmp_path / "m.csv", rows, HEADER + POINT_COLUMNS)
     parsed = read_manifest(path)
     errors = {e.case_id: e.message for e in parsed.errors}
-    assert "2 boxes with clicks" in errors["twoboxes"] and "one row per object" in errors["twoboxes"]
+    assert "2 boxes with clicks" in errors["twoboxes"]
+    assert "one row per object" in errors["twoboxes"]
     assert "exclude points alone" in errors["onlyneg"]
     assert "must be X Y" in errors["badpoint"]
     assert "slice_points applies to volumes" in errors["sliceonimage"]
@@ -303,7 +314,8 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     plan = plan_for(out, tiny_checkpoint)
     report = run_batch(parsed, plan, engine=engine)
     status = {r.case_id: r.status for r in report.results}
-    assert status == {"boxpts": "ok", "ptsonly": "ok", "ctpts": "ok", "outside": "failed"}
+    assert status == {"boxpts": "ok", "ptsonly": "ok", "ctpts": "ok", "clippts": "ok",
+                      "outside": "failed"}
     outside = next(r for r in report.results if r.case_id == "outside")
     assert "point (" in outside.error and "lies outside the image" in outside.error
     failures = {f["case_id"] for f in csv.DictReader((out / "failures.csv").open())}
@@ -323,13 +335,20 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     assert record["provenance"]["prompts"] == record["prompts"]
 
     volume = io.read_volume(cases["lesion"]["input"])
-    want = propagate(engine, volume, [Prompt(points=[(lx, ly)], labels=[1])], (5, 7), 6,
+    want = propagate(engine, volume, [Prompt(points=[(lx, ly)], labels=[1])], (5, 6), 6,
                      refinements=[FramePrompt(5, 1, points=[(lx, ly)], labels=[1])])
     got = io.read_volume(out / "ctpts" / "labelmap.nii.gz").array
     np.testing.assert_array_equal(got, want.labelmap.array)
     record = json.loads((out / "ctpts" / "case.json").read_text())
     assert record["prompts"] == {"boxes": [], "points": [[lx, ly]], "slice_points": [[5, lx, ly]],
-                                 "slices": [5, 7], "key_slice": 6}
+                                 "slices": [5, 6], "key_slice": 6}
+
+    # a sequence row with a click on another frame (a conditioning frame of the tracker)
+    want = track(engine, read_frames(two), 1, [Prompt(box=clip_box)],
+                 refinements=[FramePrompt(0, 1, points=[(fx, fy)], labels=[1])])
+    np.testing.assert_array_equal(read_labels(out / "clippts" / "masks"), want.labels)
+    record = json.loads((out / "clippts" / "case.json").read_text())
+    assert record["prompts"]["frame_points"] == [[0, fx, fy]] and record["frame"] == 1
 
     # points are part of the fingerprint: only the row whose points changed runs again
     rows[0] = {**rows[0], "points": f"{cx} {cy + 4}"}
@@ -337,7 +356,8 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     report = run_batch(read_manifest(write_manifest(path, rows, HEADER + POINT_COLUMNS)), plan,
                        engine=counting)
     status = {r.case_id: r.status for r in report.results}
-    assert status == {"boxpts": "ok", "ptsonly": "skipped", "ctpts": "skipped", "outside": "failed"}
+    assert status == {"boxpts": "ok", "ptsonly": "skipped", "ctpts": "skipped",
+                      "clippts": "skipped", "outside": "failed"}
     assert counting.calls == 1
     record = json.loads((out / "boxpts" / "case.json").read_text())
     assert record["prompts"]["points"] == [[cx, cy + 4]]
