@@ -9,7 +9,7 @@ from pathlib import Path
 from . import options
 
 MANIFEST_HELP = """\
-manifest columns (CSV with a header row; only input and boxes are required):
+manifest columns (CSV with a header row; input and boxes or points are required):
   case_id    output folder name (letters, digits, . _ -; default: the input's name)
   input      frame (PNG/JPEG), volume (NIfTI/NRRD/MHA, DICOM file or series folder),
              folder of frames or video; relative to the manifest's folder
@@ -17,10 +17,18 @@ manifest columns (CSV with a header row; only input and boxes are required):
              or segment if it has one slice; frames/video: track)
   boxes      X0 Y0 X1 Y1 pixels (inclusive; x = column/I, y = row/J), several separated
              by ';' -> labels 1..N, e.g. "40 155 263 279; 300 20 370 80"
-  key_slice  volume: slice K the boxes are on (propagate: default middle of slices;
-             segment: required unless the volume has one slice)
+  points     include clicks "X Y; X Y" on the key slice/frame for ONE object (as --point):
+             with the single box, or alone as one object; several boxes with points is an
+             error for that row
+  negative_points   exclude clicks "X Y; X Y" (as --negative-point)
+  slice_points, slice_negative_points   propagate: clicks "K X Y; K X Y" on other slices
+             (as --slice-point K X Y)
+  frame_points, frame_negative_points   track: clicks "I X Y; I X Y" on other frames
+             (as --frame-point I X Y)
+  key_slice  volume: slice K the boxes and points are on (propagate: default middle of
+             slices; segment: required unless the volume has one slice)
   slices     propagate: slice range "K0 K1" (inclusive; default all slices)
-  frame      track: index of the frame the boxes are on (0-based; default 0)
+  frame      track: index of the frame the boxes and points are on (0-based; default 0)
   reference  optional reference mask (image, labelmap or folder of masks) for --evaluate
   window     optional intensity for this row, as --window
 
@@ -31,10 +39,11 @@ A bad row or failed case is logged and the batch goes on (exit status 1 at the e
 Re-running skips finished cases; changed rows or model settings run again.
 
 example:
-  case_id,input,task,boxes,slices,key_slice,frame,reference,window
-  kvasir1,images/a.jpg,,39 6 429 337,,,,masks/a.jpg,
-  lesion1,ct/lesion_img.nii.gz,propagate,250 240 290 280,5 7,6,,ct/lesion.nii.gz,
-  clip1,video/frames,track,149 69 201 104,,,0,,
+  case_id,input,task,boxes,points,negative_points,slices,key_slice,frame,reference,window
+  kvasir1,images/a.jpg,,39 6 429 337,,,,,,masks/a.jpg,
+  kvasir2,images/b.jpg,,,210 170; 230 180,20 20,,,,masks/b.jpg,
+  lesion1,ct/lesion_img.nii.gz,propagate,250 240 290 280,270 260,,5 7,6,,ct/lesion.nii.gz,
+  clip1,video/frames,track,149 69 201 104,,,,,0,,
 """
 
 EXIT_FAILED_CASES = 1
@@ -44,7 +53,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "batch", help="run segment/propagate/track on every row of a CSV manifest",
         description="Run every case of a manifest CSV (images, volumes, frame folders or videos"
-                    " with their box prompts) and write one output folder per case. Resumable;"
+                    " with their box and click prompts) and write one output folder per case. Resumable;"
                     " a failed case is logged and the batch goes on. --workers N runs N"
                     " processes here, --scheduler ADDRESS an existing Dask cluster.",
         epilog=MANIFEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
