@@ -297,6 +297,7 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
         {**kvasir, "case_id": "onlyneg", "boxes": "", "negative_points": f"{cx} {cy}"},
         {**kvasir, "case_id": "badpoint", "points": "1 2 3"},
         {**kvasir, "case_id": "sliceonimage", "slice_points": "0 5 5"},
+        {**cases["lesion"], "case_id": "halfslice", "slice_points": "5.5 20 20"},
     ]
     path = write_manifest(tmp_path / "m.csv", rows, HEADER + POINT_COLUMNS)
     parsed = read_manifest(path)
@@ -306,9 +307,10 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     assert "exclude points alone" in errors["onlyneg"]
     assert "must be X Y" in errors["badpoint"]
     assert "slice_points applies to volumes" in errors["sliceonimage"]
-    assert len(errors) == 4
+    assert "slice/frame 5.5 must be an integer" in errors["halfslice"]
+    assert len(errors) == 5
     ct = next(c for c in parsed.cases if c.case_id == "ctpts")
-    assert ct.task == "propagate" and ct.other_points == ((5.0, lx, ly, 1),)
+    assert ct.task == "propagate" and ct.other_points == ((5, lx, ly, 1),)
 
     out = tmp_path / "out"
     plan = plan_for(out, tiny_checkpoint)
@@ -319,7 +321,7 @@ def test_rows_with_points_give_the_library_masks_and_bad_rows_do_not_stop(
     outside = next(r for r in report.results if r.case_id == "outside")
     assert "point (" in outside.error and "lies outside the image" in outside.error
     failures = {f["case_id"] for f in csv.DictReader((out / "failures.csv").open())}
-    assert failures == {"outside", "twoboxes", "onlyneg", "badpoint", "sliceonimage"}
+    assert failures == {"outside", "twoboxes", "onlyneg", "badpoint", "sliceonimage", "halfslice"}
 
     image = io.read_image(cases["kvasir"]["input"])
     expected = {

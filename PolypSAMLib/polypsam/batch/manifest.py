@@ -64,7 +64,7 @@ class Case:
     boxes: tuple[Box, ...]
     points: tuple[tuple[float, float], ...] = ()  # include clicks on the key slice/frame
     negative_points: tuple[tuple[float, float], ...] = ()
-    other_points: tuple[tuple[float, float, float, int], ...] = ()  # (slice/frame, x, y, label)
+    other_points: tuple[tuple[int, float, float, int], ...] = ()  # (slice/frame, x, y, label)
     key_slice: int | None = None
     slices: tuple[int, int] | None = None
     frame: int | None = None
@@ -162,6 +162,12 @@ def _numbers(text: str, what: str, kind=int) -> list:
         raise InvalidInputError(f"{what} {text.strip()!r} must be {kind.__name__} numbers") from exc
 
 
+def _index(value: float, what: str) -> int:
+    if value != int(value):
+        raise InvalidInputError(f"{what}: the slice/frame {value:g} must be an integer")
+    return int(value)
+
+
 def _one_int(text: str, what: str) -> int | None:
     if not text.strip():
         return None
@@ -242,8 +248,8 @@ def parse_row(row: dict, line: int, base: Path) -> Case:
     other = ()
     if kind in OTHER_POINTS:
         pos, neg = OTHER_POINTS[kind]
-        other = tuple((*p, 1) for p in parse_points(row[pos], pos, 3)) + \
-            tuple((*p, 0) for p in parse_points(row[neg], neg, 3))
+        other = tuple((_index(n, pos), x, y, 1) for n, x, y in parse_points(row[pos], pos, 3)) + \
+            tuple((_index(n, neg), x, y, 0) for n, x, y in parse_points(row[neg], neg, 3))
     if not boxes and not points and not negative:
         raise InvalidInputError("no prompt: give boxes (X0 Y0 X1 Y1, ';' between) and/or points"
                                 " (X Y, ';' between)")
