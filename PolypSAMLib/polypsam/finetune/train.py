@@ -15,6 +15,7 @@ embedding; ``train="all"`` trains those too.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -164,6 +165,40 @@ def boxes_of_masks(masks):
     return (torch.stack(boxes) if boxes else torch.zeros(0, 4)), kept
 
 
+def bilinear_matrix(size_in: int, size_out: int, device=None):
+    """``size_out x size_in`` matrix of 1-D linear resizing with ``align_corners=False``: the
+    weights ``F.interpolate`` uses, so ``A @ X @ A.T`` is its bilinear resize of a square ``X``."""
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(size_in, dtype=torch.float32)[:, None, :]
+    resized = F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[:, 0, :]
+    return resized.T.contiguous().to(device)
+
+
+@contextmanager
+def grad_layout_like_output(module):
+    """Within the block, gradients reaching ``module``'s output take its memory layout.
+
+    SAM2's mask decoder upscales a channels-last view of the transformer output, while the
+    gradient coming back from the mask product is contiguous; ``gelu_backward`` on mixed layouts
+    takes a slow path (about 8x slower on a CPU). Only the gradient's layout changes; the
+    forward pass and every value stay as they are.
+    """
+    import torch
+
+    def hook(_module, _inputs, output):
+        if output.requires_grad and not output.is_contiguous() and output.is_contiguous(
+                memory_format=torch.channels_last):
+            output.register_hook(lambda grad: grad.contiguous(memory_format=torch.channels_last))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class Trainer:
     """One batch's loss and one validation pass for a model, its data and its settings."""
 
@@ -175,6 +210,7 @@ class Trainer:
         self.targets = [component_targets(s, self.size) for s in self.train_set]
         self.train_keys: list[str] = []
         self.val_keys: list[str] = []
+        self._upsamplers: dict = {}
 
     # -- features --------------------------------------------------------------------------
     def _encode(self, images, grad: bool):
@@ -196,7 +232,6 @@ class Trainer:
     def batch_loss(self, indices: Sequence[int], generator):
         """Dice + BCE of one batch of training samples (all boxes of each sample)."""
         import torch
-        import torch.nn.functional as F
 
         from ..sam2_image import box_logits, normalize_input, resize_input
         from .augment import augment
@@ -225,17 +260,29 @@ class Trainer:
             targets.append(target)
             widths += [width] * len(sample_boxes)
             heights += [height] * len(sample_boxes)
-        if self.cfg.cached:
-            image_embed, high_res = self.train_cache.batch([self.train_keys[i] for i in indices])
+        if self.cfg.cached:  # one row per box prompt, gathered straight from the cache
+            image_embed, high_res = self.train_cache.batch([self.train_keys[indices[r]]
+                                                            for r in rows])
         else:
             batch = torch.stack(images) if images else self._model_inputs(samples)
             image_embed, high_res = self._encode(batch, grad=not self.cfg.frozen_encoder)
-        index = torch.tensor(rows, device=image_embed.device)
-        low_res, _ = box_logits(self.model, image_embed[index], [f[index] for f in high_res],
-                                torch.cat(boxes), heights, widths)
-        logits = F.interpolate(low_res, (self.size, self.size), mode="bilinear",
-                               align_corners=False)[:, 0]
+            index = torch.tensor(rows, device=image_embed.device)
+            image_embed, high_res = image_embed[index], [f[index] for f in high_res]
+        with grad_layout_like_output(self.model.sam_mask_decoder.output_upscaling[-1]):
+            low_res, _ = box_logits(self.model, image_embed, list(high_res), torch.cat(boxes),
+                                    heights, widths)
+        logits = self._upsample(low_res[:, 0])
         return dice_bce_loss(logits, torch.cat(targets).to(logits.device))
+
+    def _upsample(self, low_res):
+        """``P x s x s`` logits → ``P x S x S``: ``F.interpolate(..., mode="bilinear",
+        align_corners=False)`` as two matrix products (same weights; equal up to float rounding,
+        and 3x faster than interpolate's backward on a CPU)."""
+        key = (low_res.shape[-1], low_res.device)
+        if key not in self._upsamplers:
+            self._upsamplers[key] = bilinear_matrix(low_res.shape[-1], self.size, low_res.device)
+        matrix = self._upsamplers[key]
+        return matrix @ (low_res @ matrix.T)
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> tuple[dict[str, float], list[dict[str, float]]]:
