@@ -199,6 +199,35 @@ def grad_layout_like_output(module):
         handle.remove()
 
 
+@contextmanager
+def fused_layer_norm_2d(module):
+    """Within the block, SAM2's ``LayerNorm2d`` ``module`` runs as PyTorch's fused ``layer_norm``.
+
+    The same function (biased variance over channels, ``eps`` inside the square root, the
+    module's weight and bias), equal up to float rounding; SAM2 spells it out as eight
+    element-wise operations, whose forward and backward cost 28 ms per batch of 5 prompts at
+    512 on one CPU thread, against 4 ms fused. Used for training steps only; inference
+    (and so validation) keeps SAM2's own forward.
+    """
+    import torch.nn.functional as F
+    from sam2.modeling.sam2_utils import LayerNorm2d
+
+    if type(module) is not LayerNorm2d or "forward" in vars(module):
+        yield
+        return
+
+    def forward(x):
+        channels_last = x.permute(0, 2, 3, 1)
+        out = F.layer_norm(channels_last, (x.shape[1],), module.weight, module.bias, module.eps)
+        return out.permute(0, 3, 1, 2)
+
+    module.forward = forward  # an instance attribute: nn.Module.__call__ picks it up
+    try:
+        yield
+    finally:
+        del module.forward
+
+
 class Trainer:
     """One batch's loss and one validation pass for a model, its data and its settings."""
 
@@ -275,7 +304,8 @@ class Trainer:
         # its projections and residual adds (and their gradients) work on contiguous tensors
         # instead of copying a transposed view. Same values, about 6% faster on a CPU.
         image_embed = image_embed.contiguous(memory_format=torch.channels_last)
-        with grad_layout_like_output(self.model.sam_mask_decoder.output_upscaling[-1]):
+        upscaling = self.model.sam_mask_decoder.output_upscaling
+        with grad_layout_like_output(upscaling[-1]), fused_layer_norm_2d(upscaling[1]):
             low_res, _ = box_logits(self.model, image_embed, list(high_res), torch.cat(boxes),
                                     heights, widths)
         logits = self._upsample(low_res[:, 0])
