@@ -11,6 +11,14 @@ Meta's ``SAM2ImagePredictor``) with gradients, and the model stays in eval mode 
 or drop-path to switch off). "Frozen encoder" means everything before the cached features: the
 Hiera trunk and FPN neck, the decoder's ``conv_s0``/``conv_s1`` projections and the no-memory
 embedding; ``train="all"`` trains those too.
+
+Training steps are made faster without changing what is computed (all per batch of box prompts,
+for cached and encoder-each-step features alike): the decoder's ``LayerNorm2d`` runs as the fused
+``layer_norm`` (equal up to float rounding), the image embedding enters channels-last, the
+gradient at the upscaling gets its output's memory layout, the backward skips oneDNN on a CPU,
+and the loss's bilinear upsampling is two matrix products. Validation is the inference path
+unchanged. ``Testing/test_finetune_speed.py`` checks loss and gradients against the plain
+computation.
 """
 
 from __future__ import annotations
