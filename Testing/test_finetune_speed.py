@@ -72,8 +72,8 @@ def test_cache_gathers_the_stored_values_from_memory_or_disk(two_polyps, tiny_ch
 
 
 def test_training_step_equals_the_plain_computation(two_polyps, tiny_checkpoint, tmp_path):
-    """Trainer.batch_loss + Trainer.backward (channels-last embedding, gradient layout hook,
-    matrix upsampling, no oneDNN) against box_logits → F.interpolate → Dice+BCE → backward."""
+    """Trainer.batch_loss + Trainer.backward (fused LayerNorm2d, channels-last embedding, gradient
+    layout hook, matrix upsampling, no oneDNN) against box_logits → F.interpolate → Dice+BCE → backward."""
     from polypsam.finetune import FinetuneConfig
     from polypsam.finetune.data import load_dataset
     from polypsam.finetune.train import Trainer, dice_bce_loss, trainable_names
@@ -124,3 +124,4 @@ def test_training_step_equals_the_plain_computation(two_polyps, tiny_checkpoint,
         torch.testing.assert_close(fast[name], plain[name], rtol=1e-4,
                                    atol=1e-6 * plain[name].abs().max().item() + 1e-9)
     assert torch.backends.mkldnn.enabled  # restored after the backward
+    assert "forward" not in vars(model.sam_mask_decoder.output_upscaling[1])  # SAM2's own again
