@@ -2,7 +2,8 @@
 
 Same data, seed, model (SAM2.1 tiny by default, random weights saved in the official layout and
 loaded back) and recipe (frozen image encoder, prompt encoder + mask decoder trained, batch 4):
-one trainer feeds the decoder the frozen encoder's features from the on-disk cache (float16),
+one trainer feeds the decoder the frozen encoder's features from the cache (stored float16, held in
+memory as float32 after the first read, as ``polypsam finetune`` does on a CPU),
 the other runs the frozen encoder every step. An epoch is what ``polypsam finetune`` runs per
 epoch (:func:`polypsam.finetune.train.train_epoch`, then validation, which reads cached float32
 features in both cases). The two kinds of epoch alternate in one process, so load from other

@@ -45,7 +45,7 @@ class EmbeddingCache:
             raise InvalidInputError(f"embedding cache dtype must be one of {DTYPES}, got {dtype!r}")
         self.model = model
         self.root = Path(root)
-        self.device = device
+        self.device = torch.device(device)
         self.image_size = int(image_size)
         self.dtype = getattr(torch, dtype)
         config_text = resolve_config_path(config).read_bytes()
@@ -97,17 +97,35 @@ class EmbeddingCache:
         os.replace(tmp, path)
         self.computed += 1
 
+    def _entry(self, key: str) -> tuple:
+        """The three tensors of one image, from memory or disk (kept in memory if they fit).
+
+        On a CPU an entry is kept as float32 (converted once, not at every step) while that fits
+        ``memory_budget``, else as stored; for a GPU it stays as stored on the CPU (half the
+        bytes to move per step when stored in float16). The values are the same either way.
+        """
+        entry = self._memory.get(key)
+        if entry is not None:
+            return entry
+        entry = self._read(key)
+        if self.device.type == "cpu":
+            ready = tuple(t.float() for t in entry)
+            if self._keep(key, ready):
+                return ready
+        self._keep(key, entry)
+        return entry
+
+    def _keep(self, key: str, entry: tuple) -> bool:
+        size = sum(t.numel() * t.element_size() for t in entry)
+        if self._used + size > self._budget:
+            return False
+        self._memory[key] = entry
+        self._used += size
+        return True
+
     def get(self, key: str) -> tuple:
         """``(image_embed, (feat_s0, feat_s1))`` for one image: float32 on the device, batch 1."""
-        entry = self._memory.get(key)
-        if entry is None:
-            entry = self._read(key)
-            size = sum(t.numel() * t.element_size() for t in entry)
-            if self._used + size <= self._budget:
-                self._memory[key] = entry
-                self._used += size
-        image_embed, s0, s1 = (t.to(self.device, non_blocking=True).float()[None] for t in entry)
-        return image_embed, (s0, s1)
+        return self.batch([key])
 
     def _read(self, key: str) -> tuple:
         import torch
@@ -126,10 +144,15 @@ class EmbeddingCache:
         return entry
 
     def batch(self, keys: Sequence[str]) -> tuple:
-        """Features of several images stacked along the batch dimension."""
+        """Features of several images (a key may repeat) stacked along the batch dimension.
+
+        Float32 on the device; one gather and one conversion for the whole batch.
+        """
         import torch
 
-        parts = [self.get(k) for k in keys]
-        image_embed = torch.cat([p[0] for p in parts])
-        high_res = tuple(torch.cat([p[1][i] for p in parts]) for i in range(2))
-        return image_embed, high_res
+        parts = [self._entry(k) for k in keys]
+        image_embed, s0, s1 = (
+            torch.stack([p[i] for p in parts]).to(self.device, non_blocking=True).float()
+            for i in range(3)
+        )
+        return image_embed, (s0, s1)

@@ -11,10 +11,19 @@ Meta's ``SAM2ImagePredictor``) with gradients, and the model stays in eval mode 
 or drop-path to switch off). "Frozen encoder" means everything before the cached features: the
 Hiera trunk and FPN neck, the decoder's ``conv_s0``/``conv_s1`` projections and the no-memory
 embedding; ``train="all"`` trains those too.
+
+Training steps are made faster without changing what is computed (all per batch of box prompts,
+for cached and encoder-each-step features alike): the decoder's ``LayerNorm2d`` runs as the fused
+``layer_norm`` (equal up to float rounding), the image embedding enters channels-last, the
+gradient at the upscaling gets its output's memory layout, the backward skips oneDNN on a CPU,
+and the loss's bilinear upsampling is two matrix products. Validation is the inference path
+unchanged. ``Testing/test_finetune_speed.py`` checks loss and gradients against the plain
+computation.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -164,17 +173,84 @@ def boxes_of_masks(masks):
     return (torch.stack(boxes) if boxes else torch.zeros(0, 4)), kept
 
 
+def bilinear_matrix(size_in: int, size_out: int, device=None):
+    """``size_out x size_in`` matrix of 1-D linear resizing with ``align_corners=False``: the
+    weights ``F.interpolate`` uses, so ``A @ X @ A.T`` is its bilinear resize of a square ``X``."""
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(size_in, dtype=torch.float32)[:, None, :]
+    resized = F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[:, 0, :]
+    return resized.T.contiguous().to(device)
+
+
+@contextmanager
+def grad_layout_like_output(module):
+    """Within the block, gradients reaching ``module``'s output take its memory layout.
+
+    SAM2's mask decoder upscales a channels-last view of the transformer output, while the
+    gradient coming back from the mask product is contiguous; ``gelu_backward`` on mixed layouts
+    takes a slow path (about 8x slower on a CPU). Only the gradient's layout changes; the
+    forward pass and every value stay as they are.
+    """
+    import torch
+
+    def hook(_module, _inputs, output):
+        if output.requires_grad and not output.is_contiguous() and output.is_contiguous(
+                memory_format=torch.channels_last):
+            output.register_hook(lambda grad: grad.contiguous(memory_format=torch.channels_last))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def fused_layer_norm_2d(module):
+    """Within the block, SAM2's ``LayerNorm2d`` ``module`` runs as PyTorch's fused ``layer_norm``.
+
+    The same function (biased variance over channels, ``eps`` inside the square root, the
+    module's weight and bias), equal up to float rounding; SAM2 spells it out as eight
+    element-wise operations, whose forward and backward cost 28 ms per batch of 5 prompts at
+    512 on one CPU thread, against 4 ms fused. Used for training steps only; inference
+    (and so validation) keeps SAM2's own forward.
+    """
+    import torch.nn.functional as F
+    from sam2.modeling.sam2_utils import LayerNorm2d
+
+    if type(module) is not LayerNorm2d or "forward" in vars(module):
+        yield
+        return
+
+    def forward(x):
+        channels_last = x.permute(0, 2, 3, 1)
+        out = F.layer_norm(channels_last, (x.shape[1],), module.weight, module.bias, module.eps)
+        return out.permute(0, 3, 1, 2)
+
+    module.forward = forward  # an instance attribute: nn.Module.__call__ picks it up
+    try:
+        yield
+    finally:
+        del module.forward
+
+
 class Trainer:
     """One batch's loss and one validation pass for a model, its data and its settings."""
 
     def __init__(self, model, cfg: FinetuneConfig, *, image_size: int, device, train_set,
                  val_set, train_cache=None, val_cache=None) -> None:
-        self.model, self.cfg, self.size, self.device = model, cfg, int(image_size), device
+        import torch
+
+        self.model, self.cfg, self.size = model, cfg, int(image_size)
+        self.device = torch.device(device)
         self.train_set, self.val_set = list(train_set), list(val_set)
         self.train_cache, self.val_cache = train_cache, val_cache
         self.targets = [component_targets(s, self.size) for s in self.train_set]
         self.train_keys: list[str] = []
         self.val_keys: list[str] = []
+        self._upsamplers: dict = {}
 
     # -- features --------------------------------------------------------------------------
     def _encode(self, images, grad: bool):
@@ -196,7 +272,6 @@ class Trainer:
     def batch_loss(self, indices: Sequence[int], generator):
         """Dice + BCE of one batch of training samples (all boxes of each sample)."""
         import torch
-        import torch.nn.functional as F
 
         from ..sam2_image import box_logits, normalize_input, resize_input
         from .augment import augment
@@ -225,17 +300,54 @@ class Trainer:
             targets.append(target)
             widths += [width] * len(sample_boxes)
             heights += [height] * len(sample_boxes)
-        if self.cfg.cached:
-            image_embed, high_res = self.train_cache.batch([self.train_keys[i] for i in indices])
+        if self.cfg.cached:  # one row per box prompt, gathered straight from the cache
+            image_embed, high_res = self.train_cache.batch([self.train_keys[indices[r]]
+                                                            for r in rows])
         else:
             batch = torch.stack(images) if images else self._model_inputs(samples)
             image_embed, high_res = self._encode(batch, grad=not self.cfg.frozen_encoder)
-        index = torch.tensor(rows, device=image_embed.device)
-        low_res, _ = box_logits(self.model, image_embed[index], [f[index] for f in high_res],
-                                torch.cat(boxes), heights, widths)
-        logits = F.interpolate(low_res, (self.size, self.size), mode="bilinear",
-                               align_corners=False)[:, 0]
+            index = torch.tensor(rows, device=image_embed.device)
+            image_embed, high_res = image_embed[index], [f[index] for f in high_res]
+        # Channels-last: the decoder's transformer reads the embedding as tokens x channels, so
+        # its projections and residual adds (and their gradients) work on contiguous tensors
+        # instead of copying a transposed view. Same values, about 6% faster on a CPU.
+        image_embed = image_embed.contiguous(memory_format=torch.channels_last)
+        upscaling = self.model.sam_mask_decoder.output_upscaling
+        with grad_layout_like_output(upscaling[-1]), fused_layer_norm_2d(upscaling[1]):
+            low_res, _ = box_logits(self.model, image_embed, list(high_res), torch.cat(boxes),
+                                    heights, widths)
+        logits = self._upsample(low_res[:, 0])
         return dice_bce_loss(logits, torch.cat(targets).to(logits.device))
+
+    def _upsample(self, low_res):
+        """``P x s x s`` logits → ``P x S x S``: ``F.interpolate(..., mode="bilinear",
+        align_corners=False)`` as two matrix products (same weights; equal up to float rounding,
+        and 3x faster than interpolate's backward on a CPU)."""
+        key = (low_res.shape[-1], low_res.device)
+        if key not in self._upsamplers:
+            self._upsamplers[key] = bilinear_matrix(low_res.shape[-1], self.size, low_res.device)
+        matrix = self._upsamplers[key]
+        return matrix @ (low_res @ matrix.T)
+
+    def backward(self, loss) -> None:
+        """``loss.backward()``; with a frozen encoder on a CPU, without oneDNN.
+
+        Only the mask decoder's 2x2 transposed convolutions are affected: their backward runs
+        PyTorch's own kernel, about 1.5x faster here than oneDNN's on channels-last inputs. The
+        forward pass, which is the inference path, is left as it is; with ``train="all"`` the
+        encoder's backward keeps oneDNN.
+        """
+        import torch
+
+        if not (self.cfg.frozen_encoder and self.device.type == "cpu"):
+            loss.backward()
+            return
+        enabled = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            loss.backward()
+        finally:
+            torch.backends.mkldnn.enabled = enabled
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -284,7 +396,7 @@ def train_epoch(trainer: Trainer, optimizer, generator, batch_size: int, bar=Non
     for start in range(0, len(order), batch_size):
         loss = trainer.batch_loss(order[start:start + batch_size], generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        trainer.backward(loss)
         optimizer.step()
         losses.append(float(loss.detach()))
         if bar is not None:
