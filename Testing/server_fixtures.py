@@ -24,7 +24,13 @@ def free_port() -> int:
 
 
 def child_env() -> dict[str, str]:
+    """The test process's environment, with its torch thread count: parity tests compare scores
+    exactly, and a different thread count changes float reduction order (1e-7 differences)."""
+    import torch
+
     env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(torch.get_num_threads())
     lib = str(REPO / "PolypSAMLib")
     env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -442,9 +442,12 @@ def test_cli_batch_on_a_local_dask_cluster_gives_identical_outputs(cases, refere
     rows = [cases["kvasir"], cases["cvc"], cases["lesion"]]
     manifest_csv = write_manifest(tmp_path / "m.csv", rows)
     out = tmp_path / "dask"
+    threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--workers", "2",
                      *engine_args(tiny_checkpoint)]) == 0
     assert "3 cases done, 0 already finished, 0 failed" in capsys.readouterr().out
+    # distributed sets OMP_NUM_THREADS=1 in the caller for its workers: the batch restores it
+    assert {k: os.environ.get(k) for k in threads} == threads
     for name, output in OUTPUTS.items():
         np.testing.assert_array_equal(read_labels(out / name / output),
                                       read_labels(reference_run / name / output))
@@ -466,9 +469,11 @@ def test_cli_batch_on_an_existing_dask_scheduler(cases, reference_run, tiny_chec
                                                  capsys):
     from dask.distributed import LocalCluster
 
+    from polypsam.batch.schedule import _own_thread_settings
+
     manifest_csv = write_manifest(tmp_path / "m.csv", [cases["kvasir"], cases["cvc"]])
     out = tmp_path / "remote"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+    with _own_thread_settings(), LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--scheduler",
                          cluster.scheduler_address, *engine_args(tiny_checkpoint)]) == 0

@@ -13,8 +13,10 @@ Finished cases are skipped before anything is submitted (see :func:`runner.finis
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -150,6 +152,25 @@ def _run_here(cases: list[Case], plan: BatchPlan, engine, done: Progress) -> Non
         release_cached_engine()
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _own_thread_settings():
+    """Keep this process's thread settings: ``distributed`` sets ``OMP_NUM_THREADS=1`` (and the
+    MKL/OpenBLAS twins) in the *calling* process's environment for its workers, and leaves them
+    there, so every process started later (a server, a subprocess) would run single-threaded."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _run_on_dask(cases: list[Case], plan: BatchPlan, workers: int, scheduler: str | None,
                  done: Progress) -> None:
     try:
@@ -168,9 +189,10 @@ def _run_on_dask(cases: list[Case], plan: BatchPlan, workers: int, scheduler: st
 
             raise InvalidInputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None,
-                               silence_logs=logging.WARNING)
+        with _own_thread_settings():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.WARNING)
         client = Client(cluster)
     try:
         futures = client.map(run_case_here, cases, plan=plan, pure=False)
