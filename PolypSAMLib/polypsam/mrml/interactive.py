@@ -33,7 +33,9 @@ from .jobs import (
     Background, Job, ProgressFn, RunResult, check_cancel, colour, intensity_for, noop_progress,
     require_input, require_output, run as run_job, write_all,
 )
-from .masking import EditorMasking, _image_to_node, masked_writes, segment_crop
+from .masking import (
+    EditorMasking, _image_to_node, check_masking_applies, masked_writes, segment_crop,
+)
 from .roi import roi_to_voxel_box
 from .segments import _segment_id
 from .volumes import frame_from_vector_node, volume_from_node
@@ -71,11 +73,6 @@ def _segment_slices(segmentation_node: Any, segment: str, reference: Any, shape)
     nk, nj, ni = shape
     return segment_crop(segmentation_node, segment_id, _image_to_node(segmentation_node, reference),
                         (0, ni - 1, 0, nj - 1, 0, nk - 1))
-
-
-def _check_masking(masking: EditorMasking, rgb: bool) -> None:
-    if rgb and masking.intensity_range is not None:
-        raise InvalidInputError("an editable intensity range applies to scalar volumes, not RGB frames")
 
 
 def segment_with_clicks(
@@ -131,7 +128,7 @@ def segment_with_clicks(
         prompts[k] = Prompt(box=box_of.get(k), points=points, labels=labels, mask=mask)
         prompts[k].validate(width, height)
     masking = EditorMasking.from_editor_node(editor_node)
-    _check_masking(masking, rgb)
+    check_masking_applies(masking, rgb)
     info = engine.info.provenance()
     color = color if color is not None else colour(0)
 
@@ -185,7 +182,7 @@ def choose_candidate(
     images, source, rgb = _read_input(input_node)
     height, width = images.shape[1:3]
     masking = EditorMasking.from_editor_node(editor_node)
-    _check_masking(masking, rgb)
+    check_masking_applies(masking, rgb)
     writes = masked_writes(
         segmentation_node, result.segment, np.asarray(masks[index])[None],
         (0, width - 1, 0, height - 1, slice_k, slice_k), input_node, masking, source_kji=source,

@@ -131,13 +131,12 @@ def follow_editor_masking(segmentation_node: Any, writes: list[dict], reference:
                           editor_node: Any, source_kji=None) -> list[dict]:
     """``writes`` limited to the Segment Editor's editable area (mask mode, intensity range) and
     overwrite mode, read from ``editor_node`` (``None``: unchanged)."""
-    from .masking import EditorMasking, masked_writes
+    from .masking import EditorMasking, check_masking_applies, masked_writes
 
     masking = EditorMasking.from_editor_node(editor_node)
     if masking == EditorMasking():
         return writes
-    if source_kji is None and masking.intensity_range is not None:
-        raise InvalidInputError("an editable intensity range applies to scalar volumes, not RGB frames")
+    check_masking_applies(masking, rgb=source_kji is None)
     out: list[dict] = []
     for item in writes:
         item = dict(item)

@@ -75,6 +75,12 @@ class EditorMasking:
         )
 
 
+def check_masking_applies(masking: EditorMasking, rgb: bool) -> None:
+    """Refuse an editable intensity range on an RGB frame (it has no scalar intensities)."""
+    if rgb and masking.intensity_range is not None:
+        raise InvalidInputError("an editable intensity range applies to scalar volumes, not RGB frames")
+
+
 # -- segments read on the reference lattice ------------------------------------------------
 def _image_to_node(segmentation_node: Any, reference: Any) -> np.ndarray:
     grid = _reference_grid(reference)

@@ -32,11 +32,16 @@ def place_box(scene: Any, selection_node: Any, interaction_node: Any, name: str 
     roi.CreateDefaultDisplayNodes()
     if browser is not None:
         _remember_frame_when_placed(roi, browser)
-    selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
-    selection_node.SetActivePlaceNodeID(roi.GetID())
-    interaction_node.SetPlaceModePersistence(0)
-    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
+    _start_placing(selection_node, interaction_node, roi, persistent=False)
     return roi
+
+
+def _start_placing(selection_node: Any, interaction_node: Any, node: Any, persistent: bool) -> None:
+    """Slice views in place mode for ``node`` (one placement, or until the user leaves it)."""
+    selection_node.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+    selection_node.SetActivePlaceNodeID(node.GetID())
+    interaction_node.SetPlaceModePersistence(1 if persistent else 0)
+    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
 
 
 def new_segmentation(scene: Any, reference_volume: Any = None, name: str = "PolypSAM") -> Any:
@@ -74,7 +79,4 @@ def place_clicks(selection_node: Any, interaction_node: Any, point_list: Any,
         from .video_clicks import observe_click_frames
 
         observe_click_frames(point_list, browser)
-    selection_node.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
-    selection_node.SetActivePlaceNodeID(point_list.GetID())
-    interaction_node.SetPlaceModePersistence(1)
-    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
+    _start_placing(selection_node, interaction_node, point_list, persistent=True)

@@ -14,8 +14,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import slicer
-import vtk
-from vtk.util import numpy_support
 
 from ..errors import InvalidInputError
 from ..frames import read_frames
@@ -23,14 +21,9 @@ from ..frames import read_frames
 
 def _vector_volume(rgb: np.ndarray, name: str) -> Any:
     """One RGB frame as a single-slice vector volume (I = column, J = row)."""
-    height, width = rgb.shape[:2]
-    image = vtk.vtkImageData()
-    image.SetDimensions(width, height, 1)
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(rgb).reshape(-1, 3), deep=1)
-    image.GetPointData().SetScalars(scalars)
     node = slicer.vtkMRMLVectorVolumeNode()
     node.SetName(name)
-    node.SetAndObserveImageData(image)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(rgb)[None])
     # As Slicer's own reader places a 2-D image: LPS-identity axes, shown upright in Axial view.
     node.SetIJKToRASDirections(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
     return node
