@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..export import FORMATS
 
-FORMAT_CHOICES = ("seg.nrrd", "nifti", "nrrd", "png", "coco", "dicom-seg")
+FORMAT_CHOICES = FORMATS  # the exporters' own list
 _SIBLING_SUFFIX = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "nrrd": ".nrrd",
                    "coco": ".coco.json", "dicom-seg": ".seg.dcm", "png": "_png"}
 

@@ -306,13 +306,9 @@ class ServerEngine:
                     self._drop()
                     if fresh:  # a reused keep-alive connection may be stale; a fresh one not
                         raise self._unreachable(exc) from exc
-                except socket.timeout as exc:
+                except (OSError, http.client.HTTPException) as exc:  # socket.timeout too
                     self._drop()
-                    raise ServerError(f"the server at {self.url} did not answer within"
-                                      f" {timeout or self.timeout:.0f} s") from exc
-                except (OSError, http.client.HTTPException) as exc:
-                    self._drop()
-                    raise self._unreachable(exc) from exc
+                    raise self._unreachable(exc, timeout or self.timeout) from exc
             if timeout is not None:
                 self._drop()
             self.bytes_received += len(payload)
@@ -324,13 +320,9 @@ class ServerEngine:
         conn = self._new_connection(self.timeout)
         try:
             response = self._send(conn, method, path, json.dumps(body).encode(), "application/json")
-        except socket.timeout as exc:
+        except (OSError, http.client.HTTPException) as exc:  # socket.timeout too
             conn.close()
-            raise ServerError(f"the server at {self.url} did not answer within"
-                              f" {self.timeout:.0f} s") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self._unreachable(exc) from exc
+            raise self._unreachable(exc, self.timeout) from exc
         if response.status >= 400:
             payload = response.read()
             conn.close()
@@ -381,7 +373,11 @@ class ServerEngine:
             self._conn.close()
             self._conn = None
 
-    def _unreachable(self, exc: Exception) -> ServerError:
+    def _unreachable(self, exc: Exception, seconds: float | None = None) -> ServerError:
+        """The error for a failed connection or request: a timeout, or why it was unreachable."""
+        if isinstance(exc, socket.timeout):
+            return ServerError(f"the server at {self.url} did not answer within"
+                               f" {seconds or self.timeout:.0f} s")
         if isinstance(exc, socket.gaierror):
             why = f"the host {self._parts.hostname!r} is unknown"
         elif isinstance(exc, ConnectionRefusedError):
