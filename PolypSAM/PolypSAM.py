@@ -151,15 +151,25 @@ def saveSegmentEditorUndoState(segmentationNode) -> None:
     Called by ``polypsam.mrml.undo`` just before a write, so the Segment Editor's Undo (Ctrl+Z)
     reverts PolypSAM's result like any other edit. PolypSAM's own Undo button works regardless.
     """
-    # Slicer sets slicer.modules.SegmentEditorWidget once that widget exists; asking the module for
-    # its widgetRepresentation() would build the Segment Editor just to find it edits nothing.
+    editor = segmentEditorEditing(segmentationNode)
+    if editor is not None:
+        editor.saveStateForUndo()
+
+
+def segmentEditorEditing(segmentationNode):
+    """The Segment Editor's editor widget when it is editing ``segmentationNode``, else ``None``.
+
+    Slicer sets slicer.modules.SegmentEditorWidget once that widget exists; asking the module for
+    its widgetRepresentation() would build the Segment Editor just to find it edits nothing.
+    """
     widget = getattr(slicer.modules, "SegmentEditorWidget", None)
     editor = getattr(widget, "editor", None)
     if editor is None or segmentationNode is None:
-        return
+        return None
     edited = editor.segmentationNode()
-    if edited is not None and edited.GetID() == segmentationNode.GetID():
-        editor.saveStateForUndo()
+    if edited is None or edited.GetID() != segmentationNode.GetID():
+        return None
+    return editor
 
 
 class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -393,7 +403,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("PolypSAM {operation} failed.").format(operation=operation),
                                              waitCursor=True):
-            engine = self._clickEngine()
+            engine = self._engine()
             if engine is None:
                 return
             result = self.logic.runWithProgress(operation, p, engine)
@@ -478,7 +488,9 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.engineStatusLabel.text = self.logic.testConnection(
                 self._parameterNode.serverUrl, self.ui.serverTokenLineEdit.text)
 
-    def _clickEngine(self):
+    def _engine(self):
+        """The engine for the settings: first-use installs (in-process only), an output
+        segmentation, download consent; ``None`` if the user declined."""
         p = self._parameterNode
         if p.engine != "server" and not self.logic.ensureDependencies():
             return None
@@ -492,7 +504,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("PolypSAM click failed."),
                                                                 waitCursor=True):
-            engine = self._clickEngine()
+            engine = self._engine()
             if engine is None:
                 return
             p = self._parameterNode
@@ -530,7 +542,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if getattr(self, "_busy", False):
             return
         with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("PolypSAM failed."), waitCursor=True):
-            engine = self._clickEngine()
+            engine = self._engine()
             if engine is None:
                 return
             p = self._parameterNode
@@ -749,14 +761,8 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
     def segmentEditorNodeFor(segmentationNode):
         """The Segment Editor's node when it edits ``segmentationNode`` (its masking settings
         then apply to PolypSAM's writes), else ``None``."""
-        widget = getattr(slicer.modules, "SegmentEditorWidget", None)
-        editor = getattr(widget, "editor", None)
-        if editor is None or segmentationNode is None:
-            return None
-        edited = editor.segmentationNode()
-        if edited is None or edited.GetID() != segmentationNode.GetID():
-            return None
-        return editor.mrmlSegmentEditorNode()
+        editor = segmentEditorEditing(segmentationNode)
+        return editor.mrmlSegmentEditorNode() if editor is not None else None
 
     def _background(self):
         worker = self._engines.worker
