@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from polypsam.mrml import dependencies as deps

@@ -11,16 +11,13 @@ module itself with Slicer's own Python framework.
 from __future__ import annotations
 
 import ast
-import os
 import py_compile
 import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
-from slicer_fixtures import add_rgb_video, add_roi_on_ijk
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "PolypSAM"
