@@ -738,9 +738,9 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def loadVideo(path: str, progress=None):
         """A video file or frame folder as a sequence of RGB frames with a browser."""
-        from polypsam.mrml import video
+        from polypsam.mrml import video_files
 
-        return video.load_video(slicer.mrmlScene, path, progress=progress)
+        return video_files.load_video(slicer.mrmlScene, path, progress=progress)
 
     # -- clicks and candidates (headless) -------------------------------------------------------
     @staticmethod
@@ -940,7 +940,7 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
             import tempfile
 
             import torch
-            from polypsam.sam2_model import build_model, save_checkpoint
+            from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
             torch.manual_seed(0)
             model = build_model(self.CONFIG, None, "cpu")

@@ -45,7 +45,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight SAM2.1 tiny checkpoint in the official format."""
     import torch
 
-    from polypsam.sam2_model import build_model, save_checkpoint
+    from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(TINY_CONFIG, None, "cpu")

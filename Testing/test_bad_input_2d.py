@@ -10,7 +10,7 @@ from polypsam.checkpoints import resolve_checkpoint
 from polypsam.errors import CheckpointError, DeviceError, InvalidInputError
 from polypsam.geometry import Box
 from polypsam.engines import engine_for
-from polypsam.sam2_model import build_model, select_device
+from polypsam.sam2_adapter.model import build_model, select_device
 
 
 @pytest.mark.parametrize(

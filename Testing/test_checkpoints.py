@@ -390,7 +390,7 @@ def test_custom_checkpoint_missing(tmp_path):
 
 
 def test_registry_configs_ship_with_sam2_and_published_hashes_are_well_formed():
-    from polypsam.sam2_model import resolve_config_path
+    from polypsam.sam2_adapter.model import resolve_config_path
 
     for spec in REGISTRY.values():
         assert resolve_config_path(spec.config).is_file(), spec.name
@@ -409,7 +409,7 @@ def test_checkpoint_save_is_atomic(tmp_path):
 
     import torch
 
-    from polypsam.sam2_model import save_checkpoint
+    from polypsam.sam2_adapter.model import save_checkpoint
 
     path = tmp_path / "ckpt.pt"
     models = [torch.nn.Linear(256, 256) for _ in range(4)]

@@ -72,8 +72,8 @@ def _independent_loss(checkpoint: Path, samples) -> float:
     import torch.nn.functional as F
 
     from polypsam.finetune.train import component_targets
-    from polypsam.sam2_image import box_logits, image_features, model_input
-    from polypsam.sam2_model import build_model
+    from polypsam.sam2_adapter.image import box_logits, image_features, model_input
+    from polypsam.sam2_adapter.model import build_model
 
     model = build_model(TINY_CONFIG, checkpoint, "cpu", image_size=TEST_IMAGE_SIZE)
     total, count = 0.0, 0
@@ -218,7 +218,7 @@ def test_cached_features_give_the_same_loss_as_the_encoder_each_step(polyp_folde
     from polypsam.finetune.embedding_cache import EmbeddingCache
     from polypsam.finetune.train import Trainer, trainable_names
     from polypsam.checkpoints import sha256_file
-    from polypsam.sam2_model import build_model
+    from polypsam.sam2_adapter.model import build_model
 
     train_set, val_set = _splits(polyp_folder)
     model = build_model(TINY_CONFIG, tiny_checkpoint, "cpu", image_size=TEST_IMAGE_SIZE)
@@ -247,7 +247,7 @@ def test_train_all_reaches_the_encoder_and_augment_run_keeps_it_frozen(polyp_fol
                                                                        tiny_checkpoint, tmp_path):
     from polypsam.finetune import finetune
     from polypsam.finetune.train import Trainer, trainable_names
-    from polypsam.sam2_model import build_model
+    from polypsam.sam2_adapter.model import build_model
 
     train_set, val_set = _splits(polyp_folder)
     model = build_model(TINY_CONFIG, tiny_checkpoint, "cpu", image_size=TEST_IMAGE_SIZE)

@@ -51,7 +51,7 @@ def _cache(model, root, checkpoint, dtype, budget=2 << 30):
 def test_cache_gathers_the_stored_values_from_memory_or_disk(two_polyps, tiny_checkpoint,
                                                              tmp_path):
     from polypsam.finetune.data import load_dataset
-    from polypsam.sam2_model import build_model
+    from polypsam.sam2_adapter.model import build_model
 
     samples = load_dataset(two_polyps).samples
     model = build_model(TINY_CONFIG, tiny_checkpoint, "cpu", image_size=TEST_IMAGE_SIZE)
@@ -77,8 +77,8 @@ def test_training_step_equals_the_plain_computation(two_polyps, tiny_checkpoint,
     from polypsam.finetune import FinetuneConfig
     from polypsam.finetune.data import load_dataset
     from polypsam.finetune.train import Trainer, dice_bce_loss, trainable_names
-    from polypsam.sam2_image import box_logits
-    from polypsam.sam2_model import build_model
+    from polypsam.sam2_adapter.image import box_logits
+    from polypsam.sam2_adapter.model import build_model
 
     samples = load_dataset(two_polyps).samples
     assert sum(len(s.boxes) for s in samples) == 3  # the Kvasir image holds two polyps

@@ -481,7 +481,7 @@ def test_load_video_makes_a_browsable_rgb_sequence(slicer_scene, slicer_core, tm
     import imageio.v3 as iio
 
     from conftest import synthetic_rgb
-    from polypsam.mrml import video
+    from polypsam.mrml import video_files as video
 
     frames = np.stack([synthetic_rgb(48, 64, seed=t) for t in range(5)])
     path = tmp_path / "clip.mp4"
@@ -517,7 +517,7 @@ def test_load_video_stopped_adds_nothing(slicer_scene, tmp_path):
 
     from conftest import synthetic_rgb
     from polypsam.errors import CancelledError
-    from polypsam.mrml import video
+    from polypsam.mrml import video_files as video
 
     folder = tmp_path / "frames"
     folder.mkdir()

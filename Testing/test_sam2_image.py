@@ -1,6 +1,6 @@
 """PolypSAM's torchvision-free 2-D path gives what Meta's ``SAM2ImagePredictor`` gives.
 
-``polypsam.sam2_image`` calls SAM2's modules directly instead of going through
+``polypsam.sam2_adapter.image`` calls SAM2's modules directly instead of going through
 ``SAM2ImagePredictor`` (which imports torchvision for its input transforms). These tests run
 Meta's predictor on the same model, images and boxes and compare embeddings, masks and scores;
 they need torchvision and are skipped where it is not installed (a CPU-only install).
@@ -126,7 +126,7 @@ def _prompt_cases():
 @pytest.mark.parametrize("multimask", [False, True], ids=["single", "multimask"])
 @pytest.mark.parametrize("case", _prompt_cases(), ids=lambda c: c[0])
 def test_prompts_equal_meta_image_predictor(engine, meta_predictor, case, multimask):
-    from polypsam.sam2_image import mask_to_logits
+    from polypsam.sam2_adapter.image import mask_to_logits
 
     _, image, intensity, prompt = case
     (ours,) = engine.segment_2d(image, [prompt], intensity=intensity, multimask=multimask)
@@ -158,8 +158,8 @@ def test_prompts_equal_meta_image_predictor(engine, meta_predictor, case, multim
 
 def test_mask_prompt_logits_are_those_of_sam2_video_add_new_mask(engine):
     """The binary → logits conversion is the one SAM2's video predictor applies to a mask."""
-    from polypsam.sam2_image import mask_to_logits
-    from polypsam.video import LazyFrames, new_inference_state
+    from polypsam.sam2_adapter.image import mask_to_logits
+    from polypsam.sam2_adapter.video import LazyFrames, new_inference_state
 
     frames = [synthetic_rgb(96, 150, seed=40)]
     mask = _disc_mask(96, 150, 40, 70, 22)

@@ -1,4 +1,4 @@
-"""Streaming SAM2 video tracking (polypsam.video): lazy frames and a bounded memory bank."""
+"""Streaming SAM2 video tracking (polypsam.sam2_adapter.video): lazy frames and a bounded memory bank."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from polypsam.engine import CancelToken, FramePrompt
 from polypsam.errors import CancelledError, InvalidInputError
 from polypsam.geometry import Box
-from polypsam.video import (
+from polypsam.sam2_adapter.video import (
     LazyFrames,
     VideoSession,
     memory_window,
@@ -207,7 +207,7 @@ def test_shared_encoding_gives_the_same_results(tiny_checkpoint):
     from conftest import TEST_IMAGE_SIZE, TINY_CONFIG
     from polypsam.propagation import propagate
     from polypsam.engines import engine_for
-    from polypsam.video import BackboneCache
+    from polypsam.sam2_adapter.video import BackboneCache
 
     volume = _fresh_volume(seed=12)
     refinement = [FramePrompt(frame=7, obj_id=1, box=Box(12, 14, 34, 36))]
@@ -236,7 +236,7 @@ def test_sam2_progress_bar_is_silenced_only_on_the_tracking_thread(engine, frame
     import sam2.sam2_video_predictor as svp
     from tqdm import tqdm
 
-    from polypsam.video import _quiet_sam2_progress
+    from polypsam.sam2_adapter.video import _quiet_sam2_progress
 
     out = list(track_frames(engine.model, frames[:4], [FramePrompt(0, 1, box=Box(8, 16, 24, 32))],
                             start_frame=0))

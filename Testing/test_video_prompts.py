@@ -16,7 +16,7 @@ from conftest import TEST_IMAGE_SIZE
 from polypsam.engine import FramePrompt
 from polypsam.errors import InvalidInputError
 from polypsam.geometry import Box
-from polypsam.video import VideoSession
+from polypsam.sam2_adapter.video import VideoSession
 
 N = 4
 

@@ -59,7 +59,7 @@ def main() -> int:
     from polypsam.finetune.data import load_dataset, split_samples
     from polypsam.finetune.embedding_cache import EmbeddingCache
     from polypsam.finetune.train import Trainer, make_optimizer, train_epoch, trainable_names
-    from polypsam.sam2_model import build_model, save_checkpoint, select_device
+    from polypsam.sam2_adapter.model import build_model, save_checkpoint, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Benchmark of key-slice propagation (polypsam.propagation + polypsam.video) against SAM2's path.
+"""Benchmark of key-slice propagation (polypsam.propagation + polypsam.sam2_adapter.video) against SAM2's path.
 
 Prints three measurements (issue 3):
 
@@ -80,7 +80,7 @@ def build_engine(image_size: int, checkpoint: str | None):
     import torch
 
     from polypsam.engines import engine_for
-    from polypsam.sam2_model import build_model, save_checkpoint
+    from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
     if checkpoint is None:
         path = Path(tempfile.gettempdir()) / "polypsam_bench_tiny_random.pt"

@@ -37,7 +37,7 @@ TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 def tiny_checkpoint(folder: Path) -> Path:
     import torch
 
-    from polypsam.sam2_model import build_model, save_checkpoint
+    from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
     return save_checkpoint(build_model(TINY_CONFIG, None, "cpu"), folder / "tiny_random.pt")

@@ -47,7 +47,7 @@ def model_arguments(allow_fallback: bool, out: Path) -> list[str]:
         print(f"[demo] real weights unavailable: {exc}", file=sys.stderr)
         if not allow_fallback:
             raise SystemExit(2)
-    from polypsam.sam2_model import build_model, save_checkpoint
+    from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
     path = out / "random_sam2.1_hiera_tiny.pt"
     if not path.is_file():

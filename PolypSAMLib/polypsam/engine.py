@@ -1,8 +1,9 @@
 """The engine protocol: the one interface every segmentation engine implements.
 
-Two implementations share it: :class:`polypsam.sam2_engine.SAM2Engine` (SAM2 in this process)
-and, later, an HTTP client for a local GPU server. Code above the engine (propagation, the CLI,
-the Slicer logic) only ever talks to this protocol, so it never builds SAM2 itself.
+Two implementations share it: :class:`polypsam.sam2_adapter.engine.SAM2Engine` (SAM2 in this
+process) and :class:`polypsam.server.client.ServerEngine` (the HTTP client of ``polypsam
+serve``). Code above the engine (propagation, the CLI, the Slicer logic) only ever talks to this
+protocol, so it never builds SAM2 itself.
 
 Images cross the protocol as NumPy arrays: ``H x W`` scalar (any dtype: a CT slice in HU, an
 MR slice...) or ``H x W x 3`` uint8 RGB (an endoscopy frame). Intensity handling for scalar
@@ -77,7 +78,7 @@ class Prompt:
     ``points`` are ``(x, y)`` pixel positions (x = column, y = row, like a box's corners) with
     ``labels`` 1 (include) or 0 (exclude). ``mask`` is a binary ``H x W`` mask of the image (an
     existing segment, a previous result); SAM2 gets it as its low-resolution mask input (see
-    :func:`polypsam.sam2_image.mask_to_logits`). At least one positive element is needed: a box,
+    :func:`polypsam.sam2_adapter.image.mask_to_logits`). At least one positive element is needed: a box,
     an include point or a mask; exclude points alone are refused.
     """
 
@@ -124,9 +125,6 @@ class Prompt:
         if self.mask is not None:
             _check_mask(self.mask, width, height, "prompt")
         return self
-
-    def with_mask(self, mask: np.ndarray | None) -> "Prompt":
-        return Prompt(self.box, self.points, self.labels, mask)
 
     def describe(self) -> str:
         parts = []

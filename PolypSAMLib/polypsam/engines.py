@@ -8,7 +8,7 @@ then :func:`create_engine` is called with ``allow_download=True``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -45,9 +45,6 @@ class EngineSettings:
         weights = self.checkpoint or self.model
         size = self.image_size or "default"
         return f"{self.kind}: {weights} on {self.device}, image size {size}"
-
-    def with_changes(self, **changes) -> "EngineSettings":
-        return replace(self, **changes)
 
 
 def settings_for(
@@ -125,7 +122,7 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
         from .server.client import ServerEngine
 
         return ServerEngine(settings.server_url, settings.token)
-    from .sam2_engine import SAM2Engine
+    from .sam2_adapter.engine import SAM2Engine
 
     resolved = checkpoint_for(settings, allow_download=allow_download)
     device = None if settings.device in ("", "auto") else settings.device

@@ -1,10 +1,10 @@
 """Frozen-encoder image features, computed once and cached on disk by content.
 
 With a frozen image encoder the decoder's inputs for an image never change, so fine-tuning
-computes them once (``model.forward_image`` → :func:`polypsam.sam2_image.image_features`, the
+computes them once (``model.forward_image`` → :func:`polypsam.sam2_adapter.image.image_features`, the
 inference path) and every epoch after that runs only the prompt encoder and the mask decoder.
 
-The key is content-addressed: a hash of the model-ready image (:func:`polypsam.video.image_digest`),
+The key is content-addressed: a hash of the model-ready image (:func:`polypsam.sam2_adapter.video.image_digest`),
 the encoder weights (the base checkpoint's SHA256), the config file's content, the image size and
 the storage dtype. Entries are plain tensors written with ``torch.save`` and read with
 ``weights_only=True`` (no pickle), one file per image under ``<root>/<key[:2]>/<key>.pt``.
@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..sam2_model import resolve_config_path
+from ..sam2_adapter.model import resolve_config_path
 
 DTYPES = ("float16", "float32")
 _FORMAT = "polypsam-embedding-v1"
@@ -59,7 +59,7 @@ class EmbeddingCache:
         self.loaded = 0  # entries read from disk
 
     def key(self, rgb: np.ndarray) -> str:
-        from ..video import image_digest
+        from ..sam2_adapter.video import image_digest
 
         return hashlib.sha256((self._identity + image_digest(rgb)).encode()).hexdigest()
 
@@ -82,7 +82,7 @@ class EmbeddingCache:
     def _compute(self, key: str, rgb: np.ndarray) -> None:
         import torch
 
-        from ..sam2_image import image_features, model_input
+        from ..sam2_adapter.image import image_features, model_input
 
         with torch.no_grad():
             batch = model_input(rgb, self.image_size, self.device)[None]

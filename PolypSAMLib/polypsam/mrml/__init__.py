@@ -11,7 +11,7 @@ Data flows one way through it, one module per step:
 * :mod:`.history` is the one room for undo steps (and hooks for the Segment Editor's own undo);
 * :mod:`.jobs`, :mod:`.operations`, :mod:`.tracking` and :mod:`.scene` are what the module's
   buttons do (read → compute → write); :mod:`.exporting` the Export button;
-  :mod:`.video` Load video; :mod:`.dependencies` the first-use installs;
+  :mod:`.video_files` Load video; :mod:`.dependencies` the first-use installs;
 * :mod:`.clicks` maps markups point lists to pixel clicks on a volume's slices,
   :mod:`.masking` applies the Segment Editor's masking settings to writes, and
   :mod:`.interactive` holds the click tools' operations (clicks, candidates, start from segment);

@@ -13,7 +13,7 @@ frame what ``add_new_mask`` followed by ``add_new_points_or_box`` gives there.
 
 Meta's predictor imports torchvision only for its input transforms (resize, normalise); doing
 that step here with ``torch.nn.functional`` lets a CPU-only install skip torchvision, whose
-import alone costs about 160 MB of memory. The video path (:mod:`polypsam.video`) uses the very
+import alone costs about 160 MB of memory. The video path (:mod:`polypsam.sam2_adapter.video`) uses the very
 same :func:`model_input`, so a slice is encoded identically for its 2-D mask and for tracking,
 and one encoding serves both.
 """
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Prompt
-from .geometry import Box
+from ..engine import Prompt
+from ..geometry import Box
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from .errors import CheckpointError, DeviceError, InvalidInputError
+from ..errors import CheckpointError, DeviceError, InvalidInputError
 
 # The same post-processing settings ``build_sam2_video_predictor`` applies by default.
 _VIDEO_POSTPROCESSING = {

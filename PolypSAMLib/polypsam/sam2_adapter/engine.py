@@ -1,11 +1,11 @@
 """The in-process SAM2 engine: Meta's ``sam2`` package running in this Python process.
 
 2-D segmentation computes what ``SAM2ImagePredictor`` computes, with SAM2's modules directly
-(:mod:`polypsam.sam2_image`; no torchvision needed). An LRU of embeddings keyed by the
+(:mod:`polypsam.sam2_adapter.image`; no torchvision needed). An LRU of embeddings keyed by the
 preprocessed image means a new box or click on an image that was already encoded runs only the
 prompt encoder and mask decoder (``encoder_runs`` counts the encodings).
 Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
-:mod:`polypsam.video`.
+:mod:`polypsam.sam2_adapter.video`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
-from .checkpoints import ResolvedCheckpoint
-from .engine import (
+from .. import __version__
+from ..checkpoints import ResolvedCheckpoint
+from ..engine import (
     CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult, Prompt, as_prompts,
 )
-from .errors import InvalidInputError
-from .geometry import Box
-from .preprocess import Intensity, to_model_rgb
-from .sam2_image import ImageEmbedding, embed_image, model_input, predict
-from .sam2_model import build_model, select_device
+from ..errors import InvalidInputError
+from ..geometry import Box
+from ..preprocess import Intensity, to_model_rgb
+from .image import ImageEmbedding, embed_image, model_input, predict
+from .model import build_model, select_device
 from .video import BackboneCache, image_digest
 
 

@@ -30,13 +30,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .engine import CancelToken, FrameMasks, FramePrompt, FrameSource
-from .errors import InvalidInputError
-from .preprocess import Intensity, to_model_rgb
-from .sam2_image import model_input
+from ..engine import CancelToken, FrameMasks, FramePrompt, FrameSource
+from ..errors import InvalidInputError
+from ..preprocess import Intensity, to_model_rgb
+from .image import model_input
 
 # Without sam2's optional CUDA extension only its hole-filling post-processing is skipped (see
-# README); the warning it prints on every propagation says the same and is noise for users.
+# docs/development.md); the warning it prints on every propagation says the same and is noise for users.
 warnings.filterwarnings("ignore", message=r"cannot import name '_C' from 'sam2'", category=UserWarning)
 
 
