@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..geometry import Box
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -72,12 +71,6 @@ def add_click_refinement_options(parser: argparse.ArgumentParser, unit: str) -> 
     group.add_argument(f"--{unit}-negative-point", nargs=3, type=float, action="append",
                        default=[], metavar=(letter, "X", "Y"), dest="refine_negative_points",
                        help=f"exclude click at (X, Y) on {unit} {letter}; repeatable")
-
-
-def has_click_prompts(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "point", None) or getattr(args, "negative_point", None)
-                or getattr(args, "mask_prompt", None) is not None
-                or getattr(args, "refine_points", None) or getattr(args, "refine_negative_points", None))
 
 
 def prompts_from_args(args: argparse.Namespace, width: int, height: int, mask=None) -> list:
@@ -168,11 +161,6 @@ def intensity_from_args(args: argparse.Namespace):
     from ..preprocess import parse_intensity
 
     return parse_intensity(args.window) if args.window else None
-
-
-def boxes_from_args(args: argparse.Namespace, width: int, height: int) -> list[Box]:
-    """The ``--box`` options as boxes checked against a ``width`` x ``height`` image."""
-    return [Box.from_sequence(b).validate(width, height) for b in (args.box or [])]
 
 
 def check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:

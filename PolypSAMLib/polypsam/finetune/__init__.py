@@ -7,6 +7,7 @@
 :mod:`.sidecar` (JSON sidecar, metrics CSV and plot).
 """
 
-from .train import TRAIN_MODES, FinetuneConfig, FinetuneResult, finetune
+from .runner import finetune
+from .train import TRAIN_MODES, FinetuneConfig, FinetuneResult
 
 __all__ = ["TRAIN_MODES", "FinetuneConfig", "FinetuneResult", "finetune"]

@@ -44,7 +44,7 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
         on_epoch_end: Optional[Callable[[dict], None]] = None) -> FinetuneResult:
     import torch
 
-    from ..sam2_model import build_model, save_checkpoint, select_device
+    from ..sam2_adapter.model import build_model, save_checkpoint, select_device
 
     cfg.check()
     output = Path(cfg.output).expanduser()
@@ -154,3 +154,10 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
 
     return FinetuneResult(output, sidecar_path(output), metrics_csv_path(output), history,
                           best_epoch, best_dice)
+
+
+def finetune(cfg: FinetuneConfig, *, progress: bool = True,
+             on_epoch_end: Optional[Callable[[dict], None]] = None) -> FinetuneResult:
+    """Run (or resume) fine-tuning (the recipe: :mod:`polypsam.finetune.train`). Bad input fails
+    before training."""
+    return run(cfg, progress=progress, on_epoch_end=on_epoch_end)

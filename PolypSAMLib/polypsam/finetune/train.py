@@ -5,7 +5,7 @@ mask decoder trained with Dice + binary cross-entropy, AdamW (lr 1e-4), batch si
 learning rate halves when validation Dice stops improving, down to 1e-5; the model is saved in
 SAM2's official layout whenever validation Dice improves.
 
-The forward pass is PolypSAM's inference path (:func:`polypsam.sam2_image.box_logits`, equal to
+The forward pass is PolypSAM's inference path (:func:`polypsam.sam2_adapter.image.box_logits`, equal to
 Meta's ``SAM2ImagePredictor``) with gradients, and the model stays in eval mode as at inference
 (SAM2's decoder picks its single mask by stability only in eval mode; SAM2 tiny has no dropout
 or drop-path to switch off). "Frozen encoder" means everything before the cached features: the
@@ -26,7 +26,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -256,7 +256,7 @@ class Trainer:
     def _encode(self, images, grad: bool):
         import torch
 
-        from ..sam2_image import image_features
+        from ..sam2_adapter.image import image_features
 
         with torch.set_grad_enabled(grad):
             return image_features(self.model, self.model.forward_image(images.to(self.device)))
@@ -264,7 +264,7 @@ class Trainer:
     def _model_inputs(self, samples: Sequence[Sample]):
         import torch
 
-        from ..sam2_image import model_input
+        from ..sam2_adapter.image import model_input
 
         return torch.stack([model_input(s.load_rgb(), self.size) for s in samples])
 
@@ -273,7 +273,7 @@ class Trainer:
         """Dice + BCE of one batch of training samples (all boxes of each sample)."""
         import torch
 
-        from ..sam2_image import box_logits, normalize_input, resize_input
+        from ..sam2_adapter.image import box_logits, normalize_input, resize_input
         from .augment import augment
 
         samples = [self.train_set[i] for i in indices]
@@ -353,12 +353,12 @@ class Trainer:
     def validate(self) -> tuple[dict[str, float], list[dict[str, float]]]:
         """Mean metrics over validation images: union of the masks of all its boxes vs. truth.
 
-        Computed as inference computes it (:func:`polypsam.sam2_image.predict_box` at the
+        Computed as inference computes it (:func:`polypsam.sam2_adapter.image.predict_box` at the
         image's own size), so loading the saved checkpoint in an engine gives the same masks.
         """
         import torch
 
-        from ..sam2_image import ImageEmbedding, predict_box
+        from ..sam2_adapter.image import ImageEmbedding, predict_box
 
         per_image = []
         with torch.inference_mode():
@@ -413,12 +413,3 @@ def run_identity(cfg: FinetuneConfig, base_sha256: str, config: str, image_size:
         keep.pop(name)
     return {**keep, "base_sha256": base_sha256, "config": config, "image_size": image_size,
             "train_fingerprint": train_fp, "val_fingerprint": val_fp}
-
-
-def finetune(cfg: FinetuneConfig, *, progress: bool = True,
-             on_epoch_end: Optional[Callable[[dict], None]] = None) -> FinetuneResult:
-    """Run (or resume) fine-tuning; see the module docstring. Bad input fails before training."""
-    from .runner import run
-
-    return run(cfg, progress=progress, on_epoch_end=on_epoch_end)
-

@@ -128,10 +128,6 @@ class SessionStore:
                 session.arrays.move_to_end(d)
             return [session.arrays[d] for d in digests]
 
-    def total_bytes(self) -> int:
-        with self._lock:
-            return sum(s.nbytes for s in self._sessions.values())
-
     def _enforce_cap(self, keep: tuple[str, str]) -> None:
         """Drop least recently used arrays (oldest session first) until under the cap."""
         total = sum(s.nbytes for s in self._sessions.values())
