@@ -5,7 +5,7 @@
 #   bash scripts/setup.sh test     # set up, then run the test suite
 # Pins: torch is pinned because an unpinned torch pulls several GB of CUDA wheels; torchvision is
 # installed only for the tests that compare with Meta's SAM2ImagePredictor (the library never
-# imports it). CPU-only, smaller and lighter: POLYPSAM_TORCH_SPEC="torch==2.13.0" (see README).
+# imports it). CPU-only, smaller and lighter: POLYPSAM_TORCH_SPEC="torch==2.13.0" (see docs/development.md).
 # sam2's sdist is built without its CUDA extension and without build isolation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
