@@ -42,6 +42,129 @@ def harness(tiny_checkpoint):
     worker.close()
 
 
+# ---- the harness keeps PythonQt's rules (Testing/pythonqt/wrapping.py cites the source) -------
+
+
+@in_harness
+def test_harness_follows_pythonqt_rules(env):
+    qt, slicer = env.qt, env.slicer
+    button = qt.QPushButton("Segment")
+    assert button.text == "Segment" and isinstance(button.text, str), "R1: the property, not text()"
+    button.text = "Go"
+    assert button.text == "Go"
+    with pytest.raises(AttributeError, match="creating new attributes on C\\+\\+ objects is not allowed"):
+        button.notAProperty = 1
+    with pytest.raises(AttributeError, match="can not be overwritten"):
+        button.click = None
+    button.objectName = "goButton"
+    assert button.name == "goButton", "PythonQt maps name to objectName"
+    assert qt.QListWidget() and qt.QComboBox(), "R3: live objects are true (PyQt5: empty is false)"
+    dead = qt.QWidget()
+    dead.delete()
+    assert not dead
+    with pytest.raises(ValueError, match="keyword arguments"):
+        button.setText(text="x")
+    assert type(qt.QSpinBox()) == qt.QSpinBox and isinstance(qt.QSpinBox(), qt.QWidget)
+    got = []
+
+    def no_args():
+        got.append(("none",))
+
+    class Receiver:
+        def one(self, checked):
+            got.append(("method", checked))
+
+    button.checkable = True
+    assert button.connect("clicked(bool)", no_args)
+    assert button.connect("clicked(bool)", Receiver().one)
+    assert button.connect("clicked(bool)", lambda kind="include": got.append(("default", kind)))
+    assert button.connect("clicked(bool)", lambda *args: got.append(("all",) + args))
+    button.click()
+    assert got == [("none",), ("method", True), ("default", True), ("all", True)], \
+        "R5: a slot gets as many arguments as it takes (a default parameter takes one)"
+    assert not button.connect("clickedTwice()", no_args), "R4: an unknown signal is refused..."
+    assert "does not exist on QPushButton" in env.h.errors.take()[0], "...with a printed error"
+
+    def broken(*args):
+        raise RuntimeError("slot failed")
+
+    combo = qt.QComboBox()
+    combo.currentIndexChanged.connect(broken)  # the first overload: (int)
+    combo.addItems(["a", "b"])
+    combo.currentIndex = 1
+    printed = env.h.errors.take()
+    assert len(printed) == 2 and "slot failed" in printed[0], "R5: printed, not raised"
+    qt.QTimer.singleShot(0, broken)
+    env.h.process_events()
+    assert "slot failed" in env.h.errors.take()[0]
+    parent = qt.QWidget()
+    child = qt.QLabel(parent)
+    child.objectName = "statusLabel"
+    assert parent.statusLabel == child, "R1: a child by objectName"
+    env.h.dialogs.answer("QFileDialog.getOpenFileName", "/tmp/a.pt")
+    assert qt.QFileDialog.getOpenFileName(None, "Open", "", "*.pt") == "/tmp/a.pt", "a plain string"
+    import PythonQt
+    from pythonqt.dialogs import CANCEL
+
+    ok = PythonQt.BoolResult()
+    env.h.dialogs.answer("QInputDialog.getItem", CANCEL)
+    assert qt.QInputDialog.getItem(None, "Export", "Format:", ["a", "b"], 1, False, ok) == "b"
+    assert not ok, "Qt 5.15 returns the current item on Cancel; only ok tells"
+    selector = slicer.qMRMLNodeComboBox()
+    assert selector.nodeTypes == [] and not callable(selector.nodeTypes), "a property shadows nodeTypes()"
+    with pytest.raises(AttributeError):
+        selector._rebuild()  # the stand-in's own helpers are not C++ API
+
+    class Observed(qt.QColor):
+        def __init__(self, name):
+            super().__init__(name)
+            self.note = "Python subclasses may add attributes"
+
+    assert Observed("#ff0000").red() == 255
+
+
+@in_harness
+def test_node_selector_filters_as_qmrmlsortfilterproxymodel(env):
+    """nodeTypes, showChildNodeTypes, hideChildNodeTypes, hidden nodes, None first, renames and
+    removals follow qMRMLSortFilterProxyModel / qMRMLNodeComboBox (v5.10.0)."""
+    slicer, scene = env.slicer, env.scene
+    selector = slicer.qMRMLNodeComboBox()
+    selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+    selector.showChildNodeTypes = False
+    selector.noneEnabled = True
+    selector.addEnabled = False
+    selector.removeEnabled = False
+    selector.setMRMLScene(scene)
+    scalar = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "scalar")
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "vector")
+    hidden = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "hidden")
+    hidden.SetHideFromEditors(True)
+    assert env.entries(selector) == ["None", "scalar"], "exact class only; hidden nodes left out"
+    selector.showChildNodeTypes = True
+    selector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]
+    assert env.entries(selector) == ["None", "scalar", "vector"]
+    selector.showHidden = True
+    assert env.entries(selector) == ["None", "scalar", "vector", "hidden"]
+    changes = []
+    selector.connect("currentNodeChanged(vtkMRMLNode*)", changes.append)
+    selector.setCurrentNode(vector)
+    assert selector.currentNode() is vector and selector.currentNodeID == vector.GetID()
+    vector.SetName("renamed")
+    assert env.entries(selector)[2] == "renamed"
+    scene.RemoveNode(vector)
+    assert selector.currentNode() is hidden, "QComboBox moves to the row that took its place"
+    assert changes == [vector, hidden]
+    selector.removeEnabled = True
+    selector.addEnabled = True
+    assert env.entries(selector)[-3:] == ["", "Create new Volume", "Delete current Volume"]
+    env.choose(selector, "Create new Volume")
+    created = selector.currentNode()
+    assert created is not None and created.IsA("vtkMRMLScalarVolumeNode")
+    env.choose(selector, "Delete current Volume")
+    assert scene.GetNodeByID(created.GetID()) is None
+
+
 # ---- module life cycle ----------------------------------------------------------------------
 
 
