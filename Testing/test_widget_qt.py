@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,12 @@ def harness(tiny_checkpoint):
     if not (SLICER_SOURCE / "Base" / "Python" / "slicer" / "ScriptedLoadableModule.py").is_file():
         pytest.skip(f"Slicer's Python framework not found at {SLICER_SOURCE}")
     env = {"POLYPSAM_SLICER_SOURCE": str(SLICER_SOURCE),
-           "PYTHONPATH": os.pathsep.join([str(REPO / "PolypSAMLib"), os.environ.get("PYTHONPATH", "")]),
-           "POLYPSAM_CACHE_DIR": os.environ.get("POLYPSAM_CACHE_DIR", "")}
+           "PYTHONPATH": os.pathsep.join([str(REPO / "PolypSAMLib"), os.environ.get("PYTHONPATH", "")])}
     worker = Worker("test_widget_qt", str(tiny_checkpoint), env=env)
     yield worker
     worker.close()
+    timings = ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU)" for name, (wall, cpu) in worker.timings.items())
+    print(f"\nharness timings: {timings}")
 
 
 # ---- the harness keeps PythonQt's rules (Testing/pythonqt/wrapping.py cites the source) -------
@@ -212,7 +214,7 @@ def test_cleanup_removes_every_hook(env):
     env.h.unload_module("PolypSAM")
     env.needs_new_widget = True
     assert not any(h.__name__ == "saveSegmentEditorUndoState" for h in history._before_write_hooks)
-    assert widget.Observations == [] if hasattr(widget, "Observations") else True
+    assert widget.Observations == [], "no VTK observation left"
     env.rgb_frame()  # scene events no longer reach the widget (nothing printed)
     env.scene.Clear(0)
     assert not env.main_window.findChildren(env.qt.QShortcut)
@@ -261,15 +263,20 @@ def test_propagate_then_cancel_on_a_ct_volume(env):
     ui = env.ui
     ct = env.ct_volume()
     env.choose(ui.inputSelector, "ct")
-    roi = env.add_box((24, 24, 4), (22, 22, 3), ct)
+    roi = env.add_box((24, 24, 4), (22, 22, 5), ct)
     assert ui.propagateButton.enabled
+    env.choose(ui.windowPresetComboBox, "abdomen")
+    ui.sliceRangeStartSpinBox.value = 3
+    ui.sliceRangeEndSpinBox.value = 5
     env.press(ui.propagateButton)
     seg = env.output()
     name = roi.GetName()
-    assert env.provenance(seg, name)["operation"] == "propagate"
+    tags = env.provenance(seg, name)
+    assert (tags["operation"], tags["slice_range"], tags["key_slice"]) == ("propagate", "3,5", "4")
     labels = env.labelmap(seg, name, ct)
     assert labels.shape == (8, 48, 56)
-    assert not labels[[0, 1, 2, 6, 7]].any(), "nothing outside the box's slices 3..5"
+    assert not labels[[0, 1, 2, 6, 7]].any(), "nothing outside the slice range 3..5"
+    assert ui.statusLabel.text == "propagated 1 box(es)"
     before = labels.copy()
     env.h.dialogs.cancel_next_progress()
     env.press(ui.propagateButton)
@@ -284,7 +291,6 @@ def test_refine_with_a_second_box(env):
     ct = env.ct_volume()
     env.choose(ui.inputSelector, "ct")
     first = env.add_box((24, 24, 3), (22, 22, 3), ct)
-    env.press(ui.propagateButton)
     env.add_box((24, 24, 5), (20, 20, 1), ct)
     assert [checked for _name, checked in env.list_items()] == [True, True]
     env.press(ui.refineButton)
@@ -353,6 +359,30 @@ def test_load_video_from_a_folder_then_track(env):
 
 
 @in_harness
+def test_clicks_on_video_frames_then_propagate_clicks_tracks(env):
+    """On a video, each click records the frame it was placed on; Propagate clicks tracks the
+    segment through the video from the clicked frames."""
+    ui = env.ui
+    from pythonqt.dialogs import CANCEL
+
+    env.h.dialogs.answer("QFileDialog.getOpenFileName", CANCEL)
+    env.h.dialogs.answer("QFileDialog.getExistingDirectory", str(env.frame_folder(2)))
+    env.press(ui.loadVideoButton)
+    browser = ui.sequenceBrowserSelector.currentNode()
+    proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
+    env.choose(ui.inputSelector, proxy.GetName())
+    ui.targetSegmentComboBox.setEditText("Polyp")
+    env.press(ui.includeButton)
+    browser.SetSelectedItemNumber(1)
+    env.click_voxel(proxy, (52, 48, 0))
+    include = env.scene.GetFirstNodeByName("Polyp include")
+    assert include.GetNumberOfControlPoints() == 1
+    env.press(ui.propagateClicksButton)
+    assert ui.clickStatusLabel.text.startswith("tracked 'Polyp' from frame 1"), ui.clickStatusLabel.text
+    assert browser.GetSequenceNode(env.output()).GetNumberOfDataNodes() == 2
+
+
+@in_harness
 def test_export_asks_format_and_path(env):
     """Export: the format from a list, then the file; the file is written."""
     ui = env.ui
@@ -391,18 +421,22 @@ def test_click_tools_on_a_ct_volume(env):
     assert "Lesion" in ui.clickStatusLabel.text
     env.press(ui.excludeButton)
     env.click_voxel(ct, (5, 5, 4))
-    assert env.provenance(seg, "Lesion")
+    include, exclude = (env.scene.GetFirstNodeByName(f"Lesion {kind}") for kind in ("include", "exclude"))
+    assert (include.GetNumberOfControlPoints(), exclude.GetNumberOfControlPoints()) == (1, 1)
+    assert ui.clickStatusLabel.text.startswith("segmented 'Lesion' on slice(s) 4")
     ui.candidatesCheckBox.checked = True
     env.press(ui.includeButton)
     env.click_voxel(ct, (26, 22, 4))
-    assert "candidate 1/3" in ui.clickStatusLabel.text or "candidate" in ui.clickStatusLabel.text
-    text = ui.clickStatusLabel.text
+    shown = re.search(r"candidate (\d)/3 on slice 4", ui.clickStatusLabel.text)
+    assert shown, ui.clickStatusLabel.text
     env.press(ui.nextCandidateButton)
-    assert ui.clickStatusLabel.text != text and "candidate" in ui.clickStatusLabel.text
+    assert f"candidate {int(shown.group(1)) % 3 + 1}/3 on slice 4" in ui.clickStatusLabel.text
+    assert not np.delete(env.labelmap(seg, "Lesion", ct), 4, axis=0).any()
     env.press(ui.propagateClicksButton)
-    assert "Lesion" in env.segments(seg)
+    assert ui.clickStatusLabel.text.startswith("propagated 'Lesion' from slice 4")
     env.press(ui.startFromSegmentButton)
-    assert env.provenance(seg, "Lesion")
+    assert ui.clickStatusLabel.text.startswith("propagated 'Lesion'")
+    assert env.segments(seg) == ["Lesion"]
 
 
 @in_harness
@@ -446,7 +480,7 @@ def test_engine_settings_panel(env):
     env.press(ui.checkpointBrowseButton)
     assert p.customCheckpoint == env.checkpoint == ui.checkpointPathLineEdit.text
     env.press(ui.dependenciesButton)
-    assert ui.engineStatusLabel.text
+    assert ui.engineStatusLabel.text == "torch and sam2 are installed"
     env.press(ui.releaseEngineButton)
     assert ui.engineStatusLabel.text == "Model released."
     assert not ui.serverUrlLineEdit.enabled and not ui.testConnectionButton.enabled
@@ -459,7 +493,9 @@ def test_engine_settings_panel(env):
     env.h.dialogs.answer("ctkMessageBox", env.qt.QMessageBox.Ok, contains="Connection test failed")
     env.press(ui.testConnectionButton)
     env.expect_printed("127.0.0.1:9")
-    assert "not-stored" not in (p.serverUrl + p.customCheckpoint)
+    node = p.parameterNode
+    saved = [node.GetParameter(name) for name in node.GetParameterNames()]
+    assert p.serverUrl == "http://127.0.0.1:9" and not any("not-stored" in v for v in saved)
 
 
 @in_harness

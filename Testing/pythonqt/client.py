@@ -38,7 +38,7 @@ class Worker:
         self._timeout = timeout
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, tuple[float, float]] = {}  # scenario -> (wall s, CPU s)
 
     def _start(self) -> None:
         self._proc = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -49,7 +49,7 @@ class Worker:
         ready, output = self._wait()
         if not ready.get("ready"):
             raise ScenarioError(f"the harness did not start:\n{ready.get('error', '')}\n{output}")
-        self.timings["(boot)"] = ready["seconds"]
+        self.timings["(boot)"] = (ready["seconds"], 0.0)
 
     @staticmethod
     def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
@@ -82,7 +82,7 @@ class Worker:
         self._proc.stdin.flush()
         result, output = self._wait()
         if "seconds" in result:
-            self.timings[name] = result["seconds"]
+            self.timings[name] = (result["seconds"], result.get("cpu_seconds", 0.0))
         if not result.get("ok"):
             kind = ScenarioFailed if result.get("assertion") else ScenarioError
             raise kind(f"{result.get('error', '')}\n--- harness output ---\n{output}")

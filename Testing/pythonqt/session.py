@@ -80,7 +80,9 @@ class Env:
         self._expected.append(text)
 
     def new_widget(self) -> Any:
-        """A new widget representation, as after a module reload (the old one is cleaned up)."""
+        """A new widget representation, as after a module reload: the old one is cleaned up
+        (``moduleAboutToBeUnloaded``) first."""
+        self.h.unload_module("PolypSAM")
         cpp = self.h.app.moduleManager().module("PolypSAM")
         cpp._widget = None
         self.widget = self.h.select_module("PolypSAM")

@@ -5,7 +5,7 @@ Started by :class:`pythonqt.client.Worker` (``Testing/test_widget_qt.py``)::
     python Testing/pythonqt/worker.py <scenario module> <checkpoint>
 
 Each stdin line is a scenario name; each answer is one stdout line starting with :data:`MARK`
-and holding JSON (``ok``, ``error``, ``assertion``, ``seconds``). Everything else the scenario
+and holding JSON (``ok``, ``error``, ``assertion``, ``seconds``, ``cpu_seconds``). Everything else the scenario
 prints goes to stdout/stderr as usual.
 """
 
@@ -44,7 +44,7 @@ def main() -> int:
         name = line.strip()
         if not name:
             continue
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             env.begin()
         except BaseException:  # noqa: BLE001 - reported to the test
@@ -69,6 +69,7 @@ def main() -> int:
             text = failed[0] + ("\nAlso printed or left over:\n" + problems if problems else "")
             result = {"ok": False, "error": text, "assertion": failed[1]}
         result["seconds"] = time.perf_counter() - started
+        result["cpu_seconds"] = time.process_time() - cpu  # every thread of the process
         _answer(result)
     return 0
 
