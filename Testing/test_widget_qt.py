@@ -84,6 +84,12 @@ def test_harness_follows_pythonqt_rules(env):
     button.click()
     assert got == [("none",), ("method", True), ("default", True), ("all", True)], \
         "R5: a slot gets as many arguments as it takes (a default parameter takes one)"
+    got.clear()
+    assert button.connect("clicked()", lambda *args: got.append(args)), "moc's clone of clicked(bool)"
+    button.click()
+    assert got[-1] == (), "the clone passes no argument"
+    with pytest.raises(TypeError, match="connect it to a signal"):
+        qt.QMenu().addAction("Go", no_args)  # PyQt5 would connect it outside PythonQt's rules
     assert not button.connect("clickedTwice()", no_args), "R4: an unknown signal is refused..."
     assert "does not exist on QPushButton" in env.h.errors.take()[0], "...with a printed error"
 

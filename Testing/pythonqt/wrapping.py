@@ -28,7 +28,9 @@ dd4caeae, which pins PythonQt 4869cbe "patched-v3.6.1-2025-09-30"). In short:
   ``QTimer.singleShot(ms, callable)`` calls the same way (PythonQtStdDecorators.cpp:
   PythonQtSingleShotTimer::slotTimeout).
 * R6 calls: keyword arguments to a C++ method are a ``ValueError`` (PythonQtSlot.cpp:
-  PythonQtSlotFunction_CallImpl); ``QFlags`` come back as ints (PythonQtConversion.cpp).
+  PythonQtSlotFunction_CallImpl); ``QFlags`` come back as ints (PythonQtConversion.cpp); a
+  Python callable is never passed to a C++ method, where PyQt5 would take one and call it
+  outside these rules (PythonQt converts arguments to C++ types only).
 
 Printed errors go through ``sys.excepthook`` (PythonQt::handleError calls ``PyErr_Print``, which
 calls it), so a harness can collect them: see :func:`print_error`.
@@ -200,10 +202,21 @@ class WrapperType(type):
         return wrap(value)
 
 
+def _refuse_callables(name: str, args: tuple) -> None:
+    """A C++ method takes no Python callable (PythonQt converts arguments to C++ types only;
+    PyQt5 would take one, e.g. QMenu.addAction(text, callable), and call it outside these rules):
+    Python code connects callables to signals instead."""
+    for arg in args:
+        if callable(arg) and not isinstance(arg, (type, Wrapper)):
+            raise TypeError(f"{name}: a Python callable ({arg!r}) can not be passed to a C++ method;"
+                            " connect it to a signal")
+
+
 def _construct(cls: type, args: tuple, kwargs: dict) -> Any:
     if kwargs:  # PythonQtSlot.cpp: PythonQtSlotFunction_CallImpl
         raise ValueError(f"Called {cls.__name__} constructor with keyword arguments, but called slot"
                          " does not support kwargs.")
+    _refuse_callables(f"{cls.__name__} constructor", args)
     return cls._qt_class(*unwrap(args))
 
 
@@ -419,7 +432,10 @@ def _bound_signal(q: Any, signature: str):
     if types_:
         bound = bound[types_[0] if len(types_) == 1 else tuple(types_)]
     elif bound.signal[1:] != bytes(method.methodSignature()).decode():
-        bound = bound[()]
+        try:
+            bound = bound[()]
+        except KeyError:  # a clone without the defaulted arguments, e.g. clicked() of clicked(bool)
+            pass  # PyQt5 has only the full overload: connect to it, pass no arguments
     return bound, index, len(types_)
 
 
@@ -552,6 +568,7 @@ class Method:
         if kwargs:
             raise ValueError(f"Called {self._name} with keyword arguments, but called slot does not"
                              " support kwargs.")
+        _refuse_callables(self._name, args)
         return wrap(self._function(*unwrap(args)))
 
     def __eq__(self, other: Any) -> bool:
