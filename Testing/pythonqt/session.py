@@ -184,7 +184,7 @@ class Env:
     def ct_4d(self, name: str = "ct4d") -> Any:
         from slicer_fixtures import add_volume_sequence
 
-        volumes = [synthetic_ct(shift=2 * t, shape=(4, 40, 40)) for t in range(3)]
+        volumes = [synthetic_ct(shift=2 * t, shape=(4, 40, 40)) for t in range(2)]
         return add_volume_sequence(self.scene, volumes, selected=0, name=name,
                                    logic=self.slicer.modules.sequences.logic())
 
