@@ -124,7 +124,8 @@ def test_harness_follows_pythonqt_rules(env):
     assert qt.QInputDialog.getItem(None, "Export", "Format:", ["a", "b"], 1, False, ok) == "b"
     assert not ok, "Qt 5.15 returns the current item on Cancel; only ok tells"
     selector = slicer.qMRMLNodeComboBox()
-    assert selector.nodeTypes == [] and not callable(selector.nodeTypes), "a property shadows nodeTypes()"
+    assert selector.nodeTypes == () and not callable(selector.nodeTypes), "a property shadows nodeTypes()"
+    assert isinstance(parent.children(), tuple), "R7: lists come back as tuples"
     with pytest.raises(AttributeError):
         selector._rebuild()  # the stand-in's own helpers are not C++ API
 
@@ -187,7 +188,7 @@ def test_setup_enter_exit_and_scene_close(env):
     A/S shortcuts and the GUI binding; closing the scene makes a new parameter node."""
     ui, qt = env.ui, env.qt
     assert ui.inputSelector.mrmlScene() is env.scene, "the .ui passed the scene to the selectors"
-    assert ui.inputSelector.nodeTypes == ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+    assert ui.inputSelector.nodeTypes == ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
     assert env.entries(ui.outputSegmentationSelector)[-4:] == [
         "Rename current Segmentation", "Create new Segmentation", "Create new Segmentation as...",
         "Delete current Segmentation"]

@@ -31,6 +31,9 @@ dd4caeae, which pins PythonQt 4869cbe "patched-v3.6.1-2025-09-30"). In short:
   PythonQtSlotFunction_CallImpl); ``QFlags`` come back as ints (PythonQtConversion.cpp); a
   Python callable is never passed to a C++ method, where PyQt5 would take one and call it
   outside these rules (PythonQt converts arguments to C++ types only).
+* R7 values: a QStringList, QVariantList or list of objects comes back as a tuple
+  (PythonQtConversion.cpp: QStringListToPyObject, QVariantListToPyObject,
+  ConvertQListOfPointerTypeToPythonList), where PyQt5 gives a list.
 
 Printed errors go through ``sys.excepthook`` (PythonQt::handleError calls ``PyErr_Print``, which
 calls it), so a harness can collect them: see :func:`print_error`.
@@ -80,13 +83,13 @@ def _is_flags(value: Any) -> bool:
 
 
 def wrap(value: Any) -> Any:
-    """A Qt value as PythonQt hands it to Python (objects wrapped, flags as int, lists as lists)."""
+    """A Qt value as PythonQt hands it to Python (objects wrapped, flags as int, lists as tuples)."""
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, Wrapper):
         return value
-    if isinstance(value, (list, tuple)):
-        return [wrap(v) for v in value]
+    if isinstance(value, (list, tuple)):  # QStringList, QVariantList, QList<T*>: tuples
+        return tuple(wrap(v) for v in value)
     if isinstance(value, sip.simplewrapper):
         if _is_flags(value):
             return int(value)
