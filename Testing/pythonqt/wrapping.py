@@ -5,8 +5,9 @@ module code does (``button.text`` is a method in PyQt5 and the property's value 
 empty ``QListWidget`` is false in PyQt5, an exception leaving a slot aborts a PyQt5 program).
 Here every Qt object handed to Python is a :class:`Wrapper` that follows PythonQt's rules, each
 written from PythonQt's own source, cited as ``file: function`` of commontk/PythonQt branch
-``patched-9`` (0580304, the newest commontk branch available to us; Slicer 5.10.0 builds CTK
-dd4caeae, which pins PythonQt 4869cbe "patched-v3.6.1-2025-09-30"). In short:
+``patched-9`` (0580304, the newest commontk branch we could read). Slicer 5.10.0 builds CTK
+dd4caeae, which pins PythonQt 4869cbe "patched-v3.6.1-2025-09-30", a commontk branch on
+upstream PythonQt 3.6.1: every function cited reads the same in MeVisLab/pythonqt v3.6.1. In short:
 
 * R1 attribute read: Python-side attributes first, then the Qt property, then methods and signals
   (the first-declared overload), then enum values, dynamic properties, a child object of that
