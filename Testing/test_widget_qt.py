@@ -45,7 +45,8 @@ def harness(tiny_checkpoint):
     worker = Worker("test_widget_qt", str(tiny_checkpoint), env=env)
     yield worker
     worker.close()
-    timings = ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU)" for name, (wall, cpu) in worker.timings.items())
+    timings = ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU)"
+                        for name, (wall, cpu) in worker.timings.items())
     print(f"\nharness timings: {timings}")
 
 
@@ -149,7 +150,7 @@ def test_node_selector_filters_as_qmrmlsortfilterproxymodel(env):
     selector.addEnabled = False
     selector.removeEnabled = False
     selector.setMRMLScene(scene)
-    scalar = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "scalar")
+    scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "scalar")
     scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "vector")
     hidden = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "hidden")
@@ -527,8 +528,9 @@ def test_output_selector_create_new_and_rename(env):
 # ---- what the prototype found (fixed by another engineer after the widget reshape) -----------
 
 
-@pytest.mark.xfail(strict=True, raises=ScenarioFailed, reason="issue 18: the target-segment combo is refreshed only from"
-                   " the parameter node, not when segments are written or undone")
+@pytest.mark.xfail(strict=True, raises=ScenarioFailed,
+                   reason="issue 18: the target-segment combo is refreshed only from the parameter"
+                   " node, not when segments are written or undone")
 @in_harness
 def test_target_segment_combo_lists_new_segments(env):
     ui = env.ui
@@ -541,8 +543,9 @@ def test_target_segment_combo_lists_new_segments(env):
     assert env.entries(ui.targetSegmentComboBox) == []
 
 
-@pytest.mark.xfail(strict=True, raises=ScenarioFailed, reason="issue 18: Track on a video with the CT's segmentation as"
-                   " output advises choosing the volume it was made on, not a new output segmentation")
+@pytest.mark.xfail(strict=True, raises=ScenarioFailed,
+                   reason="issue 18: Track on a video with the CT's segmentation as output advises"
+                   " choosing the volume it was made on, not a new output segmentation")
 @in_harness
 def test_track_on_a_video_with_the_cts_segmentation_advises_a_new_output(env):
     from pythonqt.dialogs import CANCEL

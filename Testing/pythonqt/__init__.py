@@ -24,10 +24,11 @@ with PythonQt's attribute, connection and error rules (:mod:`wrapping`, each rul
 PythonQt's source), Slicer's own ``slicer.util``, ``ScriptedLoadableModule`` and
 ``parameterNodeWrapper`` from a Slicer source tree, on a real slicer-core MRML scene.
 
-Modules: :mod:`wrapping` (PythonQt's rules), :mod:`qtmodule` (the ``qt``/``ctk``/``PythonQt``
-modules and ``QUiLoader``), :mod:`mrmlwidgets` and :mod:`ctkwidgets` (stand-ins), :mod:`dialogs`
-(scripted answers), :mod:`application` (``slicer.app``, main window, module loading),
-:mod:`harness` (:func:`harness.boot`), :mod:`session` (what a scenario works with),
-:mod:`worker` and :mod:`client` (the harness process and the pytest side). Usage:
+Modules: :mod:`wrapping` (PythonQt's rules), :mod:`signals` (connections and slot calls),
+:mod:`qtmodule` (the ``qt``/``ctk``/``PythonQt`` modules and ``QUiLoader``), :mod:`mrmlwidgets`,
+:mod:`nodefilter` and :mod:`ctkwidgets` (stand-ins), :mod:`dialogs` (scripted answers),
+:mod:`application` (``slicer.app``, main window, module loading), :mod:`harness`
+(:func:`harness.boot`), :mod:`session` (what a scenario works with), :mod:`worker` and
+:mod:`client` (the harness process and the pytest side). Usage:
 ``Testing/test_widget_qt.py`` and docs/development.md.
 """

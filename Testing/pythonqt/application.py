@@ -20,7 +20,8 @@ from typing import Any
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from .wrapping import handle_error, unwrap, wrap
+from .signals import handle_error
+from .wrapping import unwrap, wrap
 
 
 def _call(callable_: Any, *args: Any) -> Any:

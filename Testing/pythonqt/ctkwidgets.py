@@ -76,8 +76,9 @@ class ctkCollapsibleButton(QtWidgets.QAbstractButton):  # noqa: N801 - CTK's cla
                                                lambda self, value: setattr(self, "_midLineWidth", int(value)))
     buttonTextAlignment = QtCore.pyqtProperty(int, lambda self: self._textAlignment,
                                               lambda self, value: setattr(self, "_textAlignment", int(value)))
-    indicatorAlignment = QtCore.pyqtProperty(int, lambda self: self._indicatorAlignment,
-                                             lambda self, value: setattr(self, "_indicatorAlignment", int(value)))
+    indicatorAlignment = QtCore.pyqtProperty(
+        int, lambda self: self._indicatorAlignment,
+        lambda self, value: setattr(self, "_indicatorAlignment", int(value)))
 
     # uic sets these through their setters
     def setContentsFrameShape(self, value) -> None:
@@ -90,7 +91,8 @@ class ctkCollapsibleButton(QtWidgets.QAbstractButton):  # noqa: N801 - CTK's cla
         """ctkCollapsibleButton::childEvent: a widget added while collapsed is hidden."""
         super().childEvent(event)
         child = event.child()
-        if event.type() == QtCore.QEvent.ChildAdded and getattr(self, "_collapsed", False) and isinstance(child, QtWidgets.QWidget):
+        added = event.type() == QtCore.QEvent.ChildAdded and isinstance(child, QtWidgets.QWidget)
+        if added and getattr(self, "_collapsed", False):
             child.setVisible(False)
 
     def paintEvent(self, event: QtGui.QPaintEvent) -> None:  # QAbstractButton's is pure virtual

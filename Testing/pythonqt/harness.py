@@ -62,7 +62,8 @@ class SliceViews:
             raise AssertionError("the slice views are not in place mode: a click would not place anything")
         node = slicer.mrmlScene.GetNodeByID(selection.GetActivePlaceNodeID() or "")
         if node is None or not node.IsA(class_name):
-            raise AssertionError(f"the active place node is {node and node.GetClassName()}, not a {class_name}")
+            found = node.GetClassName() if node is not None else None
+            raise AssertionError(f"the active place node is {found}, not a {class_name}")
         return node, interaction
 
     @staticmethod
@@ -188,8 +189,8 @@ def boot(slicer_source: Path = DEFAULT_SLICER_SOURCE) -> Harness:
     slicer.i18n = _load("slicer.i18n", base / "i18n.py")
     for name, cls in qtmodule.slicer_classes().items():
         setattr(slicer, name, cls)
-    from .wrapping import wrapper_class
     from . import application
+    from .wrapping import wrapper_class
 
     for cls in (application.ScriptedModule, application.ScriptedModuleWidget):
         setattr(slicer, cls._pythonqt_name, wrapper_class(cls))

@@ -16,9 +16,9 @@ methods of Slicer's headers at v5.10.0 (``Libs/MRML/Widgets/qMRMLWidget.h``,
   of ``updateActionItems`` ("Rename current", "Create new", "Create new ... as...", "Delete
   current"), which act when the user picks them (:meth:`qMRMLNodeComboBox.userChoose`).
 
-Not modelled: the tree view of ``qMRMLSceneModel`` (the list is flat), lazy updates, the
-interaction node used by "Edit current", and VTK objects crossing a real PythonQt signal
-(Python objects are passed as they are).
+The rows are chosen by :mod:`nodefilter`. Not modelled: the tree view of ``qMRMLSceneModel``
+(the list is flat), lazy updates, the interaction node used by "Edit current", and VTK objects
+crossing a real PythonQt signal (Python objects are passed as they are).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from vtkmodules.util.misc import calldata_type
 from vtkmodules.util.vtkConstants import VTK_OBJECT
 
+from .nodefilter import EXTRA_ROLE, accepts, extra_items
+
 UID_ROLE = QtCore.Qt.UserRole + 1  # qMRMLSceneModel::UIDRole
-EXTRA_ROLE = QtCore.Qt.UserRole + 2  # qMRMLSceneModel::ExtraItemsRole
 
 
 class qMRMLWidget(QtWidgets.QWidget):  # noqa: N801 - Slicer's class name
@@ -54,30 +55,6 @@ class qMRMLWidget(QtWidgets.QWidget):  # noqa: N801 - Slicer's class name
             return
         self._scene = scene
         self.mrmlSceneChanged.emit(scene)
-
-
-def accepts(node: Any, combo: "qMRMLNodeComboBox") -> bool:
-    """qMRMLSortFilterProxyModel::filterAcceptsNode for a combo's settings (v5.10.0)."""
-    if node is None or not node.GetID():
-        return True
-    if not combo._showHidden and node.GetHideFromEditors():
-        return False
-    if not combo._nodeTypes:
-        return True
-    for node_type in combo._nodeTypes:
-        if not node.IsA(node_type):
-            continue
-        if not combo._showChildNodeTypes and node_type != node.GetClassName():
-            continue
-        if combo._showChildNodeTypes and any(node.IsA(t) for t in combo._hideChildNodeTypes):
-            return False
-        if node_type in combo._attributes:
-            name, value = combo._attributes[node_type]
-            found = node.GetAttribute(name)
-            if found is None or (value is not None and str(value) != found):
-                return False
-        return True
-    return False
 
 
 def _prop(name: str, kind: Any, notify: Any = None, refresh: str = ""):
@@ -399,37 +376,7 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):  # noqa: N801 - Slicer's class name
         return item
 
     def _extraItems(self) -> tuple[list[QtGui.QStandardItem], list[QtGui.QStandardItem]]:
-        """updateNoneItem / updateActionItems."""
-        pre = []
-        if self._noneEnabled:
-            pre.append(QtGui.QStandardItem(self._noneDisplay))
-        post = []
-        if self._scene is not None:
-            label = self.nodeTypeLabel(self._nodeTypes[0] if len(self._nodeTypes) == 1 else "")
-            actions = []
-            if self._renameEnabled:
-                actions.append((f"Rename current {label}", f"RENAME/{label}"))
-            if self._editEnabled:
-                actions.append((f"Edit current {label}", f"EDIT/{label}"))
-            if self._addEnabled:
-                for node_type in self._nodeTypes:
-                    type_label = self.nodeTypeLabel(node_type)
-                    actions.append((f"Create new {type_label}", f"CREATE/{type_label}"))
-                    if self._renameEnabled:
-                        actions.append((f"Create new {type_label} as...", f"CREATE_AS/{type_label}"))
-            if self._removeEnabled:
-                actions.append((f"Delete current {label}", f"DELETE/{label}"))
-            if actions:
-                separator = QtGui.QStandardItem("")
-                separator.setData("SEPARATOR", EXTRA_ROLE)
-                separator.setData("separator", QtCore.Qt.AccessibleDescriptionRole)
-                separator.setFlags(QtCore.Qt.NoItemFlags)
-                post.append(separator)
-            for text, data in actions:
-                item = QtGui.QStandardItem(text)
-                item.setData(data, EXTRA_ROLE)
-                post.append(item)
-        return pre, post
+        return extra_items(self)
 
     def _rebuild(self, emit: bool = True) -> None:
         """Rebuild every row (a property change, or qMRMLSceneModel::updateScene after a scene

@@ -19,7 +19,7 @@ from typing import Any
 
 from PyQt5 import QtCore, QtGui, QtWidgets, sip, uic
 
-from . import ctkwidgets, dialogs, mrmlwidgets, wrapping
+from . import ctkwidgets, dialogs, mrmlwidgets, signals, wrapping
 from .wrapping import BoolResult, Wrapper, unwrap, wrap, wrapper_class
 
 _KITS = (QtCore, QtGui, QtWidgets)
@@ -79,7 +79,7 @@ def _register_harness_members() -> None:
                                                       "getText": staticmethod(_get_text)})
     wrapping.register_extras(QtWidgets.QMessageBox, {
         name: _message_static(name) for name in ("question", "information", "warning", "critical")})
-    wrapping.register_extras(QtCore.QTimer, {"singleShot": staticmethod(wrapping.single_shot)})
+    wrapping.register_extras(QtCore.QTimer, {"singleShot": staticmethod(signals.single_shot)})
 
 
 class QUiLoader(QtCore.QObject):
@@ -97,7 +97,7 @@ class QUiLoader(QtCore.QObject):
         path = device.fileName()
         text = Path(path).read_text()
         text = re.sub(r"<header>[^<]*</header>", f"<header>{__name__}.h</header>", text)
-        for cpp in wrapping.PYOBJECT_TYPES:
+        for cpp in signals.PYOBJECT_TYPES:
             text = text.replace(cpp, "PyQt_PyObject")
         return uic.loadUi(io.StringIO(text))
 

@@ -5,8 +5,8 @@ Started by :class:`pythonqt.client.Worker` (``Testing/test_widget_qt.py``)::
     python Testing/pythonqt/worker.py <scenario module> <checkpoint>
 
 Each stdin line is a scenario name; each answer is one stdout line starting with :data:`MARK`
-and holding JSON (``ok``, ``error``, ``assertion``, ``seconds``, ``cpu_seconds``). Everything else the scenario
-prints goes to stdout/stderr as usual.
+and holding JSON (``ok``, ``error``, ``assertion``, ``seconds``, ``cpu_seconds``). Everything
+else the scenario prints goes to stdout/stderr as usual.
 """
 
 from __future__ import annotations

@@ -42,33 +42,17 @@ calls it), so a harness can collect them: see :func:`print_error`.
 
 from __future__ import annotations
 
-import sys
-import types
 import weakref
 from typing import Any, Callable
 
 from PyQt5 import QtCore, sip
 
+from .signals import add_signal_handler, bound_signal, first_signature, remove_signal_handler
+
 _WRAPPERS: "weakref.WeakValueDictionary[int, Wrapper]" = weakref.WeakValueDictionary()
 _CLASSES: dict[type, type] = {}  # PyQt class -> wrapper class
 _EXTRAS: dict[type, dict[str, Any]] = {}  # PyQt class -> harness members of its wrapper class
 _MISSING = object()
-_META = QtCore.QMetaMethod
-
-
-def print_error(message: str) -> None:
-    """What PythonQt writes to ``std::cerr``: sent through ``sys.excepthook`` as a RuntimeError so
-    that a harness collecting printed errors sees it too."""
-    try:
-        raise RuntimeError(message)
-    except RuntimeError:
-        sys.excepthook(*sys.exc_info())
-
-
-def handle_error() -> None:
-    """PythonQt::handleError: print the current exception (``PyErr_Print`` -> ``sys.excepthook``)
-    and carry on."""
-    sys.excepthook(*sys.exc_info())
 
 
 # ---- wrap / unwrap ------------------------------------------------------------------------------
@@ -339,13 +323,13 @@ class QObjectWrapper(Wrapper):
     def connect(self, signal: str, *args: Any) -> bool:
         """``connect('clicked(bool)', callable)`` (PythonQtStdDecorators::connect)."""
         if len(args) == 1 and callable(args[0]) and not isinstance(args[0], Wrapper):
-            return add_signal_handler(self, signal, args[0])
+            return add_signal_handler(_qt(self), signal, args[0], wrap)
         raise NotImplementedError("the harness connects signals to Python callables only (PythonQt's"
                                   " sender/receiver form is not used by the module)")
 
     def disconnect(self, signal: str, callable_: Callable | None = None) -> bool:
         """``disconnect('clicked(bool)'[, callable])`` (PythonQtStdDecorators::disconnect)."""
-        return remove_signal_handler(self, signal, callable_)
+        return remove_signal_handler(_qt(self), signal, callable_)
 
 
 # ---- members ------------------------------------------------------------------------------------
@@ -395,146 +379,6 @@ def _public_in_header(cls: type, name: str, value: Any) -> bool:
     return isinstance(value, QtCore.pyqtSignal) or name in owner.__dict__.get("_pythonqt_api", ())
 
 
-def first_signature(q: Any, name: str) -> str:
-    """The signature PythonQt binds ``obj.<name>`` to: the first method of that name, searching
-    the most derived class first, each class in declaration order (findDecoratorSlotsFromDecoratorProvider)."""
-    meta = q.metaObject()
-    while meta is not None:
-        for index in range(meta.methodOffset(), meta.methodCount()):
-            method = meta.method(index)
-            if bytes(method.name()).decode() == name and method.methodType() == _META.Signal:
-                return bytes(method.methodSignature()).decode()
-        meta = meta.superClass()
-    raise AttributeError(f"no signal {name} on {q.metaObject().className()}")
-
-
-# ---- signals and slots --------------------------------------------------------------------------
-
-#: C++ argument types that stand-ins carry as Python objects (VTK objects through signals)
-PYOBJECT_TYPES = ("vtkMRMLScene*", "vtkMRMLNode*", "vtkObject*")
-
-
-def _bound_signal(q: Any, signature: str):
-    """The PyQt5 bound signal for a C++ signature ("2clicked(bool)" or "clicked(bool)"), its
-    index and its parameter count; ``None`` if ``q`` has no such signal
-    (PythonQtSignalReceiver::getSignalIndex)."""
-    text = signature[1:] if signature[:1].isdigit() else signature
-    meta = q.metaObject()
-    index = meta.indexOfSignal(text)
-    if index < 0:
-        index = meta.indexOfSignal(bytes(QtCore.QMetaObject.normalizedSignature(text)).decode())
-    if index < 0 and getattr(type(q), "_pythonqt_standin", False):
-        mapped = text
-        for cpp in PYOBJECT_TYPES:
-            mapped = mapped.replace(cpp, "PyQt_PyObject")
-        index = meta.indexOfSignal(bytes(QtCore.QMetaObject.normalizedSignature(mapped)).decode())
-    if index < 0:
-        return None
-    method = meta.method(index)
-    bound = getattr(q, bytes(method.name()).decode())
-    types_ = [bytes(t).decode() for t in method.parameterTypes()]
-    if types_:
-        bound = bound[types_[0] if len(types_) == 1 else tuple(types_)]
-    elif bound.signal[1:] != bytes(method.methodSignature()).decode():
-        try:
-            bound = bound[()]
-        except KeyError:  # a clone without the defaulted arguments, e.g. clicked() of clicked(bool)
-            pass  # PyQt5 has only the full overload: connect to it, pass no arguments
-    return bound, index, len(types_)
-
-
-def python_arg_count(callable_: Any) -> int:
-    """How many signal arguments PythonQtSignalTarget::call passes: a function's positional
-    parameter count, a bound method's minus self, -1 (all) for *args and other callables."""
-    func, bound = callable_, 0
-    if isinstance(callable_, types.MethodType):
-        func, bound = callable_.__func__, 1
-    if not isinstance(func, types.FunctionType):
-        return -1
-    code = func.__code__
-    if code.co_flags & 0x04:  # CO_VARARGS
-        return -1
-    return code.co_argcount - bound
-
-
-class SlotCall:
-    """One connection of a signal to a Python callable (PythonQtSignalTarget)."""
-
-    def __init__(self, callable_: Any, parameters: int, where: str) -> None:
-        self.callable = callable_
-        self.parameters = parameters
-        self.where = where
-
-    def __call__(self, *args: Any) -> None:
-        call_slot(self.callable, args[: self.parameters])
-
-
-def call_slot(callable_: Any, args: tuple) -> Any:
-    """PythonQtSignalTarget::call: pass only the arguments the callable takes, convert them, and
-    print (not raise) an exception that leaves it."""
-    count = python_arg_count(callable_)
-    if count != -1:
-        args = args[:count]
-    try:
-        return callable_(*[wrap(a) for a in args])
-    except BaseException:  # noqa: BLE001 - PythonQt::handleError prints everything
-        handle_error()
-        return None
-
-
-class _Receiver(QtCore.QObject):
-    """PythonQtSignalReceiver: a child of the sender holding its Python connections."""
-
-    def __init__(self, sender: QtCore.QObject) -> None:
-        super().__init__(sender)
-        self.setObjectName("PythonQtSignalReceiver")
-        self.targets: list[tuple[int, Any, SlotCall, Any]] = []
-
-
-def _receiver(q: QtCore.QObject, create: bool) -> _Receiver | None:
-    for child in q.children():
-        if isinstance(child, _Receiver):
-            return child
-    return _Receiver(q) if create else None
-
-
-def add_signal_handler(sender: Wrapper, signature: str, callable_: Any) -> bool:
-    """PythonQt::addSignalHandler with PythonQtStdDecorators::connect's messages."""
-    q = _qt(sender)
-    found = _bound_signal(q, signature)
-    if found is None:
-        print_error(f"PythonQt: QObject::connect() signal '{signature}' does not exist on"
-                    f" {q.metaObject().className()}")
-        return False
-    bound, index, parameters = found
-    target = SlotCall(callable_, parameters, signature)
-    bound.connect(target)
-    _receiver(q, create=True).targets.append((index, callable_, target, bound))
-    return True
-
-
-def remove_signal_handler(sender: Wrapper, signature: str, callable_: Any | None) -> bool:
-    """PythonQtSignalReceiver::removeSignalHandler: the first connection whose callable compares
-    equal (all of them when ``callable_`` is None)."""
-    q = _qt(sender)
-    found = _bound_signal(q, signature)
-    if found is None:
-        print_error(f"PythonQt: QObject::disconnect() signal '{signature}' does not exist on"
-                    f" {q.metaObject().className()}")
-        return False
-    _bound, index, _parameters = found
-    receiver = _receiver(q, create=False)
-    removed = False
-    for entry in list(receiver.targets if receiver else []):
-        if entry[0] == index and (callable_ is None or entry[1] == callable_):
-            entry[3].disconnect(entry[2])
-            receiver.targets.remove(entry)
-            removed = True
-            if callable_ is not None:
-                break
-    return removed
-
-
 class SignalWrapper:
     """PythonQtSignalFunctionObject bound to an object: connect, disconnect, emit, call."""
 
@@ -543,13 +387,13 @@ class SignalWrapper:
         self._signature = signature
 
     def connect(self, callable_: Any) -> bool:
-        return add_signal_handler(self._owner, self._signature, callable_)
+        return add_signal_handler(_qt(self._owner), self._signature, callable_, wrap)
 
     def disconnect(self, callable_: Any = None) -> bool:
-        return remove_signal_handler(self._owner, self._signature, callable_)
+        return remove_signal_handler(_qt(self._owner), self._signature, callable_)
 
     def emit(self, *args: Any) -> None:
-        bound, _index, _parameters = _bound_signal(_qt(self._owner), self._signature)
+        bound, _index, _parameters = bound_signal(_qt(self._owner), self._signature)
         bound.emit(*unwrap(args))
 
     __call__ = emit
@@ -583,19 +427,6 @@ class Method:
 
     def __repr__(self) -> str:
         return f"<C++ method {self._name}>"
-
-
-def single_shot(msec: int, callable_: Any) -> None:
-    """``QTimer.singleShot(msec, callable)`` (PythonQtStdDecorators::static_QTimer_singleShot):
-    the callable is called with no arguments; an exception is printed."""
-
-    def fire() -> None:
-        try:
-            callable_()
-        except BaseException:  # noqa: BLE001
-            handle_error()
-
-    QtCore.QTimer.singleShot(int(msec), fire)
 
 
 class BoolResult:
