@@ -33,7 +33,8 @@ class Env:
         self.slicer = slicer
         self.checkpoint = checkpoint
         self.image_size = image_size
-        self.module = harness.load_module(MODULE_FILE)
+        self.module_cpp = harness.load_module(MODULE_FILE)  # the C++ side: enter(), exit()
+        self.module = self.slicer.modules.polypsam  # what Python sees
         self.python_module = __import__("PolypSAM")
         self.widget: Any = None
         self.needs_new_widget = False
@@ -212,6 +213,17 @@ class Env:
         from polypsam import mrml
 
         return mrml.read_provenance(segmentation, name)
+
+    def parameters(self) -> Any:
+        """The module's parameter node in the scene, read through PolypSAMParameterNode."""
+        node = self.scene.GetSingletonNode("PolypSAM", "vtkMRMLScriptedModuleNode")
+        assert node is not None, "the module made no parameter node"
+        return self.python_module.PolypSAMParameterNode(node)
+
+    @property
+    def panel(self) -> Any:
+        """The .ui's top-level widget (objectName "PolypSAM") in the module panel."""
+        return self.slicer.util.findChild(self.module.widgetRepresentation(), "PolypSAM")
 
     def output(self) -> Any:
         """The output segmentation the selector shows."""
