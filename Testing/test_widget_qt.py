@@ -193,7 +193,10 @@ def test_setup_enter_exit_and_scene_close(env):
     assert env.entries(ui.outputSegmentationSelector)[-4:] == [
         "Rename current Segmentation", "Create new Segmentation", "Create new Segmentation as...",
         "Delete current Segmentation"]
-    assert ui.settingsCollapsibleButton.collapsed and not ui.modelComboBox.visible
+    assert ui.inputSelector.visible and ui.settingsCollapsibleButton.collapsed
+    assert not ui.modelComboBox.visible, "the collapsed section hides its contents"
+    ui.settingsCollapsibleButton.collapsed = False
+    assert ui.modelComboBox.visible
     shortcuts = [s for s in env.main_window.findChildren(qt.QShortcut) if s.key.toString() in ("A", "S")]
     assert len(shortcuts) == 2 and all(s.enabled for s in shortcuts)
     p = env.parameters()

@@ -201,6 +201,7 @@ def boot(slicer_source: Path = DEFAULT_SLICER_SOURCE) -> Harness:
     slicer.app = wrap(app)
     window = MainWindow(app)
     window.resize(1000, 800)
+    window.show()  # offscreen: visibility and geometry are real, nothing is drawn on a screen
     slicer.parameterNodeWrapper = _load("slicer.parameterNodeWrapper", base / "parameterNodeWrapper", True)
     slicer.ScriptedLoadableModule = _load("slicer.ScriptedLoadableModule", base / "ScriptedLoadableModule.py")
     return Harness(qapp, app, window, core, modules, errors, slicer_source)
