@@ -167,3 +167,73 @@ def test_hide_cancels_queued_work_and_close_ends_the_thread(tiny_checkpoint):
 
 def prefetch_threads() -> int:
     return sum(t.name.startswith("polypsam-prefetch") for t in threading.enumerate())
+
+
+# -- the server ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prefetch_server(tiny_checkpoint, tmp_path_factory):
+    from server_fixtures import ServerProcess
+
+    proc = ServerProcess(tiny_checkpoint, log=tmp_path_factory.mktemp("server") / "server.log")
+    yield proc
+    proc.stop()
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def busy_stream(remote):
+    """A long tracking job holding the server's model thread (stopped by closing the stream)."""
+    from conftest import synthetic_rgb
+    from polypsam.engine import FramePrompt
+
+    frames = np.stack([synthetic_rgb(32, 32, seed=t % 7) for t in range(200)])
+    stream = remote.track(frames, [FramePrompt(0, 1, box=(4, 4, 20, 20))], start_frame=0)
+    next(stream)
+    return stream
+
+
+def test_server_prefetch_replaced_by_the_next_slice_then_a_box_runs_no_encoder(prefetch_server):
+    from polypsam.server.client import ServerEngine
+
+    jobs = lambda: prefetch_server.health()["jobs_active"]  # noqa: E731
+    runs = lambda: prefetch_server.health()["encoder_runs"]  # noqa: E731
+    remote = ServerEngine(prefetch_server.url)
+    try:
+        a, b, c = ct_slice(11), ct_slice(12), ct_slice(13)
+        stream = busy_stream(remote)
+        before = runs()
+        on_a = remote.prefetch(a, intensity=WINDOW)  # returns at once; queued on the server
+        wait_until(lambda: jobs() == 2)
+        on_b = remote.prefetch(b, intensity=WINDOW)  # the next slice: the server cancels a's
+        wait_until(lambda: jobs() == 3)
+        assert not on_a.finished and not on_b.finished
+        stream.close()  # the model thread is free
+        assert on_a.wait(60) and on_b.wait(60)
+        assert (on_a.state, on_b.state) == (CANCELLED, DONE)
+        assert runs() == before + 1
+        (result,) = remote.segment_2d(b, [BOX], intensity=WINDOW)  # decoder only
+        assert result.mask.dtype == bool and runs() == before + 1
+        again = remote.prefetch(b, intensity=WINDOW)
+        assert again.wait(60) and again.state == CACHED
+        remote.segment_2d(a, [BOX], intensity=WINDOW)  # a was never encoded
+        assert runs() == before + 2
+
+        # nothing shown any more: the handle's cancel reaches the server
+        stream = busy_stream(remote)
+        shown = Prefetcher()
+        on_c = shown.show(remote, c, intensity=WINDOW)
+        wait_until(lambda: jobs() == 2)
+        shown.hide()
+        stream.close()
+        assert on_c.wait(60) and on_c.state == CANCELLED
+        prefetch_server.wait_idle(60)
+        assert runs() == before + 2
+    finally:
+        remote.close()
