@@ -27,15 +27,18 @@ def ct_slice(seed: int, shape=(64, 80)) -> np.ndarray:
 
 
 class EncoderCounter:
-    """Counts image-encoder calls begun and finished, and Hiera block calls, through hooks."""
+    """Counts image-encoder calls begun and finished, Hiera blocks begun and their attentions
+    finished, through hooks."""
 
     def __init__(self, model) -> None:
-        self.begun = self.finished = self.blocks = 0
+        self.begun = self.finished = self.blocks = self.attentions = 0
         enc = model.image_encoder
         self._handles = [
             enc.register_forward_pre_hook(lambda *_: self._add("begun")),
             enc.register_forward_hook(lambda *_: self._add("finished")),
-        ] + [b.register_forward_pre_hook(lambda *_: self._add("blocks")) for b in enc.trunk.blocks]
+        ] + [b.register_forward_pre_hook(lambda *_: self._add("blocks")) for b in enc.trunk.blocks
+             ] + [b.attn.register_forward_hook(lambda *_: self._add("attentions"))
+                  for b in enc.trunk.blocks]
 
     def _add(self, name: str) -> None:
         setattr(self, name, getattr(self, name) + 1)
@@ -79,8 +82,9 @@ def test_prefetch_is_cancelled_and_replaced_when_the_slice_changes(engine, held_
         assert on_a.wait(60) and on_b.wait(60)
         assert (on_a.state, on_b.state) == (CANCELLED, DONE)
         blocks = len(engine.model.image_encoder.trunk.blocks)
-        # a's encoding stopped before its second block; b's ran whole
+        # a's encoding stopped within its first block (before its attention); b's ran whole
         assert (counter.begun, counter.finished, counter.blocks) == (2, 1, 1 + blocks)
+        assert counter.attentions == blocks
         assert engine.encoder_runs == runs + 1
 
         # a box on the slice shown: the decoder only
