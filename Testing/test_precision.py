@@ -129,7 +129,7 @@ def test_precision_reaches_the_engine_from_settings_cli_and_server(tiny_checkpoi
     assert serve.precision == "fp32"
 
 
-# -- look-ahead encoder batches ---------------------------------------------------------------------
+# -- look-ahead encoder batches -------------------------------------------------------------------
 def test_batched_encoding_gives_the_same_features(engine):
     from polypsam.sam2_adapter.image import model_input
     from polypsam.sam2_adapter.lookahead import split_backbone

@@ -9,8 +9,9 @@ time, and their ratio (goal <= 1.2), plus the multimask (three candidates) varia
 <= 50 ms per click at image size 512, <= 150 ms at 1024. Weights are random (same compute).
 
 "Slice shown → box placed → mask" (issue 19, ``--shown N``): the viewer stops on a slice (first
-directly, then after scrolling past three slices 20 ms apart), each shown with :class:`polypsam.prefetch.Prefetcher`
-(the background encoding of the slice on screen, cancelled and replaced when the slice changes);
+directly, then after scrolling past three slices 20 ms apart), each shown with
+:class:`polypsam.prefetch.Prefetcher` (the background encoding of the slice on screen, cancelled
+and replaced when the slice changes);
 after one encoder time (the median cold encoding, measured first in the same run) a box is placed
 on the slice shown and ``segment_2d`` is timed until the mask is back. Printed: median box → mask
 wall (goal <= 100 ms at 512), the same for a box on a slice never shown (cold, encoder included),
@@ -93,9 +94,13 @@ def measure_shown(engine, volume, slices, trials: int, scroll: int) -> dict:
         cold_encode.append(time.perf_counter() - start)
     encoder_s = statistics.median(cold_encode)
     counts = {"begun": 0, "finished": 0}
+
+    def count(name):
+        return lambda *_: counts.__setitem__(name, counts[name] + 1)
+
     enc = engine.model.image_encoder
-    hooks = [enc.register_forward_pre_hook(lambda *_: counts.__setitem__("begun", counts["begun"] + 1)),
-             enc.register_forward_hook(lambda *_: counts.__setitem__("finished", counts["finished"] + 1))]
+    hooks = [enc.register_forward_pre_hook(count("begun")),
+             enc.register_forward_hook(count("finished"))]
     prefetcher = Prefetcher()
     shown, cold, waited = [], [], []
     try:

@@ -3,11 +3,11 @@
 2-D segmentation computes what ``SAM2ImagePredictor`` computes, with SAM2's modules directly
 (:mod:`polypsam.sam2_adapter.image`; no torchvision needed). An LRU of embeddings keyed by the
 preprocessed image means a new box or click on an image that was already encoded runs only the
-prompt encoder and mask decoder (``encoder_runs`` counts the encodings); :meth:`SAM2Engine.prefetch`
-fills that cache in the background for the image on screen (:mod:`polypsam.prefetch`).
-SAM2's forward calls run at the engine's precision (:mod:`.precision`: bfloat16 autocast on CUDA by
-default, float32 elsewhere). Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
-:mod:`polypsam.sam2_adapter.video`.
+prompt encoder and mask decoder (``encoder_runs`` counts the encodings);
+:meth:`SAM2Engine.prefetch` fills that cache in the background for the image on screen
+(:mod:`polypsam.prefetch`). SAM2's forward calls run at the engine's precision (:mod:`.precision`:
+bfloat16 autocast on CUDA by default, float32 elsewhere). Sequence tracking
+(:meth:`SAM2Engine.track`) streams frames from memory through :mod:`polypsam.sam2_adapter.video`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class SAM2Engine:
         self._model = build_model(
             checkpoint.config, checkpoint.path, self._device, image_size=self._image_size
         )
-        self._encoding_cancel: CancelToken | None = None  # checked between encoder blocks
+        self._encoding_cancel: CancelToken | None = None  # checked inside the image encoder
         for block in _encoder_blocks(self._model):
             block.register_forward_pre_hook(self._check_encoding_cancelled)
         self._prefetch_worker = None  # started on the first prefetch
@@ -149,7 +149,7 @@ class SAM2Engine:
                        cancel: CancelToken | None = None) -> ImageEmbedding:
         """``rgb`` encoded (cached by content); the encoder output is also lent to tracking.
 
-        ``cancel`` is checked between the image encoder's blocks (raises ``CancelledError``).
+        ``cancel`` is checked inside the image encoder (raises ``CancelledError``).
         """
         digest = image_digest(rgb)
         if input_key is not None:
@@ -179,8 +179,9 @@ class SAM2Engine:
         """Encode ``image`` into the embedding cache now, without a prompt.
 
         Returns ``True`` if the encoder ran, ``False`` if the image was encoded before.
-        ``cancel`` stops the encoding between encoder blocks (:class:`CancelledError`); nothing
-        is cached then. This is the work of :meth:`prefetch` (and of a server's prefetch).
+        ``cancel`` stops the encoding at the encoder's next attention or MLP
+        (:class:`CancelledError`); nothing is cached then. This is the work of :meth:`prefetch`
+        (and of a server's prefetch).
         """
         import torch
 
@@ -271,13 +272,12 @@ class SAM2Engine:
             for handle in self._prefetches:
                 handle.cancel()
         if worker is not None:
-            worker.close()  # the cancelled prefetches end at their next encoder block
+            worker.close()  # the cancelled prefetches stop inside the encoder
         with self._lock:
             self._cache.clear()
             self._input_keys.clear()
             self._backbones.clear()
             self._model = None
-
 
 
 def _encoder_blocks(model) -> list:

@@ -28,7 +28,8 @@ def check_precision(precision: str) -> str:
     """``precision`` lower-cased, or :class:`InvalidInputError` naming the choices."""
     value = (precision or "auto").strip().lower()
     if value not in PRECISIONS:
-        raise InvalidInputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise InvalidInputError(
+            f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return value
 
 
