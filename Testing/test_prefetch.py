@@ -210,6 +210,9 @@ def test_server_prefetch_replaced_by_the_next_slice_then_a_box_runs_no_encoder(p
     runs = lambda: prefetch_server.health()["encoder_runs"]  # noqa: E731
     remote = ServerEngine(prefetch_server.url)
     try:
+        assert remote.info.precision == "fp32"  # a CPU server: SAM2 in float32 (auto)
+        status, schema = prefetch_server.request("GET", "/openapi.json")
+        assert status == 200 and "/v1/sessions/{sid}/prefetch" in schema["paths"]
         a, b, c = ct_slice(11), ct_slice(12), ct_slice(13)
         stream = busy_stream(remote)
         before = runs()

@@ -287,7 +287,8 @@ def create_app(engine, config: ServerConfig | None = None):
                 "instance": instance, "engine": info.engine, "model": info.model,
                 "config": info.config, "checkpoint": Path(info.checkpoint).name,
                 "checkpoint_sha256": info.checkpoint_sha256, "image_size": info.image_size,
-                "device": info.device, "codecs": wire.available_codecs(),
+                "device": info.device, "precision": info.precision,
+                "codecs": wire.available_codecs(),
                 "dtypes": list(wire.ALLOWED_DTYPES), "limits": config.limits(),
                 "token_required": bool(config.token)}
 

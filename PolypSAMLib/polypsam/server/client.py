@@ -93,7 +93,8 @@ class ServerEngine:
             checkpoint=f"{self.url} ({c.get('checkpoint', '')})",
             checkpoint_sha256=str(c.get("checkpoint_sha256", "")),
             image_size=int(c.get("image_size", 0)), device=f"{c.get('device', '')} @ {self.url}",
-            polypsam_version=str(c.get("polypsam_version", "")))
+            polypsam_version=str(c.get("polypsam_version", "")),
+            precision=str(c.get("precision", "")))
 
     def segment_2d(self, image: np.ndarray, prompts: "Sequence[Prompt | Box] | Prompt | Box", *,
                    intensity: Intensity | None = None, multimask: bool = False) -> list[MaskResult]:
