@@ -16,9 +16,12 @@ see BENCHMARKS.md)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import tempfile
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -81,6 +84,21 @@ def probe_encoder(model, size: int, threads: int, repeats: int, folder: Path) ->
             "max_relative_error": float(f"{error:.2e}")}
 
 
+@contextlib.contextmanager
+def quiet_stdout():
+    """Standard output (file descriptor 1, C++ writers included) sent to /dev/null."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def probe_memory_attention(model, size: int, folder: Path) -> dict:
     """Export memory attention at a steady step's shapes (7 mask memories, 16 object pointers)."""
     import torch
@@ -102,7 +120,7 @@ def probe_memory_attention(model, size: int, folder: Path) -> dict:
 
     module = Attention(model.memory_attention).eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_stdout():  # a failed export prints its whole graph
             torch.onnx.export(module, (curr, torch.randn_like(curr), memory,
                                        torch.randn_like(memory)),
                               str(folder / "memory_attention.onnx"), opset_version=17,
