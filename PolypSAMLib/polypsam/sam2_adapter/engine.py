@@ -29,8 +29,9 @@ from ..prefetch import CACHED, CANCELLED, DONE, FAILED, Prefetch
 from ..preprocess import Intensity, to_model_rgb
 from .image import ImageEmbedding, embed_image, model_input, predict
 from .model import build_model, select_device
+from .lookahead import resolve_encoder_batch
 from .precision import resolve_precision
-from .video import BackboneCache, image_digest, resolve_encoder_batch
+from .video import BackboneCache, image_digest
 
 
 class SAM2Engine:

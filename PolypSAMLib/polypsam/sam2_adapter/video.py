@@ -36,7 +36,7 @@ from ..engine import CancelToken, FrameMasks, FramePrompt, FrameSource
 from ..errors import InvalidInputError
 from ..preprocess import Intensity, to_model_rgb
 from .image import model_input
-from .lookahead import EncoderLookahead, resolve_encoder_batch  # noqa: F401 (re-exported)
+from .lookahead import EncoderLookahead
 
 # Without sam2's optional CUDA extension only its hole-filling post-processing is skipped (see
 # docs/development.md); the warning it prints on every propagation says the same and is noise for users.
