@@ -81,6 +81,8 @@ class ServerEngine:
         self.uploads = 0
         self._background = None  # prefetch uploads and requests (started on first use)
         self._prefetches: list[Prefetch] = []
+        # not self._lock, which a request holds for as long as the server takes to answer
+        self._prefetch_lock = threading.Lock()
         self.capabilities = self._capabilities()
         self._codec = wire.choose_codec(self.capabilities.get("codecs", []))
 
@@ -141,7 +143,7 @@ class ServerEngine:
         job = uuid.uuid4().hex
         handle = Prefetch(on_cancel=lambda: self._submit_background(self._cancel_prefetch, job,
                                                                     handle))
-        with self._lock:
+        with self._prefetch_lock:
             self._prefetches = [p for p in self._prefetches if not p.finished] + [handle]
         self._submit_background(self._run_prefetch, handle, job, image, intensity)
         return handle
@@ -149,7 +151,7 @@ class ServerEngine:
     def _submit_background(self, fn, *args) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        with self._lock:
+        with self._prefetch_lock:
             if self._background is None:  # two: a new prefetch or a cancel is never stuck
                 self._background = ThreadPoolExecutor(2, thread_name_prefix="polypsam-prefetch")
             try:
@@ -195,13 +197,14 @@ class ServerEngine:
             pass
 
     def close(self) -> None:
-        for handle in self._prefetches:
-            handle.token.cancel()  # a request in flight ends with the session (deleted below)
-            if handle.state == QUEUED:
-                handle.finish(CANCELLED)
-        if self._background is not None:
-            self._background.shutdown(wait=False, cancel_futures=True)
-            self._background = None
+        with self._prefetch_lock:
+            background, self._background = self._background, None
+            for handle in self._prefetches:
+                handle.token.cancel()  # a request in flight ends with the session (deleted below)
+                if handle.state == QUEUED:
+                    handle.finish(CANCELLED)
+        if background is not None:
+            background.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             if self._session is not None:
                 try:
