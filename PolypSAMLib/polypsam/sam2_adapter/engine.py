@@ -205,15 +205,15 @@ class SAM2Engine:
         one at a time (the engine's lock): a box placed while its image is being prefetched
         waits for that encoding and then runs only the decoder.
         """
-        from ..background import EngineWorker
+        from concurrent.futures import ThreadPoolExecutor
 
         handle = Prefetch()
         with self._prefetch_lock:  # never the model's lock: that one is held while encoding
             if self._closed:
                 raise InvalidInputError("the engine was closed")
             self._prefetches = [p for p in self._prefetches if not p.finished] + [handle]
-            if self._prefetch_worker is None:
-                self._prefetch_worker = EngineWorker("polypsam-prefetch")
+            if self._prefetch_worker is None:  # one persistent thread (GPU per-thread state)
+                self._prefetch_worker = ThreadPoolExecutor(1, thread_name_prefix="polypsam-prefetch")
             worker = self._prefetch_worker
         worker.submit(lambda: self._run_prefetch(handle, image, intensity))
         return handle
@@ -273,7 +273,7 @@ class SAM2Engine:
             for handle in self._prefetches:
                 handle.cancel()
         if worker is not None:
-            worker.close()  # the cancelled prefetches stop inside the encoder
+            worker.shutdown(wait=True)  # the cancelled prefetches stop inside the encoder
         with self._lock:
             self._cache.clear()
             self._input_keys.clear()
