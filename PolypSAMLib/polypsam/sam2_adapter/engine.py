@@ -213,7 +213,8 @@ class SAM2Engine:
                 raise InvalidInputError("the engine was closed")
             self._prefetches = [p for p in self._prefetches if not p.finished] + [handle]
             if self._prefetch_worker is None:  # one persistent thread (GPU per-thread state)
-                self._prefetch_worker = ThreadPoolExecutor(1, thread_name_prefix="polypsam-prefetch")
+                self._prefetch_worker = ThreadPoolExecutor(
+                    1, thread_name_prefix="polypsam-prefetch")
             worker = self._prefetch_worker
         worker.submit(lambda: self._run_prefetch(handle, image, intensity))
         return handle
