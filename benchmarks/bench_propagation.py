@@ -14,6 +14,15 @@ Prints three measurements (issue 3):
     <= 0.5 at N_LARGE slices. Both start from the box and end with a labelmap. ``--concurrent``
     runs the two processes at the same time with ``--threads`` each, so that load from other
     jobs on a shared machine hits both alike.
+(d) ``--compare-batches``: ours with ``--encoder-batch N`` against ours encoding one slice at a
+    time, N_LARGE slices, two processes at once on a CPU, one after the other on CUDA (wall
+    ratio; masks equal on what fraction of voxels).
+
+``--precision`` (auto/fp32/bf16) and ``--encoder-batch`` set PolypSAM's engine. On CUDA
+(``BENCH_DEVICE=cuda``) the official path runs as Meta's ``sam2/benchmark.py`` runs it: built by
+``build_sam2_video_predictor(..., vos_optimized=True)``, under bfloat16 autocast, TF32 matmuls on
+Ampere and later; the (b)/(c) numbers then also report peak GPU memory. There is no ``--backend``:
+ONNX Runtime did not pay on the CPU (BENCHMARKS.md, ``probe_onnx_encoder.py``).
 
 Weights are random (compute and memory equal those of real weights). The volume is the
 TotalSegmentator example CT from the shared data (resampled in-plane to --slice-size and mirrored
@@ -76,10 +85,10 @@ def bench_box(size: int):
     return Box(size * 0.3, size * 0.35, size * 0.6, size * 0.65)
 
 
-def build_engine(image_size: int, checkpoint: str | None):
+def bench_checkpoint(checkpoint: str | None) -> str:
+    """``checkpoint``, or a random-weight tiny checkpoint in the official layout (built once)."""
     import torch
 
-    from polypsam.engines import engine_for
     from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
     if checkpoint is None:
@@ -88,8 +97,47 @@ def build_engine(image_size: int, checkpoint: str | None):
             torch.manual_seed(0)
             save_checkpoint(build_model(CONFIG, None, "cpu"), path)
         checkpoint = str(path)
-    return engine_for(checkpoint, CONFIG, device=os.environ.get("BENCH_DEVICE", "cpu"),
-                      image_size=image_size)
+    return checkpoint
+
+
+def build_engine(image_size: int, checkpoint: str | None, precision: str = "auto",
+                 encoder_batch: int = 0):
+    from dataclasses import replace
+
+    from polypsam.engines import create_engine, settings_for
+
+    settings = settings_for(bench_checkpoint(checkpoint), CONFIG,
+                            device=os.environ.get("BENCH_DEVICE", "cpu"), image_size=image_size,
+                            precision=precision)
+    return create_engine(replace(settings, encoder_batch=encoder_batch))
+
+
+def official_model(image_size: int, checkpoint: str | None):
+    """``(SAM2VideoPredictor, autocast context factory)`` as SAM2's own code runs it.
+
+    On CUDA: Meta's builder with ``vos_optimized=True``, bfloat16 autocast and TF32 on Ampere+
+    (``sam2/benchmark.py``). On the CPU: the same model PolypSAM builds, in float32 (SAM2's
+    README uses autocast on CUDA only).
+    """
+    import contextlib
+
+    import torch
+
+    device = os.environ.get("BENCH_DEVICE", "cpu")
+    if not device.startswith("cuda"):
+        return build_engine(image_size, checkpoint, precision="fp32").model, contextlib.nullcontext
+    from sam2.build_sam import build_sam2_video_predictor
+
+    if torch.cuda.get_device_properties(torch.device(device)).major >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    feat = image_size // 16
+    overrides = [f"++model.image_size={image_size}"] + [
+        f"++model.memory_attention.layer.{a}.feat_sizes=[{feat},{feat}]"
+        for a in ("self_attention", "cross_attention")]
+    model = build_sam2_video_predictor(CONFIG, bench_checkpoint(checkpoint), device=device,
+                                       vos_optimized=True, hydra_overrides_extra=overrides)
+    return model, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 class ForwardTimer:
@@ -138,20 +186,24 @@ def warm_up(engine, size: int) -> None:
     propagate(engine, make_volume(4, size), bench_box(size), (0, 3), intensity=Window(*WINDOW))
 
 
-def run_ours(n: int, size: int, image_size: int, checkpoint: str | None, timers: bool) -> dict:
+def run_ours(n: int, size: int, image_size: int, checkpoint: str | None, timers: bool,
+             precision: str = "auto", encoder_batch: int = 0, masks_to: str | None = None) -> dict:
     from polypsam.preprocess import Window
     from polypsam.propagation import propagate
 
-    engine = build_engine(image_size, checkpoint)
+    engine = build_engine(image_size, checkpoint, precision, encoder_batch)
     warm_up(engine, size)
     volume = make_volume(n, size)
     timer = ForwardTimer(engine.model) if timers else None
     t0 = time.perf_counter()
     result = propagate(engine, volume, bench_box(size), (0, n - 1), intensity=Window(*WINDOW))
     wall = time.perf_counter() - t0
+    if masks_to:
+        np.save(masks_to, result.labelmap.array > 0, allow_pickle=False)
     out = {"path": "ours", "slices": n, "wall_s": wall, "per_slice_s": wall / n,
            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "voxels": int((result.labelmap.array > 0).sum()), **environment()}
+           "voxels": int((result.labelmap.array > 0).sum()), "precision": engine.precision,
+           "encoder_batch": engine.encoder_batch, **environment()}
     if timer is not None:
         out["forward_s"] = timer.total
         out["overhead"] = wall / timer.total
@@ -160,9 +212,9 @@ def run_ours(n: int, size: int, image_size: int, checkpoint: str | None, timers:
     return out
 
 
-def official_route(model, volume, box) -> tuple[np.ndarray, float]:
+def official_route(model, volume, box, autocast) -> tuple[np.ndarray, float]:
     """SAM2's own route on ``volume``: JPEG folder, init_state, the box on the key slice, both
-    directions. Returns the labelmap and the seconds spent writing JPEGs."""
+    directions, inside ``autocast()``. Returns the labelmap and the seconds spent writing JPEGs."""
     import torch
     from PIL import Image
 
@@ -177,7 +229,7 @@ def official_route(model, volume, box) -> tuple[np.ndarray, float]:
             rgb = (to_model_rgb(volume.array[k], window) * 255 + 0.5).astype(np.uint8)
             Image.fromarray(rgb).save(f"{folder}/{k:05d}.jpg", quality=95)
         t_jpeg = time.perf_counter() - t0
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             state = model.init_state(folder)
             model.add_new_points_or_box(state, key, 1, box=box.as_xyxy())
             labels = np.zeros(volume.shape, np.uint8)
@@ -190,12 +242,11 @@ def official_route(model, volume, box) -> tuple[np.ndarray, float]:
 
 def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> dict:
     """The official route, warmed up on 4 slices of its own (not through PolypSAM's path)."""
-    engine = build_engine(image_size, checkpoint)
-    model = engine.model
-    official_route(model, make_volume(4, size), bench_box(size))
+    model, autocast = official_model(image_size, checkpoint)
+    official_route(model, make_volume(4, size), bench_box(size), autocast)
     volume = make_volume(n, size)
     t0 = time.perf_counter()
-    _labels, t_jpeg = official_route(model, volume, bench_box(size))
+    _labels, t_jpeg = official_route(model, volume, bench_box(size), autocast)
     wall = time.perf_counter() - t0
     return {"path": "official", "slices": n, "wall_s": wall, "jpeg_s": t_jpeg,
             "per_slice_s": wall / n,
@@ -204,15 +255,25 @@ def run_official(n: int, size: int, image_size: int, checkpoint: str | None) -> 
 
 
 def environment() -> dict:
-    """What the process ran with: torch build, and whether torchvision was ever imported."""
+    """What the process ran with: torch build, whether torchvision was ever imported, and on
+    CUDA the GPU and its peak memory."""
     import torch
 
-    return {"torch": torch.__version__, "torchvision_imported": "torchvision" in sys.modules}
+    out = {"torch": torch.__version__, "torchvision_imported": "torchvision" in sys.modules}
+    if os.environ.get("BENCH_DEVICE", "cpu").startswith("cuda"):
+        out.update(gpu=torch.cuda.get_device_name(),
+                   peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20)
+    return out
 
 
-def worker_command(args: argparse.Namespace, path: str, n: int, timers: bool = False) -> list[str]:
+def worker_command(args: argparse.Namespace, path: str, n: int, timers: bool = False,
+                   encoder_batch: int | None = None, masks_to: str | None = None) -> list[str]:
+    batch = args.encoder_batch if encoder_batch is None else encoder_batch
     cmd = [sys.executable, __file__, "--worker", path, "--n", str(n), "--slice-size",
-           str(args.slice_size), "--image-size", str(args.image_size)]
+           str(args.slice_size), "--image-size", str(args.image_size), "--precision",
+           args.precision, "--encoder-batch", str(batch)]
+    if masks_to:
+        cmd += ["--masks-to", masks_to]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     if args.threads:
@@ -244,6 +305,26 @@ def concurrently(args: argparse.Namespace, n: int) -> tuple[dict, dict]:
     return finish(cmds[0], procs[0]), finish(cmds[1], procs[1])
 
 
+def compare_batches(args: argparse.Namespace, n: int) -> None:
+    """(d) ours with ``--encoder-batch`` against one slice at a time, two processes at once."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [f"{folder}/batch{b}.npy" for b in (args.encoder_batch, 1)]
+        cmds = [worker_command(args, "ours", n, encoder_batch=b, masks_to=p)
+                for b, p in zip((args.encoder_batch, 1), paths)]
+        if os.environ.get("BENCH_DEVICE", "cpu").startswith("cuda"):  # one GPU: one at a time
+            batched, single = (finish(c, subprocess.Popen(c, stdout=subprocess.PIPE,
+                                                          stderr=subprocess.PIPE, text=True))
+                               for c in cmds)
+        else:  # a shared CPU: at the same time, so other load hits both alike
+            procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for c in cmds]
+            batched, single = finish(cmds[0], procs[0]), finish(cmds[1], procs[1])
+        agree = float((np.load(paths[0]) == np.load(paths[1])).mean())
+    print(f"(d) wall encoder batch {batched['encoder_batch']} / one at a time ="
+          f" {batched['wall_s'] / single['wall_s']:.3f} ({batched['per_slice_s']:.3f} s/slice vs"
+          f" {single['per_slice_s']:.3f}); masks equal on {agree:.6%} of voxels", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image-size", type=int, default=512, help="SAM2 input size (256/512/1024)")
@@ -258,6 +339,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker process")
     p.add_argument("--concurrent", action="store_true",
                    help="(c): run ours and the official path at the same time (use --threads 1)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="PolypSAM engine precision (the official path runs as SAM2 runs it)")
+    p.add_argument("--encoder-batch", type=int, default=0,
+                   help="frames PolypSAM encodes together while tracking (0: the device's default)")
+    p.add_argument("--compare-batches", action="store_true",
+                   help="(d): --encoder-batch against one at a time, two processes at once")
+    p.add_argument("--masks-to", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--timers", action="store_true", help=argparse.SUPPRESS)
@@ -272,7 +360,8 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.worker == "ours":
-            res = run_ours(args.n, args.slice_size, args.image_size, args.checkpoint, args.timers)
+            res = run_ours(args.n, args.slice_size, args.image_size, args.checkpoint, args.timers,
+                           args.precision, args.encoder_batch, args.masks_to)
         else:
             res = run_official(args.n, args.slice_size, args.image_size, args.checkpoint)
         print(json.dumps(res))
@@ -294,6 +383,11 @@ def main() -> None:
         large = in_subprocess(args, "ours", args.large)
         print(f"(b) peak RSS {args.large}/{args.small} = {large['maxrss_mb'] / small['maxrss_mb']:.3f}"
               f" ({large['maxrss_mb']:.0f} MB / {small['maxrss_mb']:.0f} MB; goal <= 1.2)", flush=True)
+    if args.compare_batches:
+        print(f"(d) encoder batch {args.encoder_batch} vs 1, {args.large} slices (two processes"
+              " at once):", flush=True)
+        compare_batches(args, args.large)
+        return
     if not args.skip_official:
         if args.concurrent:
             print(f"(c) ours and official path, {args.large} slices (two processes at once):",

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .errors import CancelledError, InvalidInputError
 from .geometry import Box, as_box
 from .preprocess import Intensity
+
+if TYPE_CHECKING:
+    from .prefetch import Prefetch
 
 INCLUDE, EXCLUDE = 1, 0  # point labels, as SAM2 takes them (1 positive, 0 negative)
 
@@ -320,6 +323,7 @@ class EngineInfo:
     image_size: int
     device: str
     polypsam_version: str
+    precision: str = ""  # fp32 or bf16 (SAM2's forward calls under bfloat16 autocast)
 
     def provenance(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -471,6 +475,15 @@ class Engine(Protocol):
 
         Yields one :class:`FrameMasks` per frame visited, starting with ``start_frame``. Frames are
         read from ``frames`` on demand; memory does not grow with the number of frames.
+        """
+        ...
+
+    def prefetch(self, image: np.ndarray, *, intensity: Intensity | None = None) -> "Prefetch":
+        """Encode ``image`` into the embedding cache in the background; returns at once.
+
+        The returned :class:`~polypsam.prefetch.Prefetch` can be cancelled (the encoding stops
+        at its next encoder block) and waited for; a later prompt on the same image (same pixels
+        and intensity) then runs only the decoder. See :class:`polypsam.prefetch.Prefetcher`.
         """
         ...
 

@@ -28,6 +28,9 @@ class EngineSettings:
     ``model`` is a registry name; ``checkpoint`` a custom ``.pt`` in SAM2's official layout whose
     config is ``config``, else the config of ``model`` (a GUI's architecture choice).
     ``kind="server"`` uses ``server_url`` and ``token`` only (the model is the server's).
+    ``precision`` is what SAM2's forward calls run at: ``auto`` (bfloat16 autocast on a CUDA GPU
+    that supports it, else float32), ``fp32`` or ``bf16``; ``encoder_batch`` the frames tracking
+    encodes together (0: automatic, 1 on a CPU).
     """
 
     kind: str = "in-process"
@@ -38,13 +41,16 @@ class EngineSettings:
     image_size: int = 0
     server_url: str = ""
     token: str = field(default="", repr=False)
+    precision: str = "auto"
+    encoder_batch: int = 0
 
     def describe(self) -> str:
         if self.kind == "server":
             return f"server: {self.server_url}"
         weights = self.checkpoint or self.model
         size = self.image_size or "default"
-        return f"{self.kind}: {weights} on {self.device}, image size {size}"
+        return (f"{self.kind}: {weights} on {self.device}, image size {size},"
+                f" precision {self.precision}")
 
 
 def settings_for(
@@ -53,6 +59,7 @@ def settings_for(
     *,
     device: str | None = "auto",
     image_size: int | None = None,
+    precision: str = "auto",
 ) -> EngineSettings:
     """Settings from a registry name or a ``.pt`` path (the CLI's ``--checkpoint``).
 
@@ -69,6 +76,7 @@ def settings_for(
         config=config or "",
         device=device or "auto",
         image_size=int(image_size or 0),
+        precision=precision or "auto",
     )
 
 
@@ -126,7 +134,8 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
 
     resolved = checkpoint_for(settings, allow_download=allow_download)
     device = None if settings.device in ("", "auto") else settings.device
-    return SAM2Engine(resolved, device=device, image_size=resolved.image_size)
+    return SAM2Engine(resolved, device=device, image_size=resolved.image_size,
+                      precision=settings.precision, encoder_batch=settings.encoder_batch)
 
 
 def checkpoint_for(settings: EngineSettings, *, allow_download: bool = False):
@@ -192,7 +201,9 @@ def engine_for(
     device: str | None = "auto",
     image_size: int | None = None,
     allow_download: bool = False,
+    precision: str = "auto",
 ):
     """Shorthand: :func:`create_engine` for a registry name or ``.pt`` path (see :func:`settings_for`)."""
-    return create_engine(settings_for(checkpoint, config, device=device, image_size=image_size),
+    return create_engine(settings_for(checkpoint, config, device=device, image_size=image_size,
+                                      precision=precision),
                          allow_download=allow_download)

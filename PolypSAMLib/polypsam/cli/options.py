@@ -23,6 +23,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     group.add_argument("--image-size", type=int, default=None,
                        help="model input size (default: the checkpoint's, 1024; 512 for MedSAM2)")
+    add_precision_option(group)
     group.add_argument("--window", default=None,
                        help="intensity for scalar images: abdomen|soft_tissue|lung|bone|brain,"
                             " LEVEL,WIDTH, or percentile[:LOW,HIGH] (default: percentile 0.5-99.5)")
@@ -33,6 +34,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                             " http://127.0.0.1:8765; the model options are then the server's")
     group.add_argument("--token", default=None,
                        help="the server's token (default: $POLYPSAM_TOKEN)")
+
+
+def add_precision_option(group) -> None:
+    """``--precision auto|fp32|bf16``: what SAM2's forward calls run at (engine and server)."""
+    group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="auto: bfloat16 autocast on a CUDA GPU that supports it (TF32 on"
+                            " Ampere+), as SAM2 runs; float32 on CPU and MPS. fp32 forces float32,"
+                            " bf16 forces autocast (default: %(default)s)")
 
 
 def add_box_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -147,7 +156,7 @@ def engine_settings_from_args(args: argparse.Namespace):
         token = args.token if args.token is not None else os.environ.get("POLYPSAM_TOKEN", "")
         return EngineSettings(kind="server", server_url=args.server, token=token)
     return settings_for(args.checkpoint, args.config, device=args.device,
-                        image_size=args.image_size)
+                        image_size=args.image_size, precision=getattr(args, "precision", "auto"))
 
 
 def engine_from_args(args: argparse.Namespace):

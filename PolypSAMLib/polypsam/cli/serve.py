@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from .options import add_precision_option
+
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="SAM2 config (required for a custom .pt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--image-size", type=int, default=None, help="model input size")
+    add_precision_option(p)
     p.add_argument("--token", default=None,
                    help="token clients must send (default on a non-loopback bind: generated and"
                         " stored in the user config folder; none on 127.0.0.1)")
@@ -96,14 +99,14 @@ def run_serve(args: argparse.Namespace) -> int:
         max_array_bytes=args.max_upload_mb * MiB * 4, memory_bytes=args.memory_mb * MiB,
         max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, max_jobs=args.max_jobs)
     settings = settings_for(args.checkpoint, args.config, device=args.device,
-                            image_size=args.image_size)
+                            image_size=args.image_size, precision=args.precision)
     engine = create_engine(settings, allow_download=not args.no_download)
     app = create_app(engine, config)
     import uvicorn
 
     info = engine.info
-    print(f"polypsam serve: {info.model or info.checkpoint} on {info.device}, image size"
-          f" {info.image_size}, at http://{args.host}:{args.port}"
+    print(f"polypsam serve: {info.model or info.checkpoint} on {info.device} ({info.precision}),"
+          f" image size {info.image_size}, at http://{args.host}:{args.port}"
           + (" (token required)" if token else " (no token: loopback only)"), flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning",

@@ -3,9 +3,11 @@
 2-D segmentation computes what ``SAM2ImagePredictor`` computes, with SAM2's modules directly
 (:mod:`polypsam.sam2_adapter.image`; no torchvision needed). An LRU of embeddings keyed by the
 preprocessed image means a new box or click on an image that was already encoded runs only the
-prompt encoder and mask decoder (``encoder_runs`` counts the encodings).
-Sequence tracking (:meth:`SAM2Engine.track`) streams frames from memory through
-:mod:`polypsam.sam2_adapter.video`.
+prompt encoder and mask decoder (``encoder_runs`` counts the encodings);
+:meth:`SAM2Engine.prefetch` fills that cache in the background for the image on screen
+(:mod:`polypsam.prefetch`). SAM2's forward calls run at the engine's precision (:mod:`.precision`:
+bfloat16 autocast on CUDA by default, float32 elsewhere). Sequence tracking
+(:meth:`SAM2Engine.track`) streams frames from memory through :mod:`polypsam.sam2_adapter.video`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from ..checkpoints import ResolvedCheckpoint
 from ..engine import (
     CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSource, MaskResult, Prompt, as_prompts,
 )
-from ..errors import InvalidInputError
+from ..errors import CancelledError, InvalidInputError
 from ..geometry import Box
+from ..prefetch import CACHED, CANCELLED, DONE, FAILED, Prefetch
 from ..preprocess import Intensity, to_model_rgb
 from .image import ImageEmbedding, embed_image, model_input, predict
 from .model import build_model, select_device
+from .lookahead import resolve_encoder_batch
+from .precision import resolve_precision
 from .video import BackboneCache, image_digest
 
 
@@ -39,13 +44,25 @@ class SAM2Engine:
         device: str | None = None,
         image_size: int | None = None,
         embedding_cache_size: int = 4,
+        precision: str = "auto",
+        encoder_batch: int = 0,
     ) -> None:
         self._checkpoint = checkpoint
         self._device = select_device(device)
+        self._precision = resolve_precision(precision, self._device)
+        # frames encoded together ahead of memory attention while tracking (0: per device)
+        self.encoder_batch = resolve_encoder_batch(encoder_batch, self._device)
         self._image_size = int(image_size or checkpoint.image_size)
         self._model = build_model(
             checkpoint.config, checkpoint.path, self._device, image_size=self._image_size
         )
+        self._encoding_cancel: CancelToken | None = None  # checked inside the image encoder
+        for block in _encoder_blocks(self._model):
+            block.register_forward_pre_hook(self._check_encoding_cancelled)
+        self._prefetch_worker = None  # started on the first prefetch
+        self._prefetch_lock = threading.Lock()
+        self._closed = False
+        self._prefetches: list[Prefetch] = []
         self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
         # caller's image (+ intensity) → key of its model RGB: a click skips the conversion
         self._input_keys: OrderedDict[str, str] = OrderedDict()
@@ -72,7 +89,13 @@ class SAM2Engine:
             image_size=self._image_size,
             device=str(self._device),
             polypsam_version=__version__,
+            precision=self._precision.name,
         )
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``: what SAM2's forward calls run at (see :mod:`.precision`)."""
+        return self._precision.name
 
     # -- 2-D ---------------------------------------------------------------------------------
     def segment_2d(
@@ -85,7 +108,7 @@ class SAM2Engine:
     ) -> list[MaskResult]:
         import torch
 
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._precision.autocast():
             if self._model is None:
                 raise InvalidInputError("the engine was closed")
             embedding = self._cached_embedding(image, intensity)
@@ -123,8 +146,12 @@ class SAM2Engine:
             candidates=tuple(masks), candidate_scores=tuple(float(v) for v in scores),
         )
 
-    def _embedding_for(self, rgb: np.ndarray, input_key: str | None = None) -> ImageEmbedding:
-        """``rgb`` encoded (cached by content); the encoder output is also lent to tracking."""
+    def _embedding_for(self, rgb: np.ndarray, input_key: str | None = None,
+                       cancel: CancelToken | None = None) -> ImageEmbedding:
+        """``rgb`` encoded (cached by content); the encoder output is also lent to tracking.
+
+        ``cancel`` is checked inside the image encoder (raises ``CancelledError``).
+        """
         digest = image_digest(rgb)
         if input_key is not None:
             self._input_keys[input_key] = digest
@@ -134,7 +161,11 @@ class SAM2Engine:
             self._cache.move_to_end(digest)
             return self._cache[digest]
         batch = model_input(rgb, self._image_size, self._device)[None]
-        backbone_out = self._model.forward_image(batch)
+        self._encoding_cancel = cancel
+        try:
+            backbone_out = self._model.forward_image(batch)
+        finally:
+            self._encoding_cancel = None
         self.encoder_runs += 1
         self._backbones.put(digest, backbone_out)
         embedding = embed_image(self._model, backbone_out, rgb.shape[0], rgb.shape[1])
@@ -142,6 +173,70 @@ class SAM2Engine:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return embedding
+
+    # -- background encoding ---------------------------------------------------------------
+    def encode(self, image: np.ndarray, *, intensity: Intensity | None = None,
+               cancel: CancelToken | None = None) -> bool:
+        """Encode ``image`` into the embedding cache now, without a prompt.
+
+        Returns ``True`` if the encoder ran, ``False`` if the image was encoded before.
+        ``cancel`` stops the encoding at the encoder's next attention or MLP
+        (:class:`CancelledError`); nothing is cached then. This is the work of :meth:`prefetch`
+        (and of a server's prefetch).
+        """
+        import torch
+
+        with self._lock, torch.inference_mode(), self._precision.autocast():
+            if self._model is None:
+                raise InvalidInputError("the engine was closed")
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            if self._cached_embedding(image, intensity) is not None:
+                return False
+            runs = self.encoder_runs
+            self._embedding_for(to_model_rgb(image, intensity), self._input_key(image, intensity),
+                                cancel=cancel)
+            return self.encoder_runs > runs
+
+    def prefetch(self, image: np.ndarray, *, intensity: Intensity | None = None) -> Prefetch:
+        """:meth:`encode` on the engine's background thread; returns a cancellable handle at once.
+
+        The caller's thread does no model work (not even the intensity mapping). Model calls stay
+        one at a time (the engine's lock): a box placed while its image is being prefetched
+        waits for that encoding and then runs only the decoder.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        handle = Prefetch()
+        with self._prefetch_lock:  # never the model's lock: that one is held while encoding
+            if self._closed:
+                raise InvalidInputError("the engine was closed")
+            self._prefetches = [p for p in self._prefetches if not p.finished] + [handle]
+            if self._prefetch_worker is None:  # one persistent thread (GPU per-thread state)
+                self._prefetch_worker = ThreadPoolExecutor(
+                    1, thread_name_prefix="polypsam-prefetch")
+            worker = self._prefetch_worker
+        worker.submit(lambda: self._run_prefetch(handle, image, intensity))
+        return handle
+
+    def _run_prefetch(self, handle: Prefetch, image, intensity) -> None:
+        if handle.cancelled or self._model is None:
+            handle.finish(CANCELLED)
+            return
+        handle.started()
+        try:
+            ran = self.encode(image, intensity=intensity, cancel=handle.token)
+        except CancelledError:
+            handle.finish(CANCELLED)
+        except Exception as exc:  # noqa: BLE001 - a prefetch is a hint: report, never raise
+            handle.finish(CANCELLED if self._model is None else FAILED, exc)
+        else:
+            handle.finish(DONE if ran else CACHED)
+
+    def _check_encoding_cancelled(self, _module, _inputs) -> None:
+        token = self._encoding_cancel
+        if token is not None:
+            token.raise_if_cancelled()
 
     # -- sequences ---------------------------------------------------------------------------
     def track(
@@ -168,12 +263,32 @@ class SAM2Engine:
                 intensity=intensity,
                 cancel=cancel,
                 backbones=self._backbones,
+                autocast=self._precision.autocast,
+                encoder_batch=self.encoder_batch,
             )
 
     def close(self) -> None:
+        with self._prefetch_lock:
+            self._closed = True
+            worker, self._prefetch_worker = self._prefetch_worker, None
+            for handle in self._prefetches:
+                handle.cancel()
+        if worker is not None:
+            worker.shutdown(wait=True)  # the cancelled prefetches stop inside the encoder
         with self._lock:
             self._cache.clear()
             self._input_keys.clear()
             self._backbones.clear()
             self._model = None
 
+
+def _encoder_blocks(model) -> list:
+    """Where a cancelled encoding stops: the attention and MLP of each of the image encoder's
+    (Hiera's) blocks, about 40-120 ms apart at image size 512 on one CPU thread; else the
+    encoder itself."""
+    blocks = getattr(getattr(model.image_encoder, "trunk", None), "blocks", None)
+    if blocks is None:
+        return [model.image_encoder]
+    return [part for block in blocks
+            for part in ([getattr(block, "attn", None), getattr(block, "mlp", None)]
+                         if hasattr(block, "attn") and hasattr(block, "mlp") else [block])]

@@ -16,6 +16,8 @@ This module keeps Meta's predictor and its public methods (``add_new_mask``,
   :func:`memory_window` frames behind the current one). The memory bank reads at most
   ``num_maskmem`` recent mask memories and ``max_obj_ptrs_in_encoder`` recent object pointers, so
   results are identical to an untrimmed run while memory stays O(1) in the number of frames.
+* :class:`~.lookahead.EncoderLookahead` (with ``encoder_batch`` > 1) encodes the frames a pass
+  visits next in small batches, ahead of memory attention.
 * :class:`BackboneCache` carries a frame's image-encoder output from one pass to the next (and
   from the 2-D predictor that segmented the key slice): a prompted frame is encoded once, not once
   per direction. Both paths feed the encoder bit-identical tensors, so results do not change.
@@ -34,6 +36,7 @@ from ..engine import CancelToken, FrameMasks, FramePrompt, FrameSource
 from ..errors import InvalidInputError
 from ..preprocess import Intensity, to_model_rgb
 from .image import model_input
+from .lookahead import EncoderLookahead
 
 # Without sam2's optional CUDA extension only its hole-filling post-processing is skipped (see
 # docs/development.md); the warning it prints on every propagation says the same and is noise for users.
@@ -287,6 +290,8 @@ class VideoSession:
         trim: bool = True,
         window: int | None = None,
         backbones: BackboneCache | None = None,
+        autocast=contextlib.nullcontext,
+        encoder_batch: int = 1,
     ) -> None:
         if model is None:
             raise InvalidInputError("the engine was closed")
@@ -302,6 +307,9 @@ class VideoSession:
         self.max_entries = 0
         self.prompts = list(prompts)
         self.backbones = backbones
+        self.autocast = autocast  # the context SAM2's forward calls run in (precision)
+        self.encoder_batch = max(1, int(encoder_batch))
+        self.lookahead: EncoderLookahead | None = None
         self._digests: dict[int, str] = {}
         self._check_prompts()
 
@@ -344,7 +352,7 @@ class VideoSession:
     def _add_prompts(self) -> None:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             for p in self.prompts:
                 self._seed_features(p.frame)
                 if p.mask is not None:
@@ -381,21 +389,27 @@ class VideoSession:
         if cancel is not None:
             cancel.raise_if_cancelled()
         self._add_prompts()
+        order = visit_order(n, start_frame, reverse, max_frames)
+        if self.encoder_batch > 1:
+            prompted = {p.frame for p in self.prompts}
+            self.lookahead = EncoderLookahead(
+                self.model, [f for f in order if f not in prompted], self.images.__getitem__,
+                self.encoder_batch, self.autocast)
         frames_iter = self.model.propagate_in_video(
             self.state, start_frame_idx=start_frame, max_frame_num_to_track=max_frames,
             reverse=reverse,
         )
-        first = True
+        step = 0
         try:
             while True:
                 if cancel is not None:
                     cancel.raise_if_cancelled()
-                if first:
-                    with _quiet_sam2_progress():  # the bar is created on the first step
-                        item = next(frames_iter, None)
-                    first = False
-                else:
+                if self.lookahead is not None and step < len(order):
+                    self.lookahead.seed(self.state, order[step])
+                with self.autocast(), (_quiet_sam2_progress() if step == 0  # bar made at step 0
+                                       else contextlib.nullcontext()):
                     item = next(frames_iter, None)
+                step += 1
                 if item is None:
                     return
                 frame_idx, obj_ids, logits = item
@@ -410,6 +424,14 @@ class VideoSession:
             frames_iter.close()
 
 
+def visit_order(count: int, start: int, reverse: bool, max_frames: int | None) -> list[int]:
+    """The frames ``propagate_in_video`` visits, in its order (its ``processing_order``)."""
+    span = count if max_frames is None else max_frames
+    if reverse:  # SAM2 skips reverse tracking from frame 0
+        return list(range(start, max(start - span, 0) - 1, -1)) if start > 0 else []
+    return list(range(start, min(start + span, count - 1) + 1))
+
+
 def track_frames(
     model,
     frames: FrameSource,
@@ -422,6 +444,8 @@ def track_frames(
     cancel: CancelToken | None = None,
     trim: bool = True,
     backbones: BackboneCache | None = None,
+    autocast=contextlib.nullcontext,
+    encoder_batch: int = 1,
 ) -> Iterator[FrameMasks]:
     """Track prompted objects through ``frames`` with a ``SAM2VideoPredictor`` ``model``.
 
@@ -430,9 +454,12 @@ def track_frames(
     one at a time; per-frame state is trimmed to the memory window (``trim=False`` keeps it all).
     ``cancel`` is checked before every frame and raises :class:`~polypsam.errors.CancelledError`.
     ``backbones`` lends and keeps the prompted frames' encoder outputs (see :class:`BackboneCache`).
+    SAM2's forward calls run inside ``autocast()`` (the engine's precision); with ``encoder_batch``
+    > 1 the next frames are encoded that many at a time (:class:`~.lookahead.EncoderLookahead`).
     """
     session = VideoSession(
-        model, frames, prompts, intensity=intensity, trim=trim, backbones=backbones
+        model, frames, prompts, intensity=intensity, trim=trim, backbones=backbones,
+        autocast=autocast, encoder_batch=encoder_batch,
     )
     yield from session.run(
         start_frame=start_frame, reverse=reverse, max_frames=max_frames, cancel=cancel

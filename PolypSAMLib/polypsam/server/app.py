@@ -10,6 +10,8 @@ process). Endpoints (JSON unless said otherwise; every error is 4xx/5xx with
 * ``PUT /v1/sessions/{sid}/arrays/{sha256}?dtype=&shape=&codec=``: an array, compressed
   (``application/octet-stream``);
 * ``POST /v1/sessions/{sid}/segment``: masks for boxes on an uploaded image;
+* ``POST /v1/sessions/{sid}/prefetch``: encode an uploaded image ahead of its prompts (the image
+  on the user's screen); a newer prefetch of the session cancels it; answered once it has ended;
 * ``POST /v1/sessions/{sid}/track``: tracking through uploaded frame chunks, answered as NDJSON,
   one line per frame (``{"frame", "masks", "scores"}``; ``{"heartbeat": true}`` while waiting),
   then ``{"done": true}`` or
@@ -38,8 +40,8 @@ from .. import __version__
 from ..errors import CancelledError, InvalidInputError, PolypSAMError
 from ..geometry import Box
 from . import wire
-from .schemas import (CancelOut, ErrorOut, SegmentRequest, SegmentResponse, SessionOut,
-                      TrackRequest, UploadOut)
+from .schemas import (CancelOut, ErrorOut, PrefetchOut, PrefetchRequest, SegmentRequest,
+                      SegmentResponse, SessionOut, TrackRequest, UploadOut)
 from .sessions import NotFoundError, SessionStore
 from .worker import BusyError, Worker
 
@@ -274,7 +276,8 @@ def create_app(engine, config: ServerConfig | None = None):
         """Liveness (no token needed) and load."""
         return {"status": "ok", "api_version": wire.API_VERSION, "polypsam_version": __version__,
                 "instance": instance, "jobs_active": worker.active,
-                "frames_done": worker.frames_done, **store.stats()}
+                "frames_done": worker.frames_done,
+                "encoder_runs": int(getattr(engine, "encoder_runs", 0)), **store.stats()}
 
     @app.get("/v1/capabilities", dependencies=secured)
     async def capabilities() -> dict:
@@ -284,7 +287,8 @@ def create_app(engine, config: ServerConfig | None = None):
                 "instance": instance, "engine": info.engine, "model": info.model,
                 "config": info.config, "checkpoint": Path(info.checkpoint).name,
                 "checkpoint_sha256": info.checkpoint_sha256, "image_size": info.image_size,
-                "device": info.device, "codecs": wire.available_codecs(),
+                "device": info.device, "precision": info.precision,
+                "codecs": wire.available_codecs(),
                 "dtypes": list(wire.ALLOWED_DTYPES), "limits": config.limits(),
                 "token_required": bool(config.token)}
 
@@ -339,6 +343,35 @@ def create_app(engine, config: ServerConfig | None = None):
             return [wire.result_to_wire(r) for r in results]
 
         return {"results": await worker.call(sid, run)}
+
+    prefetching: dict[str, str] = {}  # session -> its prefetch job in flight
+
+    @app.post("/v1/sessions/{sid}/prefetch", dependencies=secured, response_model=PrefetchOut)
+    async def prefetch(sid: str, req: PrefetchRequest) -> dict:
+        """Encode an uploaded 2-D image now, so that a later prompt on it (same pixels and
+        intensity) runs only the decoder. A newer prefetch of this session, or a cancel of its
+        job, cancels it (between encoder blocks). Answers when it has ended: ``done`` (encoded),
+        ``cached`` (encoded before) or ``cancelled``."""
+        from ..preprocess import check_image
+
+        image = check_image(store.arrays(sid, [req.image])[0])
+        intensity = wire.intensity_from_wire(req.intensity.model_dump() if req.intensity else None)
+        job_id = req.job or secrets.token_hex(8)
+        if sid in prefetching:  # the user moved on: the previous image is not needed now
+            worker.cancel(sid, prefetching[sid])
+        prefetching[sid] = job_id
+
+        def run(cancel):
+            return "done" if engine.encode(image, intensity=intensity, cancel=cancel) else "cached"
+
+        try:
+            state = await worker.call(sid, run, job_id=job_id)
+        except CancelledError:
+            state = "cancelled"
+        finally:
+            if prefetching.get(sid) == job_id:
+                del prefetching[sid]
+        return {"job": job_id, "state": state}
 
     @app.post("/v1/sessions/{sid}/track", dependencies=secured,
               responses={200: {"content": {"application/x-ndjson": {}},

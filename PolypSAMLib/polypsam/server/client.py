@@ -5,7 +5,8 @@ A drop-in for the in-process engine: :func:`polypsam.propagation.propagate` and
 :func:`~polypsam.propagation.iter_track` run unchanged above it. Images and frames are uploaded
 once, compressed and addressed by content (a repeated request sends no pixel bytes); tracking
 sends only the chunks of frames it visits and reads masks back as an NDJSON stream, one frame at
-a time, so progress and cancel work per frame. A server that restarted or dropped the session
+a time, so progress and cancel work per frame. :meth:`ServerEngine.prefetch` uploads and encodes
+the image on screen on the client's background threads, so the caller never waits. A server that restarted or dropped the session
 is not an error: the client opens a new session, uploads what the server lacks and goes on.
 """
 
@@ -26,6 +27,7 @@ from ..engine import (CancelToken, EngineInfo, FrameMasks, FramePrompt, FrameSou
                       Prompt, as_prompts)
 from ..errors import CancelledError, InvalidInputError, PolypSAMError, ServerError
 from ..geometry import Box
+from ..prefetch import CANCELLED, FAILED, QUEUED, Prefetch
 from ..preprocess import Intensity, check_image
 from . import wire
 
@@ -77,6 +79,10 @@ class ServerEngine:
         self.bytes_received = 0
         self.voxel_bytes_sent = 0  # compressed array bytes only
         self.uploads = 0
+        self._background = None  # prefetch uploads and requests (started on first use)
+        self._prefetches: list[Prefetch] = []
+        # not self._lock, which a request holds for as long as the server takes to answer
+        self._prefetch_lock = threading.Lock()
         self.capabilities = self._capabilities()
         self._codec = wire.choose_codec(self.capabilities.get("codecs", []))
 
@@ -89,7 +95,8 @@ class ServerEngine:
             checkpoint=f"{self.url} ({c.get('checkpoint', '')})",
             checkpoint_sha256=str(c.get("checkpoint_sha256", "")),
             image_size=int(c.get("image_size", 0)), device=f"{c.get('device', '')} @ {self.url}",
-            polypsam_version=str(c.get("polypsam_version", "")))
+            polypsam_version=str(c.get("polypsam_version", "")),
+            precision=str(c.get("precision", "")))
 
     def segment_2d(self, image: np.ndarray, prompts: "Sequence[Prompt | Box] | Prompt | Box", *,
                    intensity: Intensity | None = None, multimask: bool = False) -> list[MaskResult]:
@@ -127,7 +134,77 @@ class ServerEngine:
                 "intensity": wire.intensity_to_wire(intensity)}
         return self._stream(providers, body, job, cancel)
 
+    def prefetch(self, image: np.ndarray, *, intensity: Intensity | None = None) -> Prefetch:
+        """Upload ``image`` and have the server encode it, on background threads; returns at once.
+
+        A newer prefetch replaces this one on the server (the server cancels it); cancelling the
+        handle also tells the server. The handle finishes when the server has answered.
+        """
+        job = uuid.uuid4().hex
+        handle = Prefetch(on_cancel=lambda: self._submit_background(self._cancel_prefetch, job,
+                                                                    handle))
+        with self._prefetch_lock:
+            self._prefetches = [p for p in self._prefetches if not p.finished] + [handle]
+        self._submit_background(self._run_prefetch, handle, job, image, intensity)
+        return handle
+
+    def _submit_background(self, fn, *args) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._prefetch_lock:
+            if self._background is None:  # two: a new prefetch or a cancel is never stuck
+                self._background = ThreadPoolExecutor(2, thread_name_prefix="polypsam-prefetch")
+            try:
+                self._background.submit(fn, *args)
+            except RuntimeError:  # closed meanwhile
+                pass
+
+    def _run_prefetch(self, handle: Prefetch, job: str, image, intensity) -> None:
+        if handle.cancelled:
+            handle.finish(CANCELLED)
+            return
+        handle.started()
+        try:
+            array = wire.wire_array(check_image(image))
+            digest = wire.content_hash(array)
+            body = {"job": job, "image": digest, "intensity": wire.intensity_to_wire(intensity)}
+
+            def request(sid: str) -> dict:
+                handle.token.raise_if_cancelled()
+                response, conn = self._open("POST", f"/v1/sessions/{sid}/prefetch", body)
+                try:
+                    payload = response.read()
+                finally:
+                    conn.close()
+                self.bytes_received += len(payload)
+                return json.loads(payload)
+
+            answer = self._with_arrays({digest: lambda: array}, request)
+            handle.finish(str(answer.get("state", FAILED)))
+        except CancelledError:
+            handle.finish(CANCELLED)
+        except Exception as exc:  # noqa: BLE001 - a prefetch is a hint: report, never raise
+            handle.finish(FAILED, exc)
+
+    def _cancel_prefetch(self, job: str, handle: Prefetch) -> None:
+        """Tell the server (the request may be in flight); before it was sent nothing is needed."""
+        sid = self._session
+        if handle.state == QUEUED or handle.finished or sid is None:
+            return
+        try:
+            self._json("POST", f"/v1/sessions/{sid}/jobs/{job}/cancel", None, timeout=5.0)
+        except PolypSAMError:
+            pass
+
     def close(self) -> None:
+        with self._prefetch_lock:
+            background, self._background = self._background, None
+            for handle in self._prefetches:
+                handle.token.cancel()  # a request in flight ends with the session (deleted below)
+                if handle.state == QUEUED:
+                    handle.finish(CANCELLED)
+        if background is not None:
+            background.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             if self._session is not None:
                 try:

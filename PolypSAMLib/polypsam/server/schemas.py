@@ -97,6 +97,18 @@ class TrackRequest(Strict):
     intensity: Optional[IntensityModel] = None
 
 
+class PrefetchRequest(Strict):
+    job: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                               description="client-chosen id to cancel the prefetch with")
+    image: str = SHA256
+    intensity: Optional[IntensityModel] = None
+
+
+class PrefetchOut(Strict):
+    job: str
+    state: Literal["done", "cached", "cancelled"]
+
+
 class SessionOut(Strict):
     session: str
 

@@ -67,9 +67,10 @@ class Worker:
         self._queue.put(job)
         return job
 
-    async def call(self, session: str, run: Callable[[CancelToken], Any]) -> Any:
+    async def call(self, session: str, run: Callable[[CancelToken], Any],
+                   job_id: str | None = None) -> Any:
         """Run ``run(cancel)`` on the worker and return its result (or raise its error)."""
-        job = self._submit(session, run, False, None)
+        job = self._submit(session, run, False, job_id)
         try:
             kind, value = await job.results.get()
         except asyncio.CancelledError:
