@@ -125,6 +125,28 @@ class Features:
         assert all(r in asked[0] for r in wanted), asked[0]
         return "offered: " + " ".join(wanted)
 
+    def installer_calls(self) -> dict:
+        """The pip calls the module's installers make here, pip itself replaced by a recorder:
+        each call's requirements and the constraints file it carried."""
+        import shlex
+
+        from polypsam.mrml import dependencies as deps
+
+        calls = []
+
+        def record(requirements):
+            args = shlex.split(requirements)
+            constraints = args[args.index("-c") + 1] if "-c" in args else None
+            calls.append({"requirements": requirements.split(" -c ")[0],
+                          "constraints": Path(constraints).read_text() if constraints else None})
+
+        install = deps.protecting_installed(record)
+        deps.ensure_dependencies(confirm=lambda text: True, pip_install=install, torch_installer=None)
+        for feature in deps.OPTIONAL_PACKAGES:
+            if deps.optional_support(feature).status == "install":
+                deps.ensure_optional(feature, confirm=lambda text: True, pip_install=install)
+        return {"calls": calls}
+
     def test_connection(self) -> str:
         from polypsam.server.client import test_connection
 
@@ -306,6 +328,7 @@ def main() -> int:
     out: dict[str, object] = {}
     out["_importable"] = {m: importlib.util.find_spec(m) is not None for m in PROBED}
     out["_versions"] = {d: _version(d) for d in ("numpy", "pydicom", "pillow", "highdicom")}
+    out["_installer"] = f.installer_calls()
     f.record("module imports", f.module_imports)
     f.record("first-use dependency check", f.first_use_check)
     f.record("test connection", f.test_connection)

@@ -272,6 +272,13 @@ def test_features_with_only_slicers_packages(runs):
     wanted = sorted(r for r in core if ps.canonical(Requirement(r).name) not in bundle.versions)
     assert "pillow" in bundle.versions and len(wanted) == len(core) - 1
     assert first["first-use dependency check"] == "offered: " + " ".join(wanted)
+    calls = first["_installer"]["calls"]
+    assert [c["requirements"] for c in calls][-2:] == ["pycocotools==2.0.11", "imageio==2.38.2 av==18.1.0"]
+    here = ps.installed()
+    for call in calls:  # every pip call pins each of Slicer's packages at Slicer's version
+        pins = set(call["constraints"].splitlines())
+        assert {f"{here[n].metadata['Name']}=={v}" for n, (_, v) in bundle.versions.items()
+                if n in here} <= pins, call["requirements"]
     if label == "5.10.0":
         reason = first["export dicom-seg"]
         assert "Slicer 5.12 or newer" in reason and "pydicom 2.4.4" in reason and "\n" not in reason
@@ -288,3 +295,49 @@ def test_features_after_the_consented_installs(runs):
                 if s == label and _kind(second[f]) != kind and not str(second[f]).startswith("skipped")}
     assert not problems, json.dumps(problems, indent=1)
     assert not set(NOT_NEEDED_BY_THE_MODULE) & set(second["_modules"])
+
+
+# -- what the CI workflow in real Slicer uses (.github/workflows/slicer-selftest.yml) ------------
+def test_check_slicer_packages_reports_every_difference(tmp_path):
+    """The CI's check that a Slicer has the listed packages (and still has them after the
+    installs), run here on this environment."""
+    import importlib.metadata as md
+
+    script = REPO / "scripts" / "check_slicer_packages.py"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# header\nnumpy=={md.version('numpy')}\npillow=={md.version('pillow')}\n")
+    ok = subprocess.run([sys.executable, str(script), str(listing)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "0 difference(s)" in ok.stdout, ok.stdout + ok.stderr
+    listing.write_text("numpy==0.0.1\nno-such-package==1.0\n")
+    bad = subprocess.run([sys.executable, str(script), str(listing)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "2 difference(s)" in bad.stdout
+    assert "numpy: listed 0.0.1" in bad.stdout and "no-such-package: listed 1.0, here not installed" in bad.stdout
+
+
+def test_ci_workflow_uses_what_exists():
+    import yaml
+
+    from polypsam.mrml import dependencies as deps
+
+    text = (REPO / ".github" / "workflows" / "slicer-selftest.yml").read_text()
+    job = yaml.safe_load(text)["jobs"]["selftest"]
+    version = job["env"]["SLICER_VERSION"]
+    assert (ps.SETS_DIR / f"slicer-{version}.txt").is_file()
+    assert version.startswith("5.10"), "the oldest Slicer PolypSAM supports"
+    assert "runUnitTest" in job["env"]["SELFTEST"] and "'PolypSAM')" in job["env"]["SELFTEST"]
+    steps = {step.get("name", ""): step for step in job["steps"]}
+    install = next(step for name, step in steps.items() if "installer" in name)
+    assert install["env"][deps.CONSENT_ENV] == "yes"
+    for feature in ("coco", "video files"):
+        assert feature in deps.OPTIONAL_PACKAGES and f"ensure_optional('{feature}')" in install["run"]
+    assert "ensure_dependencies()" in install["run"]
+    runs = [step.get("run", "") for step in job["steps"]]
+    assert sum("check_slicer_packages.py" in r for r in runs) == 2, "before and after the installs"
+    assert sum('--python-code "$SELFTEST"' in r for r in runs) == 2, "without and with torch"
+    assert all("--additional-module-paths" in r for r in runs if "--python-code" in r)
+    for path in ("scripts/check_slicer_packages.py", "PolypSAM/PolypSAM.py"):
+        assert (REPO / path).is_file()
+    assert "cannot run" in text.split("\nname:")[0], "its top says it cannot run here"
+    code = install["run"].split('--python-code "', 1)[1].rsplit('"', 1)[0]
+    compile(code, "install step", "exec")
+    compile(job["env"]["SELFTEST"], "self-test", "exec")
