@@ -18,11 +18,12 @@ restarted.
 Features beside SAM2 that need packages desktop Slicer does not bundle (COCO export, video files,
 DICOM SEG where Slicer lacks highdicom) are offered the same way, one consent each, at the pinned
 versions of :data:`OPTIONAL_PACKAGES` (:func:`optional_support`, :func:`ensure_optional`).
-Every install runs with a pip constraints file (``-c``; for the PyTorch extension's own pip,
-``PIP_CONSTRAINT``) pinning each installed distribution to its installed version, so pip fails
-with a message rather than replace one of Slicer's own packages (its DICOM browser depends on
-them). ``POLYPSAM_INSTALL_CONSENT=yes`` (or
-``no``) answers the consent dialog without showing it, for scripted set-ups and CI.
+Every pip install PolypSAM runs gets a constraints file (``-c``) pinning each installed
+distribution to its installed version, so pip fails with a message rather than replace one of
+Slicer's own packages (its DICOM browser depends on them). The PyTorch extension's install keeps
+its own policy (it installs light-the-torch, which pins pip itself: constraining it would make it
+fail where Slicer's pip is newer than light-the-torch allows). ``POLYPSAM_INSTALL_CONSENT=yes``
+(or ``no``) answers the consent dialog without showing it, for scripted set-ups and CI.
 
 The Slicer calls (confirm dialog, pip, PyTorchUtils) are parameters with Slicer defaults, so the
 whole flow is testable without Slicer.
@@ -230,21 +231,8 @@ def pytorch_extension_installer() -> Optional[Callable[[str, str], object]]:
 
     def install(torch_requirement: str, torchvision_requirement: str):
         logic = PyTorchUtils.PyTorchUtilsLogic()
-        # PyTorchUtils runs pip itself: the constraints reach it through pip's environment
-        # variable (pip splits it at spaces: a temporary path with one goes unprotected).
-        with constraints_file() as path:
-            previous = os.environ.get("PIP_CONSTRAINT")
-            if not any(c.isspace() for c in path):
-                os.environ["PIP_CONSTRAINT"] = path
-            try:
-                return logic.installTorch(askConfirmation=False,
-                                          torchVersionRequirement=torch_requirement,
-                                          torchvisionVersionRequirement=torchvision_requirement)
-            finally:
-                if previous is None:
-                    os.environ.pop("PIP_CONSTRAINT", None)
-                else:
-                    os.environ["PIP_CONSTRAINT"] = previous
+        return logic.installTorch(askConfirmation=False, torchVersionRequirement=torch_requirement,
+                                  torchvisionVersionRequirement=torchvision_requirement)
 
     return install
 
