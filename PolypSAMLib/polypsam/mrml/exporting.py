@@ -117,12 +117,13 @@ def slicer_seg_nrrd_writer(source_segments: Optional[Mapping[int, Any]] = None):
             segment.SetLabelValue(int(s.label))
             segment.SetTerminology(slicer_entry((s.category, s.type)))
             segment.SetTag(PROVENANCE_KEY, provenance_tag)
-            segment.AddRepresentation(converter.GetBinaryLabelmapRepresentationName(), image)
+            segment.AddRepresentation(converter.GetSegmentationBinaryLabelmapRepresentationName(), image)
             if not segmentation.AddSegment(segment, f"Segment_{s.label}"):
                 raise InvalidInputError(f"Slicer could not add segment '{s.name}' for export")
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(str(path))
         storage.SetUseCompression(1)
+        storage.SetCropToMinimumExtent(False)  # the whole reference grid, as the other formats
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if not storage.WriteData(node):
             raise InvalidInputError(f"Slicer could not write the segmentation to {path}")
