@@ -63,7 +63,7 @@ def installed() -> dict[str, md.Distribution]:
     """This environment's distributions (the first found on ``sys.path`` for a name)."""
     found: dict[str, md.Distribution] = {}
     for dist in md.distributions():
-        name = dist.metadata["Name"]
+        name = dist.metadata.get("Name")
         if name:
             found.setdefault(canonical(name), dist)
     return found
@@ -119,7 +119,7 @@ def check_against(bundle: BundledSet, found: Closure,
             problems.append(f"{parent} needs {req}; Slicer {bundle.label} bundles {bundled[0]} {bundled[1]}")
     python = ".".join(str(v) for v in bundle.python)
     for name in sorted(found.names - set(bundle.versions)):
-        requires = dists[name].metadata["Requires-Python"] if name in dists else None
+        requires = dists[name].metadata.get("Requires-Python") if name in dists else None
         if requires and not SpecifierSet(requires).contains(python):
             problems.append(f"{name} requires Python {requires}; Slicer {bundle.label} has {python}")
     return problems

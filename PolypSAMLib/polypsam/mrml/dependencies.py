@@ -182,7 +182,7 @@ def installed_constraints(
     first one found on ``sys.path`` where a name is installed twice, as Python imports it)."""
     pins: dict[str, str] = {}
     for dist in distributions():
-        name, version = dist.metadata["Name"], dist.version
+        name, version = dist.metadata.get("Name"), dist.version
         if not name or not version or any(c.isspace() for c in name + version):
             continue
         pins.setdefault(name.lower().replace("_", "-").replace(".", "-"), f"{name}=={version}")
