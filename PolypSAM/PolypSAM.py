@@ -571,10 +571,10 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExport(self) -> None:
         import qt
 
-        formats = list(self.logic.exportFormats())
-        fmt = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Export"), _("Format:"), formats, 0,
-                                      False)
-        if not fmt:
+        formats, unavailable = self.logic.exportFormats()
+        fmt = qt.QInputDialog.getItem(slicer.util.mainWindow(), _("Export"),
+                                      "\n".join([_("Format:"), *unavailable]), formats, 0, False)
+        if not fmt or not self._readyWithConsent(lambda: self.logic.ensureExportFormat(fmt)):
             return
         if fmt == "png":
             path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export to folder"))
@@ -588,6 +588,14 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                    self._exportReference(), path, fmt)
             self.ui.statusLabel.text = _("Exported to {path}").format(path=result.path)
 
+    @staticmethod
+    def _readyWithConsent(ensure) -> bool:
+        """Run a logic ``ensure...`` (consent, then pip) before any other dialog; errors shown."""
+        ready = False
+        with slicer.util.tryWithErrorDisplay(_("Installing the packages it needs failed.")):
+            ready = ensure()
+        return ready
+
     def onLoadVideo(self) -> None:
         """A video file (mp4/avi/mov...) or a folder of frames → a sequence with a browser."""
         import qt
@@ -598,7 +606,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
                                                        _("...or a folder of frames"))
-        if not path:
+        if not path or not self._readyWithConsent(lambda: self.logic.ensureVideoFiles(path)):
             return
         with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("Loading the video failed."),
                                                                 waitCursor=True):
@@ -815,9 +823,41 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def exportFormats():
-        from polypsam.export import FORMATS
+        """``(formats, unavailable)``: the formats to offer (some install a package first, with
+        consent) and one line for each format this Slicer cannot export."""
+        from polypsam.mrml import exporting
 
-        return FORMATS
+        supports = exporting.export_formats()
+        return ([s.feature for s in supports if s.status != "unavailable"],
+                [s.reason for s in supports if s.status == "unavailable"])
+
+    def ensureExportFormat(self, fmt: str) -> bool:
+        """Install, with consent, what ``fmt`` still needs (e.g. pycocotools for COCO)."""
+        from polypsam.mrml import exporting
+
+        return self._ensureOptional(lambda: exporting.ensure_export_format(fmt))
+
+    def ensureVideoFiles(self, path: str) -> bool:
+        """True for a folder of frames; for a video file, imageio/PyAV installed with consent."""
+        from polypsam.mrml import video_files
+
+        if not video_files.needs_video_packages(path):
+            return True
+        return self._ensureOptional(video_files.ensure_video_file_support)
+
+    def _ensureOptional(self, ensure) -> bool:
+        try:
+            status = ensure()
+        except dependencies.DependencyInstallError as exc:
+            if exc.reported:  # Slicer's installer already showed this failure
+                logging.error("PolypSAM: %s", exc)
+                return False
+            raise
+        if status.restart_needed:
+            self._offerRestart(status.message)
+        elif status.declined:
+            slicer.util.showStatusMessage(status.message, 5000)
+        return status.ready
 
     @staticmethod
     def exportSegmentation(segmentationNode, referenceVolume, path: str, fmt: str):

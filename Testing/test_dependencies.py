@@ -175,3 +175,139 @@ def test_slicer_packaging_installs_under_polypsams_name(monkeypatch):
     install, reports = deps.slicer_pip_installer()
     install("sam2==1.1.0")
     assert reports and calls == [("sam2==1.1.0", {"requester": "PolypSAM"})]
+
+
+# -- optional features (COCO, video files, DICOM SEG) and protecting Slicer's packages ------------
+class _Dist:
+    def __init__(self, name, version):
+        self.metadata, self.version = {"Name": name}, version
+
+
+def test_optional_feature_offers_its_pins_and_installs_after_consent():
+    env = _FakeEnv(set())
+    support = deps.optional_support("video files", find_spec=env.find_spec)
+    assert support.status == "install"
+    assert support.requirements == ("imageio==2.38.2", "av==18.1.0")
+    asked = []
+    status = deps.ensure_optional("video files", confirm=lambda text: asked.append(text) or True,
+                                  pip_install=env.pip_install, find_spec=env.find_spec)
+    assert status.ready and status.installed == ["imageio==2.38.2", "av==18.1.0"]
+    assert [c[0] for c in env.calls] == ["imageio==2.38.2 av==18.1.0"]
+    assert "imageio==2.38.2" in asked[0] and "not changed" in asked[0]
+    assert deps.optional_support("video files", find_spec=env.find_spec).status == "ready"
+
+
+def test_optional_feature_declined_installs_nothing():
+    env = _FakeEnv(set())
+    status = deps.ensure_optional("coco", confirm=lambda text: False, pip_install=env.pip_install,
+                                  find_spec=env.find_spec)
+    assert status.declined and not status.ready and not env.calls
+    assert "pycocotools==2.0.11" in status.message
+
+
+def test_dicom_seg_needs_a_slicer_whose_pydicom_highdicom_accepts():
+    """Slicer 5.10 bundles pydicom 2.4.4; highdicom needs >= 3.0.1: hidden, nothing offered."""
+    env = _FakeEnv(set())
+    old = deps.optional_support("dicom-seg", find_spec=env.find_spec, version=lambda name: "2.4.4")
+    assert old.status == "unavailable" and not old.requirements
+    assert "Slicer 5.12 or newer" in old.reason and "pydicom 2.4.4" in old.reason
+    assert "\n" not in old.reason
+    with pytest.raises(deps.DependencyInstallError, match="Slicer 5.12 or newer"):
+        deps.ensure_optional("dicom-seg", confirm=lambda text: pytest.fail("asked"),
+                             pip_install=env.pip_install, find_spec=env.find_spec,
+                             version=lambda name: "2.4.4")
+    assert not env.calls
+    new = deps.optional_support("dicom-seg", find_spec=env.find_spec, version=lambda name: "3.0.2")
+    assert new.status == "install" and new.requirements == ("highdicom==0.27.0",)
+    bundled = deps.optional_support("dicom-seg", find_spec=_FakeEnv({"highdicom"}).find_spec,
+                                    version=lambda name: "3.0.2")
+    assert bundled.status == "ready"
+
+
+def test_optional_install_failure_is_one_clear_error():
+    env = _FakeEnv(set())
+
+    def failing(requirements):
+        raise RuntimeError("ResolutionImpossible: numpy==2.0.2 is installed")
+
+    with pytest.raises(deps.DependencyInstallError, match="never changed.*ResolutionImpossible"):
+        deps.ensure_optional("coco", confirm=lambda text: True, pip_install=failing,
+                             find_spec=env.find_spec)
+
+
+def test_consent_from_the_environment_answers_without_a_dialog(monkeypatch):
+    """POLYPSAM_INSTALL_CONSENT=yes/no answers Slicer's dialog (CI installs through it)."""
+    import slicer
+
+    shown = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, **kw: shown.append(text) or True, raising=False)
+    env = _FakeEnv(set())
+    monkeypatch.setenv(deps.CONSENT_ENV, "no")
+    assert deps.ensure_optional("coco", pip_install=env.pip_install, find_spec=env.find_spec).declined
+    monkeypatch.setenv(deps.CONSENT_ENV, "yes")
+    assert deps.ensure_optional("coco", pip_install=env.pip_install, find_spec=env.find_spec).ready
+    assert not shown and [c[0] for c in env.calls] == ["pycocotools==2.0.11"]
+    monkeypatch.delenv(deps.CONSENT_ENV)
+    env = _FakeEnv(ALL - {"sam2"})
+    assert deps.ensure_dependencies(pip_install=env.pip_install, torch_installer=None,
+                                    find_spec=env.find_spec).ready
+    assert len(shown) == 1 and "sam2==1.1.0" in shown[0], "without the variable the dialog asks"
+
+
+def test_installs_pin_every_installed_distribution():
+    dists = [_Dist("numpy", "2.0.2"), _Dist("pydicom", "2.4.4"), _Dist("Pillow", "11.2.1"),
+             _Dist("numpy", "1.26.0"), _Dist("", "1.0"), _Dist("odd name", "1")]
+    assert deps.installed_constraints(lambda: dists) == "numpy==2.0.2\nPillow==11.2.1\npydicom==2.4.4\n"
+    seen = []
+
+    def pip_install(requirements):
+        path = requirements.split(" -c ", 1)[1].strip("'")
+        seen.append((requirements.split(" -c ")[0], open(path).read(), path))
+
+    deps.protecting_installed(pip_install, lambda: dists)("--no-deps sam2==1.1.0")
+    (requirements, text, path), = seen
+    assert requirements == "--no-deps sam2==1.1.0" and "pydicom==2.4.4" in text
+    assert not os.path.exists(path), "the constraints file is removed afterwards"
+
+
+def _wheel(folder, name, version, requires=()):
+    """A minimal wheel (metadata only) for pip to resolve from a local folder."""
+    import zipfile
+
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{info}/METADATA": "Metadata-Version: 2.1\nName: {}\nVersion: {}\n{}".format(
+        name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for arcname, text in files.items():
+            zf.writestr(arcname, text)
+    return path
+
+
+def test_real_pip_refuses_to_replace_an_installed_package(tmp_path):
+    """pip itself (dry run, local wheels, no network): a package needing a newer version of an
+    installed one resolves to a replacement without the constraints and fails with them."""
+    import subprocess
+
+    import tqdm
+
+    _wheel(tmp_path, "tqdm", "999.0")
+    _wheel(tmp_path, "polypsam_probe", "1.0", ["tqdm>=999"])
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-cache-dir",
+           "--disable-pip-version-check", "--find-links", str(tmp_path), "polypsam_probe"]
+    free = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert free.returncode == 0 and "tqdm-999.0" in free.stdout, free.stdout + free.stderr
+    runs = []
+
+    def pip_install(requirements):
+        import shlex
+
+        runs.append(subprocess.run(cmd[:-1] + shlex.split(requirements), capture_output=True,
+                                   text=True, timeout=120))
+
+    deps.protecting_installed(pip_install)("polypsam_probe")
+    assert runs[0].returncode != 0, runs[0].stdout
+    assert f"tqdm=={tqdm.__version__}" in runs[0].stdout + runs[0].stderr

@@ -83,7 +83,8 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
                     provenance: Mapping | None = None,
                     reference_dicom: "str | Path | Sequence[str | Path] | None" = None,
                     frame_names: Sequence[str] | None = None,
-                    terminology=None, coco_encoding: str = "rle") -> ExportResult:
+                    terminology=None, coco_encoding: str = "rle",
+                    seg_nrrd_writer=None) -> ExportResult:
     """Write ``labels`` as ``fmt`` with segment metadata and provenance.
 
     ``labels``: a :class:`~polypsam.geometry.Volume` of labels (keeps its geometry; its K
@@ -97,6 +98,8 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
     required there).
     ``frame_names``: file stems of PNG/COCO images (default ``0000``... for frames,
     ``slice_0000``... for volumes). ``coco_encoding``: ``rle`` (exact) or ``polygon``.
+    ``seg_nrrd_writer``: ``(volume, path, segments, provenance) -> path`` writing ``seg.nrrd``
+    instead of slicerio (in Slicer: Slicer's own storage node, see ``polypsam.mrml.exporting``).
     """
     fmt = check_format(fmt)
     path = output_path(path_or_dir, fmt)
@@ -119,8 +122,9 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
 
     files: list[Path]
     if fmt == "seg.nrrd":
-        from .volumes import write_seg_nrrd
-        files = [write_seg_nrrd(volume, path, segments, prov)]
+        if seg_nrrd_writer is None:
+            from .volumes import write_seg_nrrd as seg_nrrd_writer
+        files = [seg_nrrd_writer(volume, path, segments, prov)]
     elif fmt in ("nifti", "nrrd"):
         from .volumes import write_labelmap_volume
         files = [write_labelmap_volume(volume, path, prov)]

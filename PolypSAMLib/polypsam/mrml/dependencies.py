@@ -15,19 +15,34 @@ restarted.
   extension is optional and needs a compiler; ``--no-deps`` keeps pip from replacing torch).
 * The ``polypsam`` library itself is shipped inside the module, never pip-installed.
 
+Features beside SAM2 that need packages desktop Slicer does not bundle (COCO export, video files,
+DICOM SEG where Slicer lacks highdicom) are offered the same way, one consent each, at the pinned
+versions of :data:`OPTIONAL_PACKAGES` (:func:`optional_support`, :func:`ensure_optional`).
+Every pip install PolypSAM runs gets a constraints file (``-c``) pinning each installed
+distribution to its installed version, so pip fails with a message rather than replace one of
+Slicer's own packages (its DICOM browser depends on them). The PyTorch extension's install keeps
+its own policy (it installs light-the-torch, which pins pip itself: constraining it would make it
+fail where Slicer's pip is newer than light-the-torch allows). ``POLYPSAM_INSTALL_CONSENT=yes``
+(or ``no``) answers the consent dialog without showing it, for scripted set-ups and CI.
+
 The Slicer calls (confirm dialog, pip, PyTorchUtils) are parameters with Slicer defaults, so the
 whole flow is testable without Slicer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
+import shlex
 import sys
+import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 TORCH_VERSION = "2.14.1"
 TORCHVISION_VERSION = "0.29.1"
@@ -44,6 +59,23 @@ SAM2_RUNTIME = {
 
 
 MIN_PYTHON = (3, 10)  # sam2 needs 3.10+, torch 2.14 has no 3.9 wheel: Slicer 5.10 or newer
+
+#: Features beside SAM2 whose packages desktop Slicer does not bundle: feature -> {import name:
+#: pinned requirement}. Testing/test_slicer_package_set.py checks each pin (and its dependencies)
+#: against the packages Slicer 5.10.0 and Slicer main bundle: none would replace one of them.
+OPTIONAL_PACKAGES: dict[str, dict[str, str]] = {
+    "coco": {"pycocotools": "pycocotools==2.0.11"},
+    "video files": {"imageio": "imageio==2.38.2", "av": "av==18.1.0"},
+    "dicom-seg": {"highdicom": "highdicom==0.27.0"},
+}
+FEATURE_TITLES = {"coco": "COCO export", "video files": "Loading video files (mp4, avi, mov...)",
+                  "dicom-seg": "DICOM SEG export"}
+#: feature -> (distribution, lowest version, the Slicer that bundles one): the feature's pinned
+#: package needs that distribution at least that new; an older one is Slicer's own and stays.
+NEEDS_INSTALLED = {"dicom-seg": ("pydicom", "3.0.1", "Slicer 5.12")}
+
+#: ``yes`` installs without showing the consent dialog, ``no`` declines it (CI, scripted set-ups).
+CONSENT_ENV = "POLYPSAM_INSTALL_CONSENT"
 
 
 class DependencyInstallError(RuntimeError):
@@ -116,6 +148,10 @@ def describe_plan(missing: dict[str, list[str]], use_pytorch_extension: bool) ->
 
 
 def _slicer_confirm(text: str) -> bool:
+    answer = os.environ.get(CONSENT_ENV, "").strip().lower()
+    if answer in ("yes", "no"):
+        logging.info("PolypSAM: %s=%s answers: %s", CONSENT_ENV, answer, text)
+        return answer == "yes"
     import slicer
 
     return bool(slicer.util.confirmOkCancelDisplay(text, windowTitle="PolypSAM: install dependencies"))
@@ -139,8 +175,51 @@ def slicer_pip_installer() -> tuple[Callable[[str], None], bool]:
     return slicer.util.pip_install, False
 
 
+def installed_constraints(
+        distributions: Callable[[], Iterable[importlib.metadata.Distribution]] = importlib.metadata.distributions,
+) -> str:
+    """A pip constraints file's text pinning every installed distribution to its version (the
+    first one found on ``sys.path`` where a name is installed twice, as Python imports it)."""
+    pins: dict[str, str] = {}
+    for dist in distributions():
+        name, version = dist.metadata.get("Name"), dist.version
+        if not name or not version or any(c.isspace() for c in name + version):
+            continue
+        pins.setdefault(name.lower().replace("_", "-").replace(".", "-"), f"{name}=={version}")
+    return "".join(pin + "\n" for pin in sorted(pins.values(), key=str.lower))
+
+
+@contextlib.contextmanager
+def constraints_file(
+        distributions: Callable[[], Iterable[importlib.metadata.Distribution]] = importlib.metadata.distributions,
+) -> Iterator[str]:
+    """The path of a temporary :func:`installed_constraints` file, removed afterwards."""
+    handle, path = tempfile.mkstemp(prefix="polypsam-constraints-", suffix=".txt")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(installed_constraints(distributions))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def protecting_installed(
+        pip_install: Callable[[str], None],
+        distributions: Callable[[], Iterable[importlib.metadata.Distribution]] = importlib.metadata.distributions,
+) -> Callable[[str], None]:
+    """``pip_install`` that may add packages but never changes an installed one: each call gets
+    ``-c`` with a fresh :func:`constraints_file` (pip fails, naming the conflict, instead)."""
+
+    def install(requirements: str) -> None:
+        with constraints_file(distributions) as path:
+            pip_install(f"{requirements} -c {shlex.quote(path)}")
+
+    return install
+
+
 def _slicer_pip_install(requirements: str) -> None:
-    slicer_pip_installer()[0](requirements)
+    protecting_installed(slicer_pip_installer()[0])(requirements)
 
 
 def pytorch_extension_installer() -> Optional[Callable[[str, str], object]]:
@@ -253,3 +332,101 @@ def requirements_summary() -> Sequence[str]:
     """Every requirement the module may install (for documentation and the settings panel)."""
     return [f"torch=={TORCH_VERSION}", f"sam2=={SAM2_VERSION}",
             *SAM2_RUNTIME.values()]
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether a feature runs in this Python: ``status`` is ``ready``, ``install`` (its pinned
+    ``requirements`` are installed with consent first) or ``unavailable`` (``reason``: one line
+    naming what it needs)."""
+
+    feature: str
+    status: str
+    requirements: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _installed_version(name: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _older(version: str, lowest: str) -> bool:
+    """``version < lowest`` on their release numbers (``2.4.4``, ``3.0.1rc1`` -> 3.0.1)."""
+    def release(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
+
+    return release(version) < release(lowest)
+
+
+def optional_support(
+    feature: str,
+    find_spec: Callable[[str], object] = importlib.util.find_spec,
+    version: Callable[[str], Optional[str]] = _installed_version,
+) -> Support:
+    """What :data:`OPTIONAL_PACKAGES`' ``feature`` needs in this Python (nothing is installed)."""
+    title = FEATURE_TITLES[feature]
+    missing = tuple(req for module, req in OPTIONAL_PACKAGES[feature].items()
+                    if not _importable(module, find_spec))
+    if not missing:
+        return Support(feature, "ready")
+    if feature in NEEDS_INSTALLED:
+        dist, lowest, slicer_version = NEEDS_INSTALLED[feature]
+        found = version(dist)
+        if found is not None and _older(found, lowest):
+            return Support(feature, "unavailable", reason=(
+                f"{title} needs {slicer_version} or newer: {' '.join(missing)} needs {dist} >= "
+                f"{lowest}, and this Slicer's own {dist} {found} is not replaced"))
+    return Support(feature, "install", missing,
+                   f"{title} needs {' '.join(missing)}, installed with your consent")
+
+
+def describe_optional(support: Support) -> str:
+    """The consent text for installing what ``support`` lists."""
+    return "\n".join([
+        f"{FEATURE_TITLES[support.feature]} needs Python packages that are not installed in"
+        " Slicer yet:", "", *(f"  - {req} with pip" for req in support.requirements), "",
+        "Packages already installed (Slicer's own included) are not changed.", "Install now?"])
+
+
+def ensure_optional(
+    feature: str,
+    *,
+    confirm: Callable[[str], bool] = _slicer_confirm,
+    pip_install: Callable[[str], None] = _slicer_pip_install,
+    find_spec: Callable[[str], object] = importlib.util.find_spec,
+    version: Callable[[str], Optional[str]] = _installed_version,
+    log: Callable[[str], None] = logging.info,
+    pip_reports_errors: Optional[bool] = None,
+) -> DependencyStatus:
+    """With the user's consent, install the pinned packages ``feature`` still needs.
+
+    Raises :class:`DependencyInstallError` when the feature cannot be had in this Slicer (its
+    one-line reason) or pip fails (``reported`` as for :func:`ensure_dependencies`).
+    """
+    support = optional_support(feature, find_spec, version)
+    if support.status == "ready":
+        return DependencyStatus(ready=True, message=f"{FEATURE_TITLES[feature]}: ready")
+    if support.status == "unavailable":
+        raise DependencyInstallError(support.reason)
+    if not confirm(describe_optional(support)):
+        return DependencyStatus(ready=False, declined=True, message=(
+            f"installation declined: {FEATURE_TITLES[feature]} needs {' '.join(support.requirements)}"))
+    if pip_reports_errors is None:
+        pip_reports_errors = pip_install is _slicer_pip_install and slicer_pip_installer()[1]
+    log(f"PolypSAM: pip install {' '.join(support.requirements)}")
+    try:
+        pip_install(" ".join(support.requirements))
+    except Exception as exc:  # pip failures come as CalledProcessError and friends
+        raise DependencyInstallError(
+            f"installing {' '.join(support.requirements)} failed (packages already installed,"
+            f" Slicer's own included, are never changed): {exc}", reported=pip_reports_errors) from exc
+    importlib.invalidate_caches()
+    if optional_support(feature, find_spec, version).status != "ready":
+        return DependencyStatus(ready=False, installed=list(support.requirements),
+                                restart_needed=True, message=(
+                                    f"{' '.join(support.requirements)} installed; restart Slicer to use them."))
+    return DependencyStatus(ready=True, installed=list(support.requirements),
+                            message="installed " + " ".join(support.requirements))

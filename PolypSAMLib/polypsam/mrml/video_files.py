@@ -5,10 +5,15 @@ nothing to work on. Frames are decoded by :func:`polypsam.frames.read_frames` (P
 imageio for video files, PIL for PNG/JPEG folders), stored as RGB vector volumes in a
 ``vtkMRMLSequenceNode`` indexed by time in seconds when the file has a frame rate (else by frame
 number), and browsed by a ``vtkMRMLSequenceBrowserNode`` showing the first frame.
+
+Desktop Slicer bundles PIL (frame folders work everywhere) but not imageio/PyAV: video files need
+them, installed with the user's consent at pinned versions (:func:`video_file_support`,
+:func:`ensure_video_file_support`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -16,7 +21,27 @@ import numpy as np
 import slicer
 
 from ..errors import InvalidInputError
-from ..frames import read_frames
+from ..frames import VIDEO_SUFFIXES, read_frames
+from . import dependencies
+
+VIDEO_FILES = "video files"  # the feature's name in dependencies.OPTIONAL_PACKAGES
+
+
+def video_file_support(find_spec: Callable[[str], object] = importlib.util.find_spec) -> dependencies.Support:
+    """Whether video files (mp4, avi, mov...) can be read here; folders of frames always can."""
+    return dependencies.optional_support(VIDEO_FILES, find_spec)
+
+
+def ensure_video_file_support(**kwargs) -> dependencies.DependencyStatus:
+    """With the user's consent, install the pinned packages video files need (see
+    :func:`polypsam.mrml.dependencies.ensure_optional` for ``kwargs`` and errors)."""
+    return dependencies.ensure_optional(VIDEO_FILES, **kwargs)
+
+
+def needs_video_packages(path: str | Path) -> bool:
+    """True for a video file (read with imageio/PyAV); a folder of frames needs only PIL."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def _vector_volume(rgb: np.ndarray, name: str) -> Any:
@@ -39,8 +64,13 @@ def load_video(
     """Read every frame of ``path`` into a new sequence and return its browser node.
 
     ``progress(done, total)`` is called after each frame (it may raise to stop: nothing is
-    added to the scene then). Frames of different sizes are refused.
+    added to the scene then). Frames of different sizes are refused. A video file whose
+    packages are not installed is refused with the pinned versions to install.
     """
+    if needs_video_packages(path):
+        support = video_file_support()
+        if support.status != "ready":
+            raise InvalidInputError(f"{support.reason}; or choose a folder of PNG/JPEG frames")
     frames = read_frames(path)
     total = len(frames)
     if total == 0:
