@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from .nodes import _image_dims, ijk_to_world
+from .nodes import image_dims, ijk_to_world
 
 #: half a voxel: a click this far beyond the first/last voxel centre is clamped onto it
 _EDGE = 0.5
@@ -58,7 +58,7 @@ def clicks_from_markups(volume_node: Any, include: Any = None, exclude: Any = No
     """
     if volume_node is None:
         raise InvalidInputError("no input volume for the clicks")
-    ni, nj, nk = _image_dims(volume_node, "input volume")
+    ni, nj, nk = image_dims(volume_node, "input volume")
     world_to_ijk = np.linalg.inv(ijk_to_world(volume_node))
     clicks: list[Click] = []
     for node, positive in ((include, True), (exclude, False)):

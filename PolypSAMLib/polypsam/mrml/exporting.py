@@ -25,9 +25,9 @@ from ..errors import InvalidInputError
 from ..geometry import Volume
 from ..terminology import parse_slicer_entry, slicer_entry
 from . import dependencies
-from .nodes import _require, ijk_to_world
+from .nodes import require_node, ijk_to_world
 from .segments import export_segment_labelmap, read_provenance
-from .volumes import _geometry_from_ijk_to_world
+from .volumes import geometry_from_ijk_to_world
 
 #: ``file_for_instance(sop_instance_uid) -> path`` (``slicer.dicomDatabase.fileForInstance``).
 FileForInstance = Callable[[str], str]
@@ -162,8 +162,8 @@ def export_segmentation(
     :func:`polypsam.export.export_labelmap` for the formats. Returns its ``ExportResult``."""
     from ..export import check_format, export_labelmap
 
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
-    _require(reference_volume, "vtkMRMLVolumeNode", "reference volume")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(reference_volume, "vtkMRMLVolumeNode", "reference volume")
     fmt = check_format(fmt)
     support = format_support(fmt)
     if support.status != "ready":
@@ -180,7 +180,7 @@ def export_segmentation(
                 f"DICOM SEG needs the DICOM series '{reference_volume.GetName()}' was loaded from;"
                 " this volume did not come from Slicer's DICOM database")
     labels = export_segment_labelmap(segmentation_node, reference_volume, ids)
-    geometry = _geometry_from_ijk_to_world(ijk_to_world(reference_volume), reference_volume.GetName())
+    geometry = geometry_from_ijk_to_world(ijk_to_world(reference_volume), reference_volume.GetName())
     names, colours, terminology, tags, sources = {}, {}, {}, {}, {}
     for label, segment_id in enumerate(ids, start=1):
         segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(segment_id)

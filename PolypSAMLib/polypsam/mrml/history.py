@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import slicer
 
-from .nodes import _require
+from .nodes import require_node
 
 MAX_STEPS = 10
 
@@ -127,7 +127,7 @@ def _prune() -> None:
 
 
 def _room(segmentation_node: Any, create: bool) -> _Room | None:
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     _prune()
     key = _key(segmentation_node, create)
     room = _ROOMS.get(key) if key else None
@@ -147,14 +147,14 @@ def _push(segmentation_node: Any, step: Any) -> None:
 
 def save_state_for_undo(segmentation_node: Any) -> None:
     """Snapshot the segments before changing them, then run the before-write hooks."""
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     _push(segmentation_node, _SegmentsStep(_copy_segments(segmentation_node)))
 
 
 def save_sequence_state_for_undo(segmentation_node: Any, browser_node: Any) -> None:
     """Snapshot the segments and the node's segmentation sequence in ``browser_node`` (Track)."""
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
-    _require(browser_node, "vtkMRMLSequenceBrowserNode", "sequence browser")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(browser_node, "vtkMRMLSequenceBrowserNode", "sequence browser")
     sequence = browser_node.GetSequenceNode(segmentation_node)
     copy = None
     if sequence is not None:

@@ -34,10 +34,10 @@ from .jobs import (
     require_input, require_output, run as run_job, write_all,
 )
 from .masking import (
-    EditorMasking, _image_to_node, check_masking_applies, masked_writes, segment_crop,
+    EditorMasking, check_masking_applies, reference_to_node, masked_writes, segment_crop,
 )
 from .roi import roi_to_voxel_box
-from .segments import _segment_id
+from .segments import find_segment
 from .volumes import frame_from_vector_node, volume_from_node
 
 
@@ -67,11 +67,11 @@ def _read_input(input_node: Any):
 
 def _segment_slices(segmentation_node: Any, segment: str, reference: Any, shape) -> np.ndarray | None:
     """The segment's voxels on the whole reference grid (``None`` if there is no such segment)."""
-    segment_id = _segment_id(segmentation_node.GetSegmentation(), segment)
+    segment_id = find_segment(segmentation_node.GetSegmentation(), segment)
     if segment_id is None:
         return None
     nk, nj, ni = shape
-    return segment_crop(segmentation_node, segment_id, _image_to_node(segmentation_node, reference),
+    return segment_crop(segmentation_node, segment_id, reference_to_node(segmentation_node, reference),
                         (0, ni - 1, 0, nj - 1, 0, nk - 1))
 
 

@@ -31,8 +31,8 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import InvalidInputError
-from .nodes import Extent, _matrix_to_numpy, _node_to_world
-from .segments import _reference_grid, _same_lattice, _segment_id
+from .nodes import Extent, matrix_to_numpy, node_to_world
+from .segments import reference_grid, same_lattice, find_segment
 
 _S = slicer.vtkMRMLSegmentationNode
 EVERYWHERE = _S.EditAllowedEverywhere
@@ -82,9 +82,10 @@ def check_masking_applies(masking: EditorMasking, rgb: bool) -> None:
 
 
 # -- segments read on the reference lattice ------------------------------------------------
-def _image_to_node(segmentation_node: Any, reference: Any) -> np.ndarray:
-    grid = _reference_grid(reference)
-    return np.linalg.inv(_node_to_world(segmentation_node, "segmentation")) @ grid.ijk_to_world
+def reference_to_node(segmentation_node: Any, reference: Any) -> np.ndarray:
+    """The reference grid's IJK-to-node matrix of a segmentation node (its transforms undone)."""
+    grid = reference_grid(reference)
+    return np.linalg.inv(node_to_world(segmentation_node, "segmentation")) @ grid.ijk_to_world
 
 
 def segment_crop(segmentation_node: Any, segment_id: str, image_to_node: np.ndarray,
@@ -100,8 +101,8 @@ def segment_crop(segmentation_node: Any, segment_id: str, image_to_node: np.ndar
         return out
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(matrix)
-    theirs = _matrix_to_numpy(matrix)
-    if not _same_lattice(theirs, image_to_node):
+    theirs = matrix_to_numpy(matrix)
+    if not same_lattice(theirs, image_to_node):
         raise InvalidInputError(
             f"segment '{segment_id}' lies on another voxel grid than the reference volume;"
             " choose the volume the segmentation was made on"
@@ -201,8 +202,8 @@ def masked_writes(
                   provenance=provenance, terminology=terminology)
     if masking == EditorMasking():
         return [target]
-    image_to_node = _image_to_node(segmentation_node, reference)
-    target_id = _segment_id(segmentation_node.GetSegmentation(), segment)
+    image_to_node = reference_to_node(segmentation_node, reference)
+    target_id = find_segment(segmentation_node.GetSegmentation(), segment)
     others = {
         sid: segment_crop(segmentation_node, sid, image_to_node, extent)
         for sid in _segment_ids(segmentation_node) if sid != target_id

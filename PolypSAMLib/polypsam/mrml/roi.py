@@ -11,7 +11,7 @@ import vtk
 
 from ..errors import InvalidInputError
 from ..geometry import Box
-from .nodes import Extent, _image_dims, _matrix_to_numpy, _node_to_world, _require
+from .nodes import Extent, image_dims, matrix_to_numpy, node_to_world, require_node
 
 _EPS = 1e-6
 # 12 edges of the unit cube whose corners are numbered by bits (x = bit 0, y = bit 1, z = bit 2).
@@ -108,18 +108,18 @@ def roi_to_voxel_box(roi_node: Any, volume_node: Any) -> VoxelBox:
     nearest slice. Raises :class:`InvalidInputError` if the ROI lies outside the volume or covers
     fewer than two voxel centres along I or J (a box prompt needs a width and a height).
     """
-    _require(roi_node, "vtkMRMLMarkupsROINode", "ROI")
-    _require(volume_node, "vtkMRMLVolumeNode", "volume")
-    dims = _image_dims(volume_node, "volume")
+    require_node(roi_node, "vtkMRMLMarkupsROINode", "ROI")
+    require_node(volume_node, "vtkMRMLVolumeNode", "volume")
+    dims = image_dims(volume_node, "volume")
     size = np.array(roi_node.GetSize(), dtype=float)
     if not np.all(np.isfinite(size)) or np.any(size < 0):
         raise InvalidInputError(f"ROI '{roi_node.GetName()}' has an invalid size {tuple(size)}")
     half = size / 2.0
-    object_to_world = _matrix_to_numpy(roi_node.GetObjectToWorldMatrix())
+    object_to_world = matrix_to_numpy(roi_node.GetObjectToWorldMatrix())
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
-    world_to_volume = np.linalg.inv(_node_to_world(volume_node, "volume"))
-    roi_to_ijk = _matrix_to_numpy(ras_to_ijk) @ world_to_volume @ object_to_world
+    world_to_volume = np.linalg.inv(node_to_world(volume_node, "volume"))
+    roi_to_ijk = matrix_to_numpy(ras_to_ijk) @ world_to_volume @ object_to_world
     corners = (roi_to_ijk @ np.c_[_CUBE_CORNERS * half, np.ones(8)].T).T[:, :3]
     lo_f, hi_f = corners.min(axis=0), corners.max(axis=0)
 

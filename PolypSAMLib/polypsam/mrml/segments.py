@@ -14,33 +14,36 @@ from ..errors import InvalidInputError
 from ..geometry import Volume, VolumeGeometry
 from ..provenance import provenance_tags
 from ..terminology import TERMINOLOGY_PRESETS, slicer_entry
-from .nodes import Extent, _image_dims, _matrix_to_numpy, _node_to_world, _numpy_to_matrix, _require, ijk_to_world
+from .nodes import Extent, image_dims, matrix_to_numpy, node_to_world, numpy_to_matrix, require_node, ijk_to_world
 from .roi import VoxelBox
 
 TAG_PREFIX = "PolypSAM."
-_KEYS_TAG = "keys"  # vtkSegment cannot list its tags: keep the list of our keys in a tag
+KEYS_TAG = "keys"  # vtkSegment cannot list its tags: keep the list of our keys in a tag
 
 Reference = Union["slicer.vtkMRMLVolumeNode", Volume, VolumeGeometry]
 
 
 @dataclass(frozen=True)
-class _Grid:
+class Grid:
+    """A reference voxel grid: its IJK-to-world matrix and ``(K, J, I)`` shape (if known)."""
+
     ijk_to_world: np.ndarray
     shape: tuple[int, int, int] | None  # (K, J, I) or unknown
 
 
-def _reference_grid(reference: Any) -> _Grid:
+def reference_grid(reference: Any) -> Grid:
+    """The grid of a volume node, :class:`~polypsam.geometry.Volume` or ``VolumeGeometry``."""
     if reference is None:
         raise InvalidInputError("no reference volume or geometry given")
-    if isinstance(reference, _Grid):
+    if isinstance(reference, Grid):
         return reference
     if isinstance(reference, Volume):
-        return _Grid(reference.geometry.ijk_to_ras(), reference.shape)
+        return Grid(reference.geometry.ijk_to_ras(), reference.shape)
     if isinstance(reference, VolumeGeometry):
-        return _Grid(reference.ijk_to_ras(), None)
+        return Grid(reference.ijk_to_ras(), None)
     if hasattr(reference, "IsA") and reference.IsA("vtkMRMLVolumeNode"):
-        i, j, k = _image_dims(reference, "reference volume")
-        return _Grid(ijk_to_world(reference), (k, j, i))
+        i, j, k = image_dims(reference, "reference volume")
+        return Grid(ijk_to_world(reference), (k, j, i))
     raise InvalidInputError(
         f"reference must be a volume node, Volume or VolumeGeometry, got {type(reference)!r}"
     )
@@ -57,7 +60,7 @@ def _as_extent(region: Any) -> Extent | None:
     return values  # type: ignore[return-value]
 
 
-def _mask_crop(mask: np.ndarray, grid: _Grid, extent: Extent | None) -> tuple[np.ndarray, Extent]:
+def _mask_crop(mask: np.ndarray, grid: Grid, extent: Extent | None) -> tuple[np.ndarray, Extent]:
     """Validate ``mask`` against the grid and region; return the crop to write and its extent."""
     mask = np.asarray(mask)
     if mask.ndim == 2:
@@ -91,7 +94,7 @@ def _mask_crop(mask: np.ndarray, grid: _Grid, extent: Extent | None) -> tuple[np
 def _oriented_image(crop: np.ndarray, extent: Extent, image_to_node: np.ndarray) -> Any:
     image = slicer.vtkOrientedImageData()
     image.SetExtent(*extent)
-    image.SetImageToWorldMatrix(_numpy_to_matrix(image_to_node))
+    image.SetImageToWorldMatrix(numpy_to_matrix(image_to_node))
     scalars = numpy_support.numpy_to_vtk(
         np.ascontiguousarray(crop, dtype=np.uint8).ravel(), deep=1, array_type=vtk.VTK_UNSIGNED_CHAR
     )
@@ -121,7 +124,7 @@ def _keep_outside_region(
         return crop, extent
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(matrix)
-    theirs = _matrix_to_numpy(matrix)
+    theirs = matrix_to_numpy(matrix)
     # index shift from the segment's lattice to the reference grid (integer: lattices checked)
     shift = np.round(np.linalg.solve(image_to_node[:3, :3], theirs[:3, 3] - image_to_node[:3, 3]))
     old_in_ref = old_extent + shift.astype(int)[:, None]
@@ -144,7 +147,7 @@ def _keep_outside_region(
     return merged, tuple(int(v) for v in union.ravel())  # type: ignore[return-value]
 
 
-def _same_lattice(a: np.ndarray, b: np.ndarray) -> bool:
+def same_lattice(a: np.ndarray, b: np.ndarray) -> bool:
     """True if two IJK-to-X matrices share axes, spacing and a voxel lattice (integer offset)."""
     if not np.allclose(a[:3, :3], b[:3, :3], atol=1e-4):
         return False
@@ -152,14 +155,16 @@ def _same_lattice(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(offset, np.round(offset), atol=1e-3))
 
 
-def _segment_id(segmentation: Any, segment: str) -> str | None:
+def find_segment(segmentation: Any, segment: str) -> str | None:
+    """The id of the segment with id or name ``segment`` in a ``vtkSegmentation``, else ``None``."""
     if segmentation.GetSegment(segment) is not None:
         return segment
     found = segmentation.GetSegmentIdBySegmentName(segment)
     return found or None
 
 
-def _add_segment(segmentation: Any, name: str, color: Any) -> str:
+def add_segment(segmentation: Any, name: str, color: Any) -> str:
+    """A new empty segment named ``name`` (RGB ``color`` 0..1, or Slicer's next colour)."""
     if color is None:
         return segmentation.AddEmptySegment("", name)
     return segmentation.AddEmptySegment("", name, [float(c) for c in color])
@@ -174,7 +179,7 @@ def _check_segmentation_lattice(segmentation_node: Any, image_to_node: np.ndarra
             continue
         existing = vtk.vtkMatrix4x4()
         labelmap.GetImageToWorldMatrix(existing)
-        if not _same_lattice(_matrix_to_numpy(existing), image_to_node):
+        if not same_lattice(matrix_to_numpy(existing), image_to_node):
             raise InvalidInputError(
                 f"segmentation '{segmentation_node.GetName()}' holds segments on another voxel "
                 "grid than the reference volume; choose the volume it was made on"
@@ -208,17 +213,17 @@ def write_mask_to_segment(
     Everything is validated before anything changes; on failure the node is left as it was.
     Call :func:`save_state_for_undo` first to make the write undoable.
     """
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     if not isinstance(segment, str) or not segment:
         raise InvalidInputError(f"segment must be a non-empty id or name, got {segment!r}")
-    grid = _reference_grid(reference)
+    grid = reference_grid(reference)
     crop, extent = _mask_crop(mask_kji, grid, _as_extent(region))
-    node_to_world = _node_to_world(segmentation_node, "segmentation")
-    image_to_node = np.linalg.inv(node_to_world) @ grid.ijk_to_world
+    to_world = node_to_world(segmentation_node, "segmentation")
+    image_to_node = np.linalg.inv(to_world) @ grid.ijk_to_world
     _check_segmentation_lattice(segmentation_node, image_to_node)
     tags = provenance_tags(provenance)
     segmentation = segmentation_node.GetSegmentation()
-    segment_id = _segment_id(segmentation, segment)
+    segment_id = find_segment(segmentation, segment)
     if segment_id is not None:
         crop, extent = _keep_outside_region(
             segmentation_node, segment_id, crop, extent, image_to_node
@@ -230,12 +235,12 @@ def write_mask_to_segment(
         if segmentation.GetNumberOfSegments() == 0 and grid.shape is not None:
             k, j, i = grid.shape
             geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(
-                _numpy_to_matrix(image_to_node), [0, i - 1, 0, j - 1, 0, k - 1]
+                numpy_to_matrix(image_to_node), [0, i - 1, 0, j - 1, 0, k - 1]
             )
             segmentation_node.GetSegmentation().SetConversionParameter(
                 slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry
             )
-        segment_id = _add_segment(segmentation, segment, color)
+        segment_id = add_segment(segmentation, segment, color)
         if terminology:
             entry = slicer_entry(terminology) if terminology in TERMINOLOGY_PRESETS else terminology
             segmentation.GetSegment(segment_id).SetTerminology(entry)
@@ -255,11 +260,11 @@ def write_mask_to_segment(
             raise InvalidInputError(f"Slicer could not write the mask into segment '{segment}'")
         if tags:
             seg = segmentation.GetSegment(segment_id)
-            old = _get_tag(seg, TAG_PREFIX + _KEYS_TAG)
+            old = get_tag(seg, TAG_PREFIX + KEYS_TAG)
             keys = list(dict.fromkeys((old.split(",") if old else []) + list(tags)))
             for key, value in tags.items():
                 seg.SetTag(TAG_PREFIX + key, value)
-            seg.SetTag(TAG_PREFIX + _KEYS_TAG, ",".join(keys))
+            seg.SetTag(TAG_PREFIX + KEYS_TAG, ",".join(keys))
     finally:
         segmentation_node.EndModify(was_modifying)
     return segment_id
@@ -267,22 +272,23 @@ def write_mask_to_segment(
 
 def read_provenance(segmentation_node: Any, segment: str) -> dict[str, str]:
     """The ``PolypSAM.*`` tags of a segment (keys without the prefix)."""
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     segmentation = segmentation_node.GetSegmentation()
-    segment_id = _segment_id(segmentation, segment)
+    segment_id = find_segment(segmentation, segment)
     if segment_id is None:
         raise InvalidInputError(f"no segment '{segment}' in '{segmentation_node.GetName()}'")
     seg = segmentation.GetSegment(segment_id)
-    keys = _get_tag(seg, TAG_PREFIX + _KEYS_TAG)
+    keys = get_tag(seg, TAG_PREFIX + KEYS_TAG)
     tags = {}
     for key in keys.split(",") if keys else []:
-        value = _get_tag(seg, TAG_PREFIX + key)
+        value = get_tag(seg, TAG_PREFIX + key)
         if value is not None:
             tags[key] = value
     return tags
 
 
-def _get_tag(segment: Any, key: str) -> str | None:
+def get_tag(segment: Any, key: str) -> str | None:
+    """The value of tag ``key`` of a ``vtkSegment``, or ``None``."""
     value = vtk.reference("")
     return str(value) if segment.GetTag(key, value) else None
 
@@ -296,8 +302,8 @@ def export_segment_labelmap(
 
     ``segments`` (ids or names; default: all, in order) get labels 1, 2, ... in that order.
     """
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
-    _require(reference_volume_node, "vtkMRMLVolumeNode", "reference volume")
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    require_node(reference_volume_node, "vtkMRMLVolumeNode", "reference volume")
     segmentation = segmentation_node.GetSegmentation()
     if segments is None:
         count = segmentation.GetNumberOfSegments()
@@ -305,11 +311,11 @@ def export_segment_labelmap(
     else:
         segment_ids = []
         for name in segments:
-            segment_id = _segment_id(segmentation, name)
+            segment_id = find_segment(segmentation, name)
             if segment_id is None:
                 raise InvalidInputError(f"no segment '{name}' in '{segmentation_node.GetName()}'")
             segment_ids.append(segment_id)
-    i, j, k = _image_dims(reference_volume_node, "reference volume")
+    i, j, k = image_dims(reference_volume_node, "reference volume")
     if not segment_ids:
         return np.zeros((k, j, i), dtype=np.uint8)
     ids = vtk.vtkStringArray()

@@ -8,9 +8,9 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..terminology import slicer_entry
-from .nodes import _image_dims, _require
-from .segments import TAG_PREFIX, _KEYS_TAG, _add_segment, _get_tag, _reference_grid, _segment_id, write_mask_to_segment
-from .volumes import _master_sequence
+from .nodes import image_dims, require_node
+from .segments import TAG_PREFIX, KEYS_TAG, add_segment, get_tag, reference_grid, find_segment, write_mask_to_segment
+from .volumes import master_sequence
 
 
 def write_tracked_masks_to_sequence(
@@ -33,8 +33,8 @@ def write_tracked_masks_to_sequence(
     returned. If the node already has a sequence in this browser, only the given frames change.
     All masks are validated before anything changes.
     """
-    _require(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
-    master = _master_sequence(browser_node)
+    require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    master = master_sequence(browser_node)
     n_frames = master.GetNumberOfDataNodes()
     per_frame: dict[int, dict[str, np.ndarray]] = {}
     names: list[str] = []
@@ -43,7 +43,7 @@ def write_tracked_masks_to_sequence(
             raise InvalidInputError(f"frame {frame!r} is not an item of 0..{n_frames - 1}")
         masks = {segment: masks} if isinstance(masks, np.ndarray) else dict(masks)
         node = master.GetNthDataNode(int(frame))
-        i, j, k = _image_dims(node, f"frame {frame}")
+        i, j, k = image_dims(node, f"frame {frame}")
         for name, mask in masks.items():
             given = np.asarray(mask)
             mask = given[None] if given.ndim == 2 else given
@@ -62,16 +62,16 @@ def write_tracked_masks_to_sequence(
     segmentation = segmentation_node.GetSegmentation()
     ids = {}
     for name in names:
-        segment_id = _segment_id(segmentation, name)
+        segment_id = find_segment(segmentation, name)
         if segment_id is None:
-            segment_id = _add_segment(segmentation, name, (colors or {}).get(name))
+            segment_id = add_segment(segmentation, name, (colors or {}).get(name))
             if terminology:
                 segmentation.GetSegment(segment_id).SetTerminology(slicer_entry(terminology))
         ids[name] = segment_id
 
     def write_frame(target: Any, frame: int, masks: Mapping[str, np.ndarray]) -> None:
         frame_node = master.GetNthDataNode(frame)
-        grid = _reference_grid(frame_node)
+        grid = reference_grid(frame_node)
         frame_tags = dict(provenance or {}, frame=frame)
         for name in names:
             mask = masks.get(name)
@@ -108,7 +108,7 @@ def write_tracked_masks_to_sequence(
                 seq.SetDataNodeAtValue(segmentation_node, value)
                 stored = seq.GetDataNodeAtValue(value)
             for name in names:
-                if _segment_id(stored.GetSegmentation(), ids[name]) is None:
+                if find_segment(stored.GetSegmentation(), ids[name]) is None:
                     color = segmentation.GetSegment(ids[name]).GetColor()
                     stored.GetSegmentation().AddEmptySegment(ids[name], name, list(color))
             write_frame(stored, frame, masks)
@@ -121,6 +121,6 @@ def write_tracked_masks_to_sequence(
 
 def _remove_tags(segmentation_node: Any, segment_id: str) -> None:
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    keys = _get_tag(segment, TAG_PREFIX + _KEYS_TAG)
-    for key in (keys.split(",") if keys else []) + [_KEYS_TAG]:
+    keys = get_tag(segment, TAG_PREFIX + KEYS_TAG)
+    for key in (keys.split(",") if keys else []) + [KEYS_TAG]:
         segment.RemoveTag(TAG_PREFIX + key)

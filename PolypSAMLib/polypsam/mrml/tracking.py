@@ -57,7 +57,7 @@ def track(
         return _track_volumes(engine, browser_node, rois, segmentation_node, list(refinement_rois),
                               window_preset, progress, cancel, background)
     source = frames_from_sequence(browser_node)
-    proxy = _sequence_proxy(browser_node, browser_node.GetMasterSequenceNode())
+    proxy = sequence_proxy(browser_node, browser_node.GetMasterSequenceNode())
     current = max(0, int(browser_node.GetSelectedItemNumber()))
     frame_index = frame_of(rois[0], current)
     boxes = [roi_to_voxel_box(roi, proxy).box_on_slice(0) for roi in rois]
@@ -85,7 +85,7 @@ def track(
             for t in range(out.labels.shape[0])
         }
         progress(total, total, "writing the segmentation sequence")
-        seq = _write_sequence(browser_node, segmentation_node, per_frame, names, {
+        seq = write_sequence(browser_node, segmentation_node, per_frame, names, {
             **info, "operation": "refine" if refinements else "track",
             "start_frame": frame_index, "boxes": boxes,
             "refinement_frames": tuple(p.frame for p in refinements)}, "polyp")
@@ -97,7 +97,7 @@ def track(
     return run(Job(compute, write), background=background, cancel=cancel)
 
 
-def _write_sequence(browser_node, segmentation_node, per_frame, names, provenance,
+def write_sequence(browser_node, segmentation_node, per_frame, names, provenance,
                     terminology: str) -> Any:
     """One undo step, then the masks into the node's segmentation sequence (undone on failure)."""
     history.save_sequence_state_for_undo(segmentation_node, browser_node)
@@ -111,7 +111,7 @@ def _write_sequence(browser_node, segmentation_node, per_frame, names, provenanc
         raise
 
 
-def _sequence_proxy(browser_node: Any, master: Any) -> Any:
+def sequence_proxy(browser_node: Any, master: Any) -> Any:
     proxy = browser_node.GetProxyNode(master)
     if proxy is None:
         raise InvalidInputError(f"sequence browser '{browser_node.GetName()}' shows no frame")
@@ -130,7 +130,7 @@ def _track_volumes(engine, browser_node, rois, segmentation_node, refinement_roi
     points (on its key slice).
     """
     volumes = volumes_from_sequence(browser_node)
-    proxy = _sequence_proxy(browser_node, volumes.sequence_node)
+    proxy = sequence_proxy(browser_node, volumes.sequence_node)
     depth = volumes.shape[0]
     n_times = len(volumes)
     current = max(0, int(browser_node.GetSelectedItemNumber()))
@@ -190,7 +190,7 @@ def _track_volumes(engine, browser_node, rois, segmentation_node, refinement_roi
             per_time.setdefault(0, {}).setdefault(name, np.zeros(volumes.shape, dtype=bool))
         progress(steps, steps, "writing the segmentation sequence")
         first = jobs[0]
-        seq = _write_sequence(browser_node, segmentation_node, per_time, names, {
+        seq = write_sequence(browser_node, segmentation_node, per_time, names, {
             **info, "operation": "refine" if first["refinements"] else "track",
             "start_frame": first["time"], "key_slice": first["key"],
             "slice_range": (first["k0"], first["k1"]), "boxes": [job["box"] for job in jobs],

@@ -34,7 +34,7 @@ from .jobs import (
     Background, Job, ProgressFn, RunResult, frame_of, noop_progress, require_output, run,
 )
 from .roi import roi_to_voxel_box
-from .tracking import _sequence_proxy, _write_sequence
+from .tracking import sequence_proxy, write_sequence
 from .volumes import frames_from_sequence, sequence_holds_volumes
 
 _FRAME_TEXT = "frame {}"
@@ -158,7 +158,7 @@ def track_with_clicks(
             "clicks through time on a 4-D sequence are not supported: propagate clicks on one time"
             " point's volume, or Track with a box")
     source = frames_from_sequence(browser_node)
-    proxy = _sequence_proxy(browser_node, browser_node.GetMasterSequenceNode())
+    proxy = sequence_proxy(browser_node, browser_node.GetMasterSequenceNode())
     total = len(source)
     current = max(0, int(browser_node.GetSelectedItemNumber()))
     clicks = clicks_from_markups(proxy, include, exclude)
@@ -206,7 +206,7 @@ def track_with_clicks(
     def write(out: propagation.TrackResult) -> TrackClicksResult:
         per_frame = {t: {segment: out.labels[t] == 1} for t in range(out.labels.shape[0])}
         progress(total, total, "writing the segmentation sequence")
-        seq = _write_sequence(browser_node, segmentation_node, per_frame, [segment], {
+        seq = write_sequence(browser_node, segmentation_node, per_frame, [segment], {
             **info, "operation": "track-clicks", "start_frame": key,
             "prompt": key_prompt.to_dict(),
             "refinement_frames": tuple(p.frame for p in refinements)}, "polyp")

@@ -10,10 +10,11 @@ from vtk.util import numpy_support
 
 from ..errors import InvalidInputError
 from ..geometry import Volume, VolumeGeometry
-from .nodes import _image_dims, _matrix_to_numpy, _require, ijk_to_world
+from .nodes import image_dims, matrix_to_numpy, require_node, ijk_to_world
 
 
-def _geometry_from_ijk_to_world(matrix: np.ndarray, what: str) -> VolumeGeometry:
+def geometry_from_ijk_to_world(matrix: np.ndarray, what: str) -> VolumeGeometry:
+    """The grid of an IJK-to-world matrix; an error naming ``what`` if its axes are sheared."""
     geometry = VolumeGeometry.from_ijk_to_ras(matrix)
     d = geometry.direction_matrix
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-5):
@@ -31,7 +32,7 @@ def volume_from_node(volume_node: Any) -> Volume:
     non-linear one, a label map, a vector (RGB) volume or a missing image raise
     :class:`InvalidInputError`.
     """
-    _require(volume_node, "vtkMRMLScalarVolumeNode", "input volume")
+    require_node(volume_node, "vtkMRMLScalarVolumeNode", "input volume")
     if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InvalidInputError(
             f"'{volume_node.GetName()}' is a label map; choose an image volume as input"
@@ -45,7 +46,7 @@ def volume_from_node(volume_node: Any) -> Volume:
             "components; use frame_from_vector_node for RGB frames"
         )
     array = np.array(_voxels(volume_node, "volume"), copy=True)
-    geometry = _geometry_from_ijk_to_world(ijk_to_world(volume_node), volume_node.GetName())
+    geometry = geometry_from_ijk_to_world(ijk_to_world(volume_node), volume_node.GetName())
     return Volume(array, geometry)
 
 
@@ -73,7 +74,7 @@ def frame_from_vector_node(node: Any) -> np.ndarray:
     Accepts an RGB(A) vector volume of shape ``(1, H, W, 3|4)`` (alpha dropped) or a single-slice
     uint8 scalar volume (grey, repeated to 3 channels).
     """
-    _require(node, "vtkMRMLVolumeNode", "frame")
+    require_node(node, "vtkMRMLVolumeNode", "frame")
     if node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InvalidInputError(f"'{node.GetName()}' is a label map, not a video frame")
     array = _voxels(node, "frame")
@@ -108,8 +109,9 @@ class SequenceFrames:
         return frame_from_vector_node(self.sequence_node.GetNthDataNode(index))
 
 
-def _master_sequence(browser_node: Any) -> Any:
-    _require(browser_node, "vtkMRMLSequenceBrowserNode", "sequence browser")
+def master_sequence(browser_node: Any) -> Any:
+    """The browser's master sequence node; an error if there is none or it is empty."""
+    require_node(browser_node, "vtkMRMLSequenceBrowserNode", "sequence browser")
     master = browser_node.GetMasterSequenceNode()
     if master is None or master.GetNumberOfDataNodes() == 0:
         raise InvalidInputError(f"sequence browser '{browser_node.GetName()}' has no frames")
@@ -159,13 +161,13 @@ class _SliceThroughTime:
 
 def sequence_holds_volumes(browser_node: Any) -> bool:
     """Whether the browser's master sequence holds 3-D volumes (4-D CT) rather than frames."""
-    node = _master_sequence(browser_node).GetNthDataNode(0)
-    return node is not None and node.IsA("vtkMRMLVolumeNode") and _image_dims(node, "frame 0")[2] > 1
+    node = master_sequence(browser_node).GetNthDataNode(0)
+    return node is not None and node.IsA("vtkMRMLVolumeNode") and image_dims(node, "frame 0")[2] > 1
 
 
 def volumes_from_sequence(browser_node: Any) -> SequenceVolumes:
     """The scalar volumes of a 4-D sequence; every time point must have the same grid."""
-    master = _master_sequence(browser_node)
+    master = master_sequence(browser_node)
     first_grid = None
     for t in range(master.GetNumberOfDataNodes()):
         node = master.GetNthDataNode(t)
@@ -176,7 +178,7 @@ def volumes_from_sequence(browser_node: Any) -> SequenceVolumes:
             raise InvalidInputError(f"{what} is not a single-component volume")
         matrix = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(matrix)
-        grid = (_image_dims(node, what), _matrix_to_numpy(matrix))
+        grid = (image_dims(node, what), matrix_to_numpy(matrix))
         if first_grid is None:
             first_grid = grid
         elif grid[0] != first_grid[0]:
@@ -191,13 +193,13 @@ def volumes_from_sequence(browser_node: Any) -> SequenceVolumes:
 
 def frames_from_sequence(browser_node: Any) -> SequenceFrames:
     """The RGB frames of the browser's master sequence; all frames must have one size."""
-    master = _master_sequence(browser_node)
+    master = master_sequence(browser_node)
     sizes: dict[tuple[int, int, int], list[int]] = {}
     for n in range(master.GetNumberOfDataNodes()):
         node = master.GetNthDataNode(n)
         if node is None or not node.IsA("vtkMRMLVolumeNode"):
             raise InvalidInputError(f"frame {n} of '{master.GetName()}' is not a volume")
-        sizes.setdefault(_image_dims(node, f"frame {n}"), []).append(n)
+        sizes.setdefault(image_dims(node, f"frame {n}"), []).append(n)
     if len(sizes) > 1:
         described = ", ".join(f"{i}x{j}x{k} (frames {v[:3]}...)" for (i, j, k), v in sizes.items())
         raise InvalidInputError(f"sequence '{master.GetName()}' mixes frame sizes: {described}")
