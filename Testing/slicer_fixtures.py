@@ -227,3 +227,37 @@ def add_linear_transform(scene, matrix4, name="T"):
     node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.asarray(matrix4, float)))
     return node
+
+
+def run_action(action, engine, *, progress=None, cancel=None, **fields):
+    """``polypsam.mrml.run`` of one action on the calling thread (``fields``: the request's)."""
+    from polypsam import mrml
+
+    context = mrml.RunContext()
+    if progress is not None:
+        context.progress = progress
+    if cancel is not None:
+        context.cancel = cancel
+    return mrml.run(mrml.Request(action, **fields), engine, context)
+
+
+def run_in_background(action, engine, *, while_waiting=lambda: None, interval_s=0.01,
+                      progress=None, cancel=None, **fields):
+    """One action with its model work on a worker thread, polled the way the module's widget
+    polls it: wait in short steps, serving ``while_waiting`` on this thread, then write."""
+    from polypsam import mrml
+    from polypsam.background import EngineWorker
+
+    worker = EngineWorker()
+    try:
+        context = mrml.RunContext(worker=worker)
+        if progress is not None:
+            context.progress = progress
+        if cancel is not None:
+            context.cancel = cancel
+        started = mrml.start(mrml.Request(action, **fields), engine, context)
+        while not started.wait(interval_s):
+            while_waiting()
+        return started.write()
+    finally:
+        worker.close()

@@ -19,7 +19,7 @@ import pytest
 from polypsam.background import ProgressRelay, run_in_worker
 from polypsam.engine import CancelToken
 from polypsam.errors import CancelledError, InvalidInputError
-from slicer_fixtures import add_rgb_video, add_roi_on_ijk
+from slicer_fixtures import add_rgb_video, add_roi_on_ijk, run_action, run_in_background
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "PolypSAM"
 if str(MODULE_DIR) not in sys.path:
@@ -140,12 +140,12 @@ def _lesion_scene(scene, seed: int):
 
 
 def test_propagate_in_worker_equals_a_foreground_run(slicer_scene, engine, thread_log):
-    from polypsam.mrml import operations as ops
     from polypsam import mrml
 
     _, volume, roi = _lesion_scene(slicer_scene, seed=21)
     seg_front = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "front")
-    ops.propagate(engine, volume, [roi], seg_front, window_preset="abdomen")
+    run_action("propagate", engine, input_node=volume, rois=[roi], segmentation_node=seg_front,
+               window_preset="abdomen")
     front = mrml.export_segment_labelmap(seg_front, volume)
 
     caller = threading.get_ident()
@@ -163,10 +163,9 @@ def test_propagate_in_worker_equals_a_foreground_run(slicer_scene, engine, threa
     # The 2-D and video caches would let the second run skip encodings: start cold.
     engine._cache.clear()
     engine._backbones.clear()
-    result = ops.propagate(engine, volume, [roi], seg_back, window_preset="abdomen",
-                           progress=relay,
-                           background=lambda work: run_in_worker(work, while_waiting=pump,
-                                                                 interval_s=0.01))
+    result = run_in_background("propagate", engine, input_node=volume, rois=[roi],
+                               segmentation_node=seg_back, window_preset="abdomen", progress=relay,
+                               while_waiting=pump, interval_s=0.01)
     back = mrml.export_segment_labelmap(seg_back, volume)
     np.testing.assert_array_equal(back, front)
     assert set(result.segment_ids) == {"Lesion"}
@@ -177,7 +176,6 @@ def test_propagate_in_worker_equals_a_foreground_run(slicer_scene, engine, threa
 
 
 def test_cancel_from_the_calling_thread_leaves_segments_untouched(slicer_scene, engine, thread_log):
-    from polypsam.mrml import operations as ops
     from polypsam import mrml
 
     array, volume, roi = _lesion_scene(slicer_scene, seed=22)
@@ -195,32 +193,28 @@ def test_cancel_from_the_calling_thread_leaves_segments_untouched(slicer_scene, 
     engine._cache.clear()
     engine._backbones.clear()
     with pytest.raises(CancelledError):
-        ops.propagate(engine, volume, [roi], seg, window_preset="abdomen", progress=relay,
-                      cancel=token,
-                      background=lambda work: run_in_worker(work, while_waiting=pump,
-                                                            interval_s=0.005))
+        run_in_background("propagate", engine, input_node=volume, rois=[roi], segmentation_node=seg,
+                          window_preset="abdomen", progress=relay, cancel=token,
+                          while_waiting=pump, interval_s=0.005)
     assert thread_log.writes == set(), "nothing was written"
     np.testing.assert_array_equal(mrml.export_segment_labelmap(seg, volume) == 1, before)
     assert seg.GetSegmentation().GetNumberOfSegments() == 1
 
 
 def test_segment_and_track_in_worker(slicer_scene, slicer_core, engine, thread_log):
-    from polypsam.mrml import operations as ops
-
     from conftest import synthetic_rgb
 
     caller = threading.get_ident()
-    background = lambda work: run_in_worker(work, while_waiting=lambda: None, interval_s=0.01)  # noqa: E731
     browser = add_rgb_video(slicer_scene, [synthetic_rgb(64, 80, seed=30 + t) for t in range(3)],
                             selected=1)
     slicer_core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
     proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
     roi = add_roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
     seg2d = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "frame seg")
-    ops.segment_2d(engine, proxy, [roi], seg2d, background=background)
+    run_in_background("segment", engine, input_node=proxy, rois=[roi], segmentation_node=seg2d)
     assert seg2d.GetSegmentation().GetNumberOfSegments() == 1
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
-    result = ops.track(engine, browser, [roi], seg, background=background)
+    result = run_in_background("track", engine, browser_node=browser, rois=[roi], segmentation_node=seg)
     assert "3 frame" in result.summary
     assert browser.GetSequenceNode(seg).GetNumberOfDataNodes() == 3
     assert caller not in thread_log.encoder and thread_log.writes == {caller}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_fixtures import add_volume, ijk_to_ras_matrix, rotation
+from slicer_fixtures import add_volume, ijk_to_ras_matrix, rotation, run_action
 
 pytestmark = pytest.mark.usefixtures("slicer_core")
 
@@ -126,7 +126,6 @@ def _world(volume, ijk):
 def test_segment_with_clicks_on_an_oblique_volume_and_candidates(slicer_scene, engine):
     from polypsam import mrml
     from polypsam.engine import Prompt
-    from polypsam.mrml.interactive import choose_candidate, segment_with_clicks
     from polypsam.preprocess import Window
 
     array = _lesion()
@@ -138,8 +137,8 @@ def test_segment_with_clicks_on_an_oblique_volume_and_candidates(slicer_scene, e
     include = _points(slicer_scene, "in", [_world(volume, (22.2, 20.4, 3.1))])
     exclude = _points(slicer_scene, "out", [_world(volume, (2.0, 3.0, 2.8))])
     rec = Recorder(engine)
-    result = segment_with_clicks(rec, volume, seg, "Polyp", include=include, exclude=exclude,
-                                 multimask=True)
+    result = run_action("clicks", rec, input_node=volume, segmentation_node=seg, segment="Polyp",
+                        include=include, exclude=exclude, multimask=True)
     ((image, (prompt,), kwargs),) = rec.calls
     np.testing.assert_array_equal(image, array[3])
     np.testing.assert_allclose(prompt.points, [(22.2, 20.4), (2.0, 3.0)], atol=1e-6)
@@ -153,14 +152,16 @@ def test_segment_with_clicks_on_an_oblique_volume_and_candidates(slicer_scene, e
     np.testing.assert_allclose(scores, expected.candidate_scores, atol=1e-6)
     assert result.chosen[3] == expected.best
     other = (expected.best + 1) % 3
-    choose_candidate(seg, volume, result, 3, other)
+    run_action("candidate", None, input_node=volume, segmentation_node=seg, previous=result,
+               candidate=other)
     labels = mrml.export_segment_labelmap(seg, volume, ["Polyp"])
     np.testing.assert_array_equal(labels[3] == 1, expected.candidates[other])
     assert result.chosen[3] == other
     # a second click on the same (encoded) slice runs only the decoder
     runs = engine.encoder_runs
     include.AddControlPoint(*_world(volume, (25.0, 22.0, 3.0)))
-    segment_with_clicks(rec, volume, seg, "Polyp", include=include, exclude=exclude, use_segment=True)
+    run_action("clicks", rec, input_node=volume, segmentation_node=seg, segment="Polyp",
+               include=include, exclude=exclude)
     assert engine.encoder_runs == runs
     assert rec.calls[-1][1][0].mask is not None  # the segment's own mask went along
 
@@ -193,7 +194,6 @@ def test_writes_follow_segment_editor_masking(slicer_scene, engine, name):
     import slicer
 
     from polypsam import mrml
-    from polypsam.mrml.interactive import segment_with_clicks
 
     mode, overwrite, mask_segment, intensity = MASKING[name]
     array = _lesion()
@@ -220,7 +220,8 @@ def test_writes_follow_segment_editor_masking(slicer_scene, engine, name):
     before = {n: mrml.export_segment_labelmap(seg, volume, [n]) == 1 for n in names}
     include = _points(slicer_scene, "in", [_world(volume, (22, 20, 3))])
     rec = Recorder(engine)
-    segment_with_clicks(rec, volume, seg, "Polyp", include=include, editor_node=editor)
+    run_action("clicks", rec, input_node=volume, segmentation_node=seg, segment="Polyp",
+               include=include, editor_node=editor)
     after = {n: mrml.export_segment_labelmap(seg, volume, [n]) == 1 for n in names}
     (computed,) = engine.segment_2d(array[3], rec.calls[0][1], intensity=rec.calls[0][2]["intensity"])
     assert computed.mask.any()
@@ -256,7 +257,6 @@ def test_writes_follow_segment_editor_masking(slicer_scene, engine, name):
 
 def test_start_from_segment_seeds_propagation_and_a_click_reruns_one_side(slicer_scene, engine):
     from polypsam import mrml
-    from polypsam.mrml.interactive import start_from_segment
 
     array = _lesion((9, 40, 48))
     volume = add_volume(slicer_scene, array, GRIDS["oblique"], name="ct")
@@ -265,7 +265,8 @@ def test_start_from_segment_seeds_propagation_and_a_click_reruns_one_side(slicer
     seed[4, 14:26, 16:29] = True
     seed[3, 16:24, 18:27] = True
     mrml.write_mask_to_segment(seg, "Polyp", seed, volume)
-    first = start_from_segment(engine, volume, seg, "Polyp", slice_range=(1, 7))
+    first = run_action("start-from-segment", engine, input_node=volume, segmentation_node=seg,
+                       segment="Polyp", slice_range=(1, 7))
     out = first.propagation
     assert out.key_slice == 4 and out.tracked == {"backward": 3, "forward": 3}
     labels = mrml.export_segment_labelmap(seg, volume, ["Polyp"])
@@ -275,8 +276,9 @@ def test_start_from_segment_seeds_propagation_and_a_click_reruns_one_side(slicer
     # a click above the key slice: only the forward side is tracked again (the key prompt is
     # still the segment's own slice 4, which the propagation kept as it is)
     include = _points(slicer_scene, "in", [_world(volume, (22, 20, 6))])
-    clicked = start_from_segment(engine, volume, seg, "Polyp", slice_range=(1, 7), key_slice=4,
-                                 include=include, previous=out)
+    clicked = run_action("start-from-segment", engine, input_node=volume, segmentation_node=seg,
+                         segment="Polyp", slice_range=(1, 7), key_slice=4, include=include,
+                         previous=first)
     assert clicked.propagation.tracked == {"forward": 3}
     assert clicked.propagation.conditioning_slices == (4, 6)
     labels2 = mrml.export_segment_labelmap(seg, volume, ["Polyp"])
@@ -284,7 +286,8 @@ def test_start_from_segment_seeds_propagation_and_a_click_reruns_one_side(slicer
     np.testing.assert_array_equal(labels2[5:8] == 1, clicked.propagation.labelmap.array[5:8] == 1)
     assert mrml.read_provenance(seg, "Polyp")["operation"] == "start-from-segment"
     with pytest.raises(Exception, match="empty or missing"):
-        start_from_segment(engine, volume, seg, "Nothing")
+        run_action("start-from-segment", engine, input_node=volume, segmentation_node=seg,
+                   segment="Nothing")
 
 
 def test_clicks_on_an_rgb_frame_with_a_box(slicer_scene, engine):
@@ -293,7 +296,6 @@ def test_clicks_on_an_rgb_frame_with_a_box(slicer_scene, engine):
     from conftest import synthetic_rgb
     from polypsam import mrml
     from polypsam.engine import Prompt
-    from polypsam.mrml.interactive import segment_with_clicks
     from slicer_fixtures import add_roi_on_ijk
 
     rgb = synthetic_rgb(60, 80, seed=44)
@@ -303,7 +305,8 @@ def test_clicks_on_an_rgb_frame_with_a_box(slicer_scene, engine):
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     include = _points(slicer_scene, "in", [_world(frame, (31.5, 29.5, 0.2))])
     rec = Recorder(engine)
-    result = segment_with_clicks(rec, frame, seg, "Polyp", include=include, roi=roi)
+    result = run_action("clicks", rec, input_node=frame, segmentation_node=seg, segment="Polyp",
+                        include=include, rois=[roi])
     ((image, (prompt,), _),) = rec.calls
     np.testing.assert_array_equal(image, rgb)
     assert prompt.points == ((31.5, 29.5),) and prompt.box is not None
@@ -341,7 +344,6 @@ def test_box_operations_follow_segment_editor_masking_too(slicer_scene, engine):
     import slicer
 
     from polypsam import mrml
-    from polypsam.mrml import operations as ops
     from slicer_fixtures import add_roi_on_ijk
 
     array = _lesion()
@@ -358,8 +360,8 @@ def test_box_operations_follow_segment_editor_masking_too(slicer_scene, engine):
                      seg.GetSegmentation().GetSegmentIdBySegmentName("Area"))
     roi = add_roi_on_ijk(slicer_scene, volume, (22, 20, 3), (20, 18, 5), "Polyp")
     before = {n: mrml.export_segment_labelmap(seg, volume, [n]) == 1 for n in ("Area", "Other")}
-    ops.run("propagate", engine, ops.Request(input_node=volume, rois=[roi], segmentation_node=seg,
-                                             window_preset="abdomen", editor_node=editor))
+    mrml.run(mrml.Request("propagate", input_node=volume, rois=[roi], segmentation_node=seg,
+                          window_preset="abdomen", editor_node=editor), engine)
     polyp = mrml.export_segment_labelmap(seg, volume, ["Polyp"]) == 1
     assert polyp.any() and not (polyp & ~area).any(), "written only inside the editable area"
     for n, mask in before.items():

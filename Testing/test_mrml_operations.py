@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slicer_fixtures import add_rgb_video, add_roi_on_ijk
+from slicer_fixtures import add_rgb_video, add_roi_on_ijk, run_action
 
-from polypsam.mrml import history, jobs, operations as ops, scene
+from polypsam import mrml as library
+from polypsam.mrml import history, scene
 
 
 # -- operations on real MRML (slicer-core) ---------------------------------------------------------
@@ -29,7 +30,7 @@ def test_add_box_puts_the_views_in_place_mode_for_a_new_roi(slicer_scene, slicer
     browser = add_rgb_video(slicer_scene, [synthetic_rgb(16, 16, seed=t) for t in range(9)], selected=2)
     first = scene.place_box(slicer_scene, selection, interaction)
     second = scene.place_box(slicer_scene, selection, interaction, browser=browser)
-    assert second.GetAttribute(jobs.FRAME_ATTRIBUTE) is None, "not placed yet"
+    assert second.GetAttribute(library.FRAME_ATTRIBUTE) is None, "not placed yet"
     browser.SetSelectedItemNumber(7)  # the user moves to frame 7, then draws the box
     second.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 0.0))
     assert first.IsA("vtkMRMLMarkupsROINode") and first.GetDisplayNode() is not None
@@ -38,11 +39,11 @@ def test_add_box_puts_the_views_in_place_mode_for_a_new_roi(slicer_scene, slicer
     assert selection.GetActivePlaceNodeID() == second.GetID()
     assert interaction.GetCurrentInteractionMode() == interaction.Place
     assert not interaction.GetPlaceModePersistence()
-    assert first.GetAttribute(jobs.FRAME_ATTRIBUTE) is None
-    assert second.GetAttribute(jobs.FRAME_ATTRIBUTE) == "7"
+    assert first.GetAttribute(library.FRAME_ATTRIBUTE) is None
+    assert second.GetAttribute(library.FRAME_ATTRIBUTE) == "7"
     assert first.GetNumberOfControlPoints() == 0  # drawn by the user's click-drag
     browser.SetSelectedItemNumber(4)
-    assert second.GetAttribute(jobs.FRAME_ATTRIBUTE) == "7", "the frame it was placed on stays"
+    assert second.GetAttribute(library.FRAME_ATTRIBUTE) == "7", "the frame it was placed on stays"
     interaction.SetCurrentInteractionMode(interaction.ViewTransform)
 
 
@@ -76,8 +77,8 @@ def test_segment_2d_on_rgb_frame_writes_named_segments(slicer_scene, module_engi
             add_roi_on_ijk(slicer_scene, frame, (100, 30, 0), (20, 20, 1), "Polyp B")]
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     steps = []
-    result = ops.segment_2d(module_engine, frame, rois, seg,
-                            progress=lambda d, t, m: steps.append((d, t)))
+    result = run_action("segment", module_engine, input_node=frame, rois=rois, segmentation_node=seg,
+                        progress=lambda d, t, m: steps.append((d, t)))
     assert sorted(result.segment_ids) == ["Polyp A", "Polyp B"]
     assert steps[-1][0] == steps[-1][1]
     labels = mrml.export_segment_labelmap(seg, frame)
@@ -100,7 +101,8 @@ def test_segment_2d_on_volume_replaces_only_the_key_slice(slicer_scene, module_e
     prior = np.zeros(array.shape, dtype=bool)
     prior[1, 5:10, 5:10] = True  # something on another slice of the same segment
     mrml.write_mask_to_segment(seg, "Lesion", prior, volume)
-    ops.segment_2d(module_engine, volume, [roi], seg, window_preset="abdomen")
+    run_action("segment", module_engine, input_node=volume, rois=[roi], segmentation_node=seg,
+               window_preset="abdomen")
     labels = mrml.export_segment_labelmap(seg, volume, ["Lesion"])
     assert labels[1, 5:10, 5:10].all(), "other slices of the segment are kept"
     assert mrml.read_provenance(seg, "Lesion")["key_slice"] == "4"
@@ -124,13 +126,15 @@ def test_failed_run_leaves_segments_untouched(slicer_scene, module_engine):
     cancel = CancelToken()
     cancel.cancel()
     with pytest.raises(CancelledError):
-        ops.segment_2d(module_engine, volume, [inside], seg, cancel=cancel)
+        run_action("segment", module_engine, input_node=volume, rois=[inside], segmentation_node=seg,
+                   cancel=cancel)
     with pytest.raises(InvalidInputError):
-        ops.segment_2d(module_engine, volume, [inside, outside], seg)
+        run_action("segment", module_engine, input_node=volume, rois=[inside, outside],
+                   segmentation_node=seg)
     with pytest.raises(InvalidInputError, match="no box"):
-        ops.segment_2d(module_engine, volume, [], seg)
+        run_action("segment", module_engine, input_node=volume, rois=[], segmentation_node=seg)
     with pytest.raises(InvalidInputError, match="no input"):
-        ops.segment_2d(module_engine, None, [inside], seg)
+        run_action("segment", module_engine, input_node=None, rois=[inside], segmentation_node=seg)
     assert seg.GetSegmentation().GetNumberOfSegments() == 1
     assert np.array_equal(mrml.export_segment_labelmap(seg, volume), before)
 
@@ -160,10 +164,10 @@ def test_before_write_hook_lets_another_undo_history_revert_the_write(slicer_sce
     history.add_before_write_hook(hook)
     try:
         roi = add_roi_on_ijk(slicer_scene, volume, (24, 20, 1), (20, 16, 1), "Lesion")
-        ops.segment_2d(module_engine, volume, [roi], seg)
+        run_action("segment", module_engine, input_node=volume, rois=[roi], segmentation_node=seg)
         bad = add_roi_on_ijk(slicer_scene, volume, (900, 900, 1), (10, 10, 1), "Far")
         with pytest.raises(Exception):
-            ops.segment_2d(module_engine, volume, [bad], seg)
+            run_action("segment", module_engine, input_node=volume, rois=[bad], segmentation_node=seg)
     finally:
         history.remove_before_write_hook(hook)
     assert seen == [1], "called once, before the write, and not for the failed run"
@@ -183,8 +187,8 @@ def test_display_window_is_read_not_written(slicer_scene):
     display = volume.GetDisplayNode()
     display.AutoWindowLevelOff()
     display.SetWindowLevel(350, 50)
-    assert jobs.intensity_for(volume, "display") == Window(50, 350)
-    assert jobs.intensity_for(volume, "lung") == Window(-600, 1500)
+    assert library.intensity_for(volume, "display") == Window(50, 350)
+    assert library.intensity_for(volume, "lung") == Window(-600, 1500)
     import slicer
 
     assert np.array_equal(slicer.util.arrayFromVolume(volume), array)
@@ -212,8 +216,8 @@ def test_propagate_writes_only_the_slice_range_and_keeps_other_segments(slicer_s
     mrml.write_mask_to_segment(seg, "Lesion", outside, volume)
     roi = add_roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 5), "Lesion")
     steps = []
-    result = ops.propagate(module_engine, volume, [roi], seg, window_preset="abdomen",
-                           progress=lambda d, t, m: steps.append((d, t)))
+    result = run_action("propagate", module_engine, input_node=volume, rois=[roi], segmentation_node=seg,
+                        window_preset="abdomen", progress=lambda d, t, m: steps.append((d, t)))
     assert set(result.segment_ids) == {"Lesion"}
     assert steps and steps[-1][0] == steps[-1][1]
     labels = mrml.export_segment_labelmap(seg, volume, ["Other", "Lesion"])
@@ -231,7 +235,8 @@ def test_refine_volume_uses_extra_boxes_as_conditioning(slicer_scene, module_eng
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     first = add_roi_on_ijk(slicer_scene, volume, (22, 24, 5), (20, 20, 1), "Lesion")
     extra = add_roi_on_ijk(slicer_scene, volume, (22, 24, 3), (14, 14, 1), "extra box")
-    ops.refine(module_engine, volume, [first, extra], seg, window_preset="abdomen")
+    run_action("refine", module_engine, input_node=volume, rois=[first, extra], segmentation_node=seg,
+               window_preset="abdomen")
     assert seg.GetSegmentation().GetNumberOfSegments() == 1
     tags = mrml.read_provenance(seg, "Lesion")
     assert tags["operation"] == "refine" and tags["refinement_slices"] == "3"
@@ -248,9 +253,9 @@ def test_track_writes_a_synchronised_segmentation_sequence(slicer_scene, slicer_
     proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
     assert proxy is not None
     roi = add_roi_on_ijk(slicer_scene, proxy, (32, 32, 0), (24, 24, 1), "Polyp")
-    roi.SetAttribute(jobs.FRAME_ATTRIBUTE, "1")
+    roi.SetAttribute(library.FRAME_ATTRIBUTE, "1")
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
-    result = ops.track(module_engine, browser, [roi], seg)
+    result = run_action("track", module_engine, browser_node=browser, rois=[roi], segmentation_node=seg)
     assert "4 frame" in result.summary
     seg_seq = browser.GetSequenceNode(seg)
     assert seg_seq is not None and seg_seq.GetNumberOfDataNodes() == 4
@@ -312,12 +317,12 @@ def test_track_4d_ct_tracks_the_key_slice_through_time_then_propagates_each_time
 
     browser, proxy, volumes = _ct_4d(slicer_scene, slicer_core)
     roi = add_roi_on_ijk(slicer_scene, proxy, (18, 20, 3), (18, 18, 3), "Lesion")  # slices 2..4
-    roi.SetAttribute(jobs.FRAME_ATTRIBUTE, "1")
+    roi.SetAttribute(library.FRAME_ATTRIBUTE, "1")
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
     engine = _CallCounter(module_engine)
     steps = []
-    result = ops.track(engine, browser, [roi], seg, window_preset="abdomen",
-                       progress=lambda d, t, m: steps.append((d, t)))
+    result = run_action("track", engine, browser_node=browser, rois=[roi], segmentation_node=seg,
+                        window_preset="abdomen", progress=lambda d, t, m: steps.append((d, t)))
     assert "3 time point(s) in 3-D" in result.summary
     assert steps[-1][0] == steps[-1][1] and all(d <= t for d, t in steps)
     seg_seq = browser.GetSequenceNode(seg)
@@ -344,11 +349,12 @@ def test_refine_4d_ct_uses_a_box_on_another_time_point(slicer_scene, slicer_core
 
     browser, proxy, _ = _ct_4d(slicer_scene, slicer_core, selected=0)
     first = add_roi_on_ijk(slicer_scene, proxy, (18, 20, 3), (18, 18, 3), "Lesion")
-    first.SetAttribute(jobs.FRAME_ATTRIBUTE, "0")
+    first.SetAttribute(library.FRAME_ATTRIBUTE, "0")
     extra = add_roi_on_ijk(slicer_scene, proxy, (24, 20, 3), (16, 16, 1), "extra box")
-    extra.SetAttribute(jobs.FRAME_ATTRIBUTE, "2")
+    extra.SetAttribute(library.FRAME_ATTRIBUTE, "2")
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
-    ops.refine(module_engine, proxy, [first, extra], seg, browser_node=browser)
+    run_action("refine", module_engine, input_node=proxy, rois=[first, extra], segmentation_node=seg,
+               browser_node=browser)
     seg_seq = browser.GetSequenceNode(seg)
     assert seg_seq.GetNumberOfDataNodes() == 3
     tags = mrml.read_provenance(seg_seq.GetNthDataNode(0), "Lesion")
@@ -373,7 +379,8 @@ def test_cancelled_4d_track_leaves_the_segmentation_untouched(slicer_scene, slic
             cancel.cancel()  # after the key slice was tracked, during the 3-D time points
 
     with pytest.raises(CancelledError):
-        ops.track(module_engine, browser, [roi], seg, progress=progress, cancel=cancel)
+        run_action("track", module_engine, browser_node=browser, rois=[roi], segmentation_node=seg,
+                   progress=progress, cancel=cancel)
     assert browser.GetSequenceNode(seg) is None
     assert seg.GetSegmentation().GetNumberOfSegments() == 1
     np.testing.assert_array_equal(mrml.export_segment_labelmap(seg, proxy, ["Other"]) > 0, before)
@@ -402,7 +409,8 @@ def test_output_made_by_create_new_gets_display_nodes(slicer_scene, module_engin
     roi = add_roi_on_ijk(slicer_scene, frame, (30, 24, 0), (20, 20, 1), "Polyp")
     bare = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "bare")
     assert bare.GetDisplayNode() is None
-    ops.run("segment", module_engine, ops.Request(input_node=frame, rois=[roi], segmentation_node=bare))
+    library.run(library.Request("segment", input_node=frame, rois=[roi], segmentation_node=bare),
+                module_engine)
     assert bare.GetDisplayNode() is not None
 
 
@@ -427,7 +435,8 @@ def test_streaming_volume_frame_is_read_through_its_image_data(slicer_scene, mod
     np.testing.assert_array_equal(mrml.frame_from_vector_node(node), rgb)
     roi = add_roi_on_ijk(slicer_scene, node, (28, 20, 0), (20, 16, 1), "Polyp")
     seg = scene.new_segmentation(slicer_scene, node)
-    ops.run("segment", module_engine, ops.Request(input_node=node, rois=[roi], segmentation_node=seg))
+    library.run(library.Request("segment", input_node=node, rois=[roi], segmentation_node=seg),
+                module_engine)
     assert seg.GetSegmentation().GetNumberOfSegments() == 1
 
 
@@ -445,8 +454,8 @@ def test_undo_after_track_restores_the_sequence_as_a_whole(slicer_scene, slicer_
     proxy = browser.GetProxyNode(browser.GetMasterSequenceNode())
     roi = add_roi_on_ijk(slicer_scene, proxy, (30, 24, 0), (24, 20, 1), "Polyp")
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
-    request = ops.Request(browser_node=browser, rois=[roi], segmentation_node=seg)
-    ops.run("track", module_engine, request)
+    request = library.Request("track", browser_node=browser, rois=[roi], segmentation_node=seg)
+    library.run(request, module_engine)
     first_seq = browser.GetSequenceNode(seg)
     assert first_seq is not None and first_seq.GetNumberOfDataNodes() == 3
 
@@ -465,8 +474,8 @@ def test_undo_after_track_restores_the_sequence_as_a_whole(slicer_scene, slicer_
         browser.SetSelectedItemNumber(t)
         logic.UpdateProxyNodesFromSequences(browser)
     roi2 = add_roi_on_ijk(slicer_scene, proxy, (20, 20, 0), (12, 12, 1), "Polyp")
-    ops.run("track", module_engine, ops.Request(browser_node=browser, rois=[roi2],
-                                                segmentation_node=seg))
+    library.run(library.Request("track", browser_node=browser, rois=[roi2], segmentation_node=seg),
+                module_engine)
     assert mrml.undo(seg), "undo of the second Track"
     assert browser.GetSequenceNode(seg) is first_seq
     assert stored_masks(first_seq) == before_second, "the first Track's masks are back on every frame"
@@ -551,8 +560,8 @@ def test_segments_get_terminology_and_export_from_slicer(slicer_scene, module_en
     volume = add_volume(slicer_scene, array, ijk_to_ras, name="ct")
     roi = add_roi_on_ijk(slicer_scene, volume, (22, 20, 3), (18, 18, 3), "Lesion")
     seg = scene.new_segmentation(slicer_scene, volume)
-    ops.run("propagate", module_engine, ops.Request(input_node=volume, rois=[roi],
-                                                    segmentation_node=seg, window_preset="abdomen"))
+    library.run(library.Request("propagate", input_node=volume, rois=[roi], segmentation_node=seg,
+                                window_preset="abdomen"), module_engine)
     segment = seg.GetSegmentation().GetSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("Lesion"))
     assert parse_slicer_entry(segment.GetTerminology()) == TERMINOLOGY_PRESETS["lesion"]
     from polypsam import mrml

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slicer_fixtures import add_rgb_video, add_roi_on_ijk
+from slicer_fixtures import add_rgb_video, add_roi_on_ijk, run_action
 
 pytestmark = pytest.mark.usefixtures("slicer_core")
 
@@ -123,7 +123,6 @@ def test_clicks_on_two_frames_condition_tracking_and_a_later_click_retracks_one_
         slicer_scene, slicer_core, engine):
     from polypsam import mrml, propagation
     from polypsam.engine import FramePrompt, Prompt
-    from polypsam.mrml.video_clicks import track_with_clicks
 
     browser, proxy, frames = _video(slicer_scene, slicer_core, selected=4)
     include = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "in")
@@ -133,7 +132,8 @@ def test_clicks_on_two_frames_condition_tracking_and_a_later_click_retracks_one_
     _click(exclude, proxy, 55.0, 6.0, frame=3)
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
     counter = _Counter(engine)
-    first = track_with_clicks(counter, browser, seg, "Polyp", include=include, exclude=exclude)
+    first = run_action("propagate-clicks", counter, browser_node=browser, segmentation_node=seg,
+                       segment="Polyp", include=include, exclude=exclude)
     assert first.key_frame == 1, "the first include click's frame, not the browser's item"
     key_prompt = Prompt(points=[(25.4, 24.2)], labels=[1])
     refinements = [FramePrompt(3, 1, points=[(27.0, 23.5), (55.0, 6.0)], labels=[1, 0])]
@@ -155,8 +155,8 @@ def test_clicks_on_two_frames_condition_tracking_and_a_later_click_retracks_one_
     # an include click on frame 4 (after the key frame 1): only the forward way is tracked again
     _click(include, proxy, 30.0, 25.0, frame=4)
     counter.tracks.clear()
-    second = track_with_clicks(counter, browser, seg, "Polyp", include=include, exclude=exclude,
-                               previous=first.tracking)
+    second = run_action("propagate-clicks", counter, browser_node=browser, segmentation_node=seg,
+                        segment="Polyp", include=include, exclude=exclude, previous=first)
     assert [e["reverse"] for e in counter.tracks] == [False]
     assert second.tracking.tracked == {"forward": N_FRAMES - 2}
     assert counter.tracks[0]["frames"] == N_FRAMES - 1  # frames 1..4 (the key frame first)
@@ -182,9 +182,7 @@ def test_clicks_on_two_frames_condition_tracking_and_a_later_click_retracks_one_
 def test_a_box_on_the_key_frame_goes_with_its_clicks(slicer_scene, slicer_core, engine):
     from polypsam import propagation
     from polypsam.engine import FramePrompt, Prompt
-    from polypsam.mrml.jobs import FRAME_ATTRIBUTE
-    from polypsam.mrml.roi import roi_to_voxel_box
-    from polypsam.mrml.video_clicks import track_with_clicks
+    from polypsam.mrml.roi import FRAME_ATTRIBUTE, roi_to_voxel_box
 
     browser, proxy, frames = _video(slicer_scene, slicer_core, selected=0)
     roi = add_roi_on_ijk(slicer_scene, proxy, (26, 24, 0), (20, 18, 1), "Polyp")
@@ -193,7 +191,8 @@ def test_a_box_on_the_key_frame_goes_with_its_clicks(slicer_scene, slicer_core, 
     _click(include, proxy, 26.0, 24.0, frame=0)
     _click(include, proxy, 24.0, 22.0, frame=2)
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
-    result = track_with_clicks(engine, browser, seg, "Polyp", include=include, roi=roi)
+    result = run_action("propagate-clicks", engine, browser_node=browser, segmentation_node=seg,
+                        segment="Polyp", include=include, rois=[roi])
     assert result.key_frame == 2
     box = roi_to_voxel_box(roi, proxy).box_on_slice(0)
     expected = propagation.track(
@@ -206,13 +205,13 @@ def test_cancelled_tracking_leaves_the_sequence_untouched(slicer_scene, slicer_c
     from polypsam import mrml
     from polypsam.engine import CancelToken
     from polypsam.errors import CancelledError
-    from polypsam.mrml.video_clicks import track_with_clicks
 
     browser, proxy, _ = _video(slicer_scene, slicer_core, selected=2)
     include = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "in")
     _click(include, proxy, 25.0, 24.0, frame=2)
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
-    first = track_with_clicks(module_engine, browser, seg, "Polyp", include=include)
+    first = run_action("propagate-clicks", module_engine, browser_node=browser, segmentation_node=seg,
+                       segment="Polyp", include=include)
     before = _stored(browser, seg, proxy)
     _click(include, proxy, 20.0, 20.0, frame=0)
     cancel = CancelToken()
@@ -222,8 +221,9 @@ def test_cancelled_tracking_leaves_the_sequence_untouched(slicer_scene, slicer_c
             cancel.cancel()
 
     with pytest.raises(CancelledError):
-        track_with_clicks(module_engine, browser, seg, "Polyp", include=include,
-                          previous=first.tracking, progress=progress, cancel=cancel)
+        run_action("propagate-clicks", module_engine, browser_node=browser, segmentation_node=seg,
+                   segment="Polyp", include=include, previous=first, progress=progress,
+                   cancel=cancel)
     after = _stored(browser, seg, proxy)
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     assert mrml.undo(seg) and browser.GetSequenceNode(seg) is None, "undo: the first run's step"
@@ -232,7 +232,6 @@ def test_cancelled_tracking_leaves_the_sequence_untouched(slicer_scene, slicer_c
 
 def test_bad_clicks_are_refused_and_the_scene_is_unchanged(slicer_scene, slicer_core, engine):
     from polypsam.errors import InvalidInputError
-    from polypsam.mrml.video_clicks import track_with_clicks
 
     browser, proxy, _ = _video(slicer_scene, slicer_core, selected=1)
     seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
@@ -241,7 +240,8 @@ def test_bad_clicks_are_refused_and_the_scene_is_unchanged(slicer_scene, slicer_
     def refused(match, include=None, exclude=None):
         nodes = slicer_scene.GetNumberOfNodes()
         with pytest.raises(InvalidInputError, match=match):
-            track_with_clicks(engine, browser, seg, "Polyp", include=include, exclude=exclude)
+            run_action("propagate-clicks", engine, browser_node=browser, segmentation_node=seg,
+                       segment="Polyp", include=include, exclude=exclude)
         assert browser.GetSequenceNode(seg) is None
         assert seg.GetSegmentation().GetNumberOfSegments() == 0
         assert slicer_scene.GetNumberOfNodes() == nodes

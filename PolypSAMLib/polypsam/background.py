@@ -8,7 +8,7 @@ contexts, cuDNN handles), so reusing one thread avoids paying for it on every cl
 waits for a function on that thread and, between waits, calls ``while_waiting`` on the calling
 thread, which the Slicer module uses to repaint, apply progress and notice Cancel. The function
 must not touch MRML or Qt: PolypSAM's operations read the scene before and write it after, on
-the calling thread (see :mod:`polypsam.mrml.jobs`).
+the calling thread (see :mod:`polypsam.mrml.session`).
 
 Progress reported from the worker goes through a :class:`ProgressRelay`, which keeps only the
 latest value for the calling thread to pick up. No Qt here: the library stays Qt-free, and the

@@ -47,6 +47,7 @@ from .engine import (
 )
 from .errors import InvalidInputError
 from .geometry import Box, Volume, check_index, check_slice_range
+from .labels import PackedLabels
 from .preprocess import Intensity, volume_intensity
 
 Until = Literal["range", "lost"]
@@ -68,7 +69,8 @@ class PropagationResult:
 
 @dataclass
 class TrackResult:
-    """Per-frame label masks (``T x H x W``, labels 1..N) of a tracked frame sequence."""
+    """Per-frame label masks (``T x H x W``, labels 1..N) of a tracked frame sequence (an array,
+    or :class:`~polypsam.labels.PackedLabels` from ``track(..., packed=True)``)."""
 
     labels: np.ndarray
     frame_index: int
@@ -332,14 +334,16 @@ def track(
     cancel: CancelToken | None = None,
     previous: TrackResult | None = None,
     directions: Iterable[str] | None = None,
+    packed: bool = False,
 ) -> TrackResult:
     """Segment ``prompts`` on frame ``frame_index`` and track them both ways through ``frames``.
 
     Each object's prompt is a box or a :class:`~polypsam.engine.Prompt` (clicks, mask);
     ``refinements`` are prompts on other frames (see :func:`propagate`). Returns every frame's
-    label mask (``T x H x W``, labels 1..N in prompt order). ``previous``/``directions`` re-track
-    only the directions whose prompts changed, as in :func:`propagate`. For long sequences use
-    :func:`iter_track`, which yields frames as they come.
+    label mask (``T x H x W``, labels 1..N in prompt order; with ``packed`` a
+    :class:`~polypsam.labels.PackedLabels`, one bit per pixel and object). ``previous``/
+    ``directions`` re-track only the directions whose prompts changed, as in :func:`propagate`.
+    For long sequences use :func:`iter_track`, which yields frames as they come.
     """
     labels = None
     frame_scores: dict[int, dict[int, float]] = {}
@@ -351,7 +355,8 @@ def track(
         directions=directions, run_info=run,
     ):
         if labels is None:
-            labels = np.zeros((len(frames),) + label_mask.shape, dtype=label_mask.dtype)
+            labels = (PackedLabels(len(frames), label_mask.shape, label_mask.dtype) if packed
+                      else np.zeros((len(frames),) + label_mask.shape, dtype=label_mask.dtype))
         labels[frame] = label_mask
         frame_scores[frame] = scores
     if previous is not None:  # the directions not re-run keep the previous frames

@@ -2,8 +2,9 @@
 
 Each segmentation node has a stack of undo steps (at most :data:`MAX_STEPS`). A step restores
 either the node's segments (a deep copy taken before a write) or, for Track, the segmentation
-sequence the write changed: undo puts that sequence back as it was, or removes it from the
-browser and the scene when the write created it, and restores the proxy's segments.
+sequence the write changed: undo puts back the stored segmentations the write replaced (the step
+holds them, taken out of the sequence, instead of a copy of the whole sequence), or removes the
+sequence from the browser and the scene when the write created it.
 
 Steps are keyed by the segmentation *node*, not by its ``vtkSegmentation``: with save-changes
 on, Slicer's Sequences logic swaps the proxy node's ``vtkSegmentation`` object whenever the
@@ -72,26 +73,53 @@ class _SegmentsStep:
 
 
 @dataclass
-class _SequenceStep:
-    """A Track write: the node's segments and its segmentation sequence in one browser."""
+class SequenceStep:
+    """A Track write: the node's segments before it, and what it did to its segmentation sequence.
+
+    The write hands over what it replaces instead of the step copying the sequence first:
+    :meth:`replaced` keeps a stored segmentation the write took out of the sequence (it leaves the
+    scene, so the step holds it without a copy), :meth:`added` notes an item the write added.
+    Without a sequence before the write, undo removes the one it created.
+    """
 
     segments: Any
     browser_id: str
-    sequence_copy: Any = None  # a copy of the sequence's content, or None: the write created it
+    existed: bool
+    old_items: dict[str, Any] = field(default_factory=dict)  # index value -> the stored node
+    new_items: list[str] = field(default_factory=list)
+
+    def replaced(self, index_value: str, stored_node: Any) -> None:
+        self.old_items.setdefault(index_value, stored_node)
+
+    def added(self, index_value: str) -> None:
+        self.new_items.append(index_value)
 
     def restore(self, node: Any) -> None:
         scene = node.GetScene()
         browser = scene.GetNodeByID(self.browser_id) if scene is not None else None
         sequence = browser.GetSequenceNode(node) if browser is not None else None
-        if sequence is not None:
-            if self.sequence_copy is None:  # created by the write: remove it as a whole
-                browser.RemoveSynchronizedSequenceNode(sequence.GetID())
-                scene.RemoveNode(sequence)
-            else:
-                sequence.Copy(self.sequence_copy)
-                sequence.Modified()
+        if sequence is not None and not self.existed:  # created by the write: remove it as a whole
+            browser.RemoveSynchronizedSequenceNode(sequence.GetID())
+            scene.RemoveNode(sequence)
+        elif sequence is not None:
+            for value, stored in self.old_items.items():
+                sequence.SetDataNodeAtValue(stored, value)
+            for value in self.new_items:
+                sequence.RemoveDataNodeAtValue(value)
+            sequence.Modified()
+            shown = sequence.GetDataNodeAtValue(_shown_index_value(browser))
+            if shown is not None:  # the proxy shows the restored item, as browsing does
+                node.CopyContent(shown, False)
+                node.Modified()
+                return None
         _restore_segments(node, self.segments)
         return None
+
+
+def _shown_index_value(browser: Any) -> str:
+    master = browser.GetMasterSequenceNode()
+    item = min(max(0, browser.GetSelectedItemNumber()), master.GetNumberOfDataNodes() - 1)
+    return master.GetNthIndexValue(item)
 
 
 @dataclass
@@ -151,17 +179,16 @@ def save_state_for_undo(segmentation_node: Any) -> None:
     _push(segmentation_node, _SegmentsStep(_copy_segments(segmentation_node)))
 
 
-def save_sequence_state_for_undo(segmentation_node: Any, browser_node: Any) -> None:
-    """Snapshot the segments and the node's segmentation sequence in ``browser_node`` (Track)."""
+def save_sequence_state_for_undo(segmentation_node: Any, browser_node: Any) -> SequenceStep:
+    """An undo step for a write into the node's segmentation sequence in ``browser_node`` (Track):
+    the node's segments now; the write hands the step what it replaces in the sequence
+    (:func:`polypsam.mrml.sequences.write_tracked_masks_to_sequence`'s ``undo``)."""
     require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     require_node(browser_node, "vtkMRMLSequenceBrowserNode", "sequence browser")
-    sequence = browser_node.GetSequenceNode(segmentation_node)
-    copy = None
-    if sequence is not None:
-        copy = slicer.vtkMRMLSequenceNode()
-        copy.Copy(sequence)  # the data nodes are copied (CopyContent leaves them out)
-    _push(segmentation_node,
-          _SequenceStep(_copy_segments(segmentation_node), browser_node.GetID(), copy))
+    existed = browser_node.GetSequenceNode(segmentation_node) is not None
+    step = SequenceStep(_copy_segments(segmentation_node), browser_node.GetID(), existed)
+    _push(segmentation_node, step)
+    return step
 
 
 def undo(segmentation_node: Any) -> bool:

@@ -16,8 +16,8 @@ The editable area of "inside/outside all (visible) segments" is computed from th
 than the one written.
 
 Voxels outside the editable area therefore never change, in any segment. Computation is limited
-to the written region (e.g. one slice, or the propagated slab). :func:`masked_writes` returns the
-writes for :func:`polypsam.mrml.jobs.write_all` (one undo step for all of them).
+to the written region (e.g. one slice, or the propagated slab). :func:`apply_masking` is used by
+the one writer (:mod:`polypsam.mrml.writer`) for every region write.
 """
 
 from __future__ import annotations
@@ -178,30 +178,25 @@ def editable_area(
     return area
 
 
-def masked_writes(
+def apply_masking(
     segmentation_node: Any,
     segment: str,
     mask_crop: np.ndarray,
     extent: Extent,
     reference: Any,
     masking: EditorMasking,
-    *,
     source_kji: np.ndarray | None = None,
-    color=None,
-    provenance=None,
-    terminology=None,
-) -> list[dict]:
-    """The writes (for :func:`~polypsam.mrml.jobs.write_all`) of ``mask_crop`` into ``segment``.
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """``mask_crop`` for ``segment`` limited by ``masking``: ``(its crop to write, [(other segment
+    id, that segment's new crop)])``, all over ``extent``.
 
     ``mask_crop`` covers ``extent`` (inclusive ``i0, i1, j0, j1, k0, k1``) of the reference grid;
     ``source_kji`` are the source volume's voxels (needed for an intensity range). Without any
-    masking (the default :class:`EditorMasking`) this is the plain region write.
+    masking (the default :class:`EditorMasking`) the crop comes back as it is.
     """
     mask_crop = np.asarray(mask_crop, dtype=bool)
-    target = dict(segment=segment, mask_kji=mask_crop, region=tuple(extent), color=color,
-                  provenance=provenance, terminology=terminology)
     if masking == EditorMasking():
-        return [target]
+        return mask_crop, []
     image_to_node = reference_to_node(segmentation_node, reference)
     target_id = find_segment(segmentation_node.GetSegmentation(), segment)
     others = {
@@ -212,13 +207,12 @@ def masked_writes(
     old = (segment_crop(segmentation_node, target_id, image_to_node, extent)
            if target_id is not None else np.zeros_like(mask_crop))
     final = np.where(area, mask_crop, old)
-    target["mask_kji"] = final
-    writes = [target]
+    changed = []
     if masking.overwrite in (OVERWRITE_ALL, OVERWRITE_VISIBLE):
         gained = final & area
         for sid, crop in others.items():
             if masking.overwrite == OVERWRITE_VISIBLE and not _visible(segmentation_node, sid):
                 continue
             if np.any(crop & gained):
-                writes.append(dict(segment=sid, mask_kji=crop & ~gained, region=tuple(extent)))
-    return writes
+                changed.append((sid, crop & ~gained))
+    return final, changed

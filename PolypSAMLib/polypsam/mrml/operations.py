@@ -1,311 +1,186 @@
-"""What the PolypSAM buttons do, without Qt: Slicer nodes in, an engine in the middle, segments out.
+"""The box buttons: Segment (2-D), Propagate (3-D) and Refine, as plans.
 
-Each operation reads its input through this package, runs an :class:`polypsam.engine.Engine`
-(given, never built here) directly or through :mod:`polypsam.propagation`, and writes the results
-only when every mask is computed (see :mod:`.jobs` for the read → compute → write runner). Track
-lives in :mod:`.tracking`; :func:`run` dispatches a button's operation by name.
+Each function reads what it needs from the scene for a :class:`~.shapes.Request` and returns a
+:class:`~.shapes.Plan`: the model work (on plain arrays) and the writes it makes. The box ROIs
+become prompts in one place (:func:`.roi.box_prompts`); every write goes through the one writer
+(:mod:`.writer`). Track lives in :mod:`.tracking`, the click tools in :mod:`.interactive`; the
+one entry point that runs them all is :mod:`.session`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from .. import propagation
 from ..engine import FramePrompt
 from ..errors import InvalidInputError
-from .jobs import (
-    Background, Job, ProgressFn, RunResult, check_cancel, colour, intensity_for, noop_progress,
-    require_input, require_output, require_rois, run as run_job, segment_name, write_all,
+from .roi import BoxPrompt, box_prompts
+from .shapes import (
+    Plan, Request, Result, check_cancel, require_input, require_output, require_rois,
 )
-from .roi import roi_to_voxel_box
-from .tracking import track
-from .volumes import frame_from_vector_node, volume_from_node
+from .volumes import frame_from_vector_node, intensity_for, volume_from_node
+from .writer import RegionWrite, check_masking, colour
 
 
-# --------------------------------------------------------------------------------------------
-# Segment (2-D) and Refine
-# --------------------------------------------------------------------------------------------
+def segment(request: Request, engine: Any, context: Any, boxes: list[BoxPrompt] | None = None) -> Plan:
+    """One segment per box from a 2-D box prompt on one slice (volume) or on an RGB frame.
 
-
-def _image_and_boxes(input_node: Any, rois: Sequence[Any], key_slice: int):
-    """``(is_vector, [(roi, k, Box)])``: the slice and 2-D box prompt of each ROI."""
-    vector = input_node.IsA("vtkMRMLVectorVolumeNode")
-    prompts = []
-    for roi in rois:
-        vb = roi_to_voxel_box(roi, input_node)
-        k = 0 if vector else (key_slice if key_slice >= 0 else vb.key_slice)
-        prompts.append((roi, k, vb.box_on_slice(k) if vb.k0 <= k <= vb.k1 else vb.box()))
-    return vector, prompts
-
-
-def segment_2d(
-    engine: Any,
-    input_node: Any,
-    rois: Sequence[Any],
-    segmentation_node: Any,
-    *,
-    key_slice: int = -1,
-    window_preset: str = "display",
-    editor_node: Any = None,
-    progress: Optional[ProgressFn] = None,
-    cancel=None,
-    background: Optional[Background] = None,
-) -> RunResult:
-    """One segment per ROI from a 2-D box prompt on one slice (volume) or on an RGB frame.
-
-    The mask replaces the segment on that slice only (the changed region); other slices and
-    other segments are kept. With the Segment Editor's ``editor_node``, its masking settings
-    (editable area, intensity range, overwrite mode) limit the write.
+    The slice: the key-slice override if >= 0, else the slice the box was drawn on. The mask
+    replaces the segment on that slice only; other slices and other segments are kept.
+    ``boxes`` (default: the request's ROIs) may name other segments (Refine on a frame).
     """
-    progress = progress or noop_progress
-    input_node = require_input(input_node)
-    segmentation_node = require_output(segmentation_node)
-    rois = require_rois(rois)
-    vector, prompts = _image_and_boxes(input_node, rois, key_slice)
-    if vector:
-        volume_array = frame_from_vector_node(input_node)[None]
-        intensity, source = None, None
+    input_node = require_input(request.input_node)
+    require_output(request.segmentation_node)
+    rgb = input_node.IsA("vtkMRMLVectorVolumeNode")
+    if boxes is None:
+        boxes = box_prompts(require_rois(request.rois), input_node)
+    check_masking(request.editor_node, rgb)
+    if rgb:
+        images, source, intensity = frame_from_vector_node(input_node)[None], None, None
     else:
-        volume_array = source = volume_from_node(input_node).array
-        intensity = intensity_for(input_node, window_preset)
-    height, width = volume_array.shape[1:3]
-    terminology = "polyp" if vector else "lesion"  # endoscopy frames show polyps; CT, lesions
-    slices = sorted({k for _, k, _ in prompts})
-    # Scene reads stay here; the compute phase below sees plain values only.
-    items = [(k, rois.index(roi), segment_name(roi), roi.GetID(), box) for roi, k, box in prompts]
-    info = engine.info.provenance()
+        images = source = volume_from_node(input_node).array
+        intensity = intensity_for(input_node, request.window_preset)
+    height, width = images.shape[1:3]
+    terminology = "polyp" if rgb else "lesion"  # endoscopy frames show polyps; CT, lesions
+    key = request.key_slice
+    items = []  # (slice, box index, prompt, its box on that slice)
+    for index, p in enumerate(boxes):
+        k = 0 if rgb else (key if key >= 0 else p.key_slice)
+        items.append((k, index, p, p.box(k)))
+    slices = sorted({k for k, *_ in items})
+    progress, cancel = context.progress, context.cancel
 
-    def compute() -> tuple[list[dict], dict[str, float]]:
-        writes, scores = [], {}
+    def compute() -> dict[int, list]:
+        out = {}
         for n, k in enumerate(slices):
             check_cancel(cancel)
             progress(n, len(slices), f"segmenting slice {k}")
             here = [item for item in items if item[0] == k]
-            results = engine.segment_2d(volume_array[k], [item[4] for item in here],
-                                        intensity=intensity)
-            for (_, index, name, roi_id, box), res in zip(here, results):
-                scores[name] = float(res.score)
-                writes.append(dict(
-                    segment=name,
-                    mask_kji=np.asarray(res.mask, dtype=bool)[None],
-                    region=(0, width - 1, 0, height - 1, k, k),
-                    color=colour(index), terminology=terminology,
-                    provenance={**info, "operation": "segment", "box": box, "key_slice": k,
-                                "roi": roi_id, "score": f"{res.score:.4f}"},
-                ))
-        return writes, scores
+            out[k] = engine.segment_2d(images[k], [item[3] for item in here], intensity=intensity)
+        return out
 
-    def write(out: tuple[list[dict], dict[str, float]]) -> RunResult:
-        writes, scores = out
+    def ordered(out: dict[int, list]):
+        for k in slices:
+            yield from zip([item for item in items if item[0] == k], out[k])
+
+    def writes(out: dict[int, list]) -> list[RegionWrite]:
         progress(len(slices), len(slices), "writing segments")
-        result = write_all(segmentation_node, writes, input_node, editor_node=editor_node,
-                           source_kji=source)
-        result.scores = scores
-        result.summary = f"segmented {len(writes)} box(es) on slice(s) {', '.join(map(str, slices))}"
-        return result
+        return [RegionWrite(p.name, np.asarray(res.mask, dtype=bool)[None],
+                            (0, width - 1, 0, height - 1, k, k), colour(index), terminology,
+                            {"operation": "segment", "box": box, "key_slice": k, "roi": p.roi_id,
+                             "score": f"{res.score:.4f}"})
+                for (k, index, p, box), res in ordered(out)]
 
-    return run_job(Job(compute, write), background=background, cancel=cancel)
+    def report(out: dict[int, list], written) -> Result:
+        scores = {p.name: float(res.score) for (_, _, p, _), res in ordered(out)}
+        return Result(scores=scores, summary=f"segmented {len(items)} box(es) on slice(s)"
+                                             f" {', '.join(map(str, slices))}")
+
+    return Plan(compute, writes, report, input_node, source, engine.info.provenance())
 
 
-# --------------------------------------------------------------------------------------------
-# Propagate (3-D through a volume)
-# --------------------------------------------------------------------------------------------
-
-
-def propagate(
-    engine: Any,
-    input_node: Any,
-    rois: Sequence[Any],
-    segmentation_node: Any,
-    *,
-    key_slice: int = -1,
-    slice_range: tuple[int, int] = (-1, -1),
-    window_preset: str = "display",
-    refinement_rois: Sequence[Any] = (),
-    editor_node: Any = None,
-    progress: Optional[ProgressFn] = None,
-    cancel=None,
-    background: Optional[Background] = None,
-) -> RunResult:
-    """Segment each ROI on its key slice and propagate through its slice range (both ways).
+def propagate(request: Request, engine: Any, context: Any,
+              refinement_rois: tuple = ()) -> Plan:
+    """Segment each box on its key slice and propagate it through its slice range, both ways.
 
     Key slice: the override if >= 0, else the slice the box was drawn on (the middle of its
     extent along K). Slice range: the override where >= 0, else the box's extent along K,
-    widened to cover the ``refinement_rois`` (extra boxes on other slices for the first ROI's
+    widened to cover the ``refinement_rois`` (extra boxes on other slices for the first box's
     object, see :func:`refine`). The segment is replaced inside the written slices only.
     """
-    progress = progress or noop_progress
-    input_node = require_input(input_node)
+    input_node = require_input(request.input_node)
     if input_node.IsA("vtkMRMLVectorVolumeNode"):
         raise InvalidInputError("Propagate needs a scalar volume; use Segment for an RGB frame"
                                 " or Track for a video")
-    segmentation_node = require_output(segmentation_node)
-    rois = require_rois(rois)
+    require_output(request.segmentation_node)
+    boxes = box_prompts(require_rois(request.rois), input_node)
+    check_masking(request.editor_node, rgb=False)
     volume = volume_from_node(input_node)
     depth, height, width = volume.shape
-    intensity = intensity_for(input_node, window_preset)
-    refinements = []
-    refine_slices = []
-    for roi in refinement_rois:
-        vb = roi_to_voxel_box(roi, input_node)
-        refinements.append(FramePrompt(frame=vb.key_slice, obj_id=1, box=vb.box_on_slice(vb.key_slice)))
-        refine_slices.append(vb.key_slice)
-    jobs = []  # scene reads: one (key, k0, k1, box, name, roi id) per ROI
-    for index, roi in enumerate(rois):
-        vb = roi_to_voxel_box(roi, input_node)
-        k0 = slice_range[0] if slice_range[0] >= 0 else vb.k0
-        k1 = slice_range[1] if slice_range[1] >= 0 else vb.k1
-        extra = refine_slices if index == 0 else []
-        k0, k1 = min([k0, k1, *extra]), max([k0, k1, *extra])
+    intensity = intensity_for(input_node, request.window_preset)
+    extra = box_prompts(refinement_rois, input_node)
+    refinements = [FramePrompt(frame=p.key_slice, obj_id=1, box=p.box(p.key_slice)) for p in extra]
+    refine_slices = [p.key_slice for p in extra]
+    jobs = []  # (key, k0, k1, box) per box
+    start, end = request.slice_range
+    for index, p in enumerate(boxes):
+        k0 = start if start >= 0 else p.voxels.k0
+        k1 = end if end >= 0 else p.voxels.k1
+        widen = refine_slices if index == 0 else []
+        k0, k1 = min([k0, k1, *widen]), max([k0, k1, *widen])
         k0, k1 = max(0, k0), min(depth - 1, k1)
-        key = key_slice if key_slice >= 0 else vb.key_slice
+        key = request.key_slice if request.key_slice >= 0 else p.key_slice
         if not k0 <= key <= k1:
             raise InvalidInputError(f"key slice {key} is outside the slice range {k0}..{k1}")
-        box = vb.box_on_slice(key) if vb.k0 <= key <= vb.k1 else vb.box()
-        jobs.append((key, k0, k1, box, segment_name(roi), roi.GetID()))
-    info = engine.info.provenance()
+        jobs.append((key, k0, k1, p.box(key)))
+    progress, cancel = context.progress, context.cancel
+    total = len(jobs) * 1000
 
-    def compute() -> list[dict]:
-        writes = []
-        for index, (key, k0, k1, box, name, roi_id) in enumerate(jobs):
+    def compute() -> list[propagation.PropagationResult]:
+        out = []
+        for index, (key, k0, k1, box) in enumerate(jobs):
             check_cancel(cancel)
 
-            def box_progress(done: int, total: int, _index=index) -> None:
-                progress(_index * 1000 + int(1000 * done / max(total, 1)), len(jobs) * 1000,
-                         f"box {_index + 1}/{len(jobs)}: slice {done}/{total}")
+            def box_progress(done: int, count: int, _index=index) -> None:
+                progress(_index * 1000 + int(1000 * done / max(count, 1)), total,
+                         f"box {_index + 1}/{len(jobs)}: slice {done}/{count}")
 
-            out = propagation.propagate(engine, volume, [box], (k0, k1), key,
-                                        refinements=refinements if index == 0 else (),
-                                        intensity=intensity, cancel=cancel, progress=box_progress)
-            s0, s1 = (int(v) for v in out.slices)
+            out.append(propagation.propagate(
+                engine, volume, [box], (k0, k1), key, refinements=refinements if index == 0 else (),
+                intensity=intensity, cancel=cancel, progress=box_progress))
+        return out
+
+    def writes(out: list[propagation.PropagationResult]) -> list[RegionWrite]:
+        progress(total, total, "writing segments")
+        result = []
+        for index, ((key, _, _, box), p, res) in enumerate(zip(jobs, boxes, out)):
+            s0, s1 = (int(v) for v in res.slices)
             refined = bool(refinements) and index == 0
-            writes.append(dict(
-                segment=name, mask_kji=np.asarray(out.labelmap.array[s0:s1 + 1] == 1),
-                region=(0, width - 1, 0, height - 1, s0, s1), color=colour(index),
-                terminology="lesion",
-                provenance={**info, "operation": "refine" if refined else "propagate",
-                            "box": box, "key_slice": key, "slice_range": (s0, s1),
-                            "refinement_slices": tuple(refine_slices) if index == 0 else (),
-                            "score": f"{out.scores.get(1, float('nan')):.4f}", "roi": roi_id},
-            ))
-        return writes
-
-    def write(writes: list[dict]) -> RunResult:
-        progress(len(rois) * 1000, len(rois) * 1000, "writing segments")
-        result = write_all(segmentation_node, writes, input_node, editor_node=editor_node,
-                           source_kji=volume.array)
-        result.summary = f"propagated {len(writes)} box(es)"
+            result.append(RegionWrite(
+                p.name, res.labelmap.array[s0:s1 + 1] == 1, (0, width - 1, 0, height - 1, s0, s1),
+                colour(index), "lesion",
+                {"operation": "refine" if refined else "propagate", "box": box, "key_slice": key,
+                 "slice_range": (s0, s1),
+                 "refinement_slices": tuple(refine_slices) if index == 0 else (),
+                 "score": f"{res.scores.get(1, float('nan')):.4f}", "roi": p.roi_id}))
         return result
 
-    return run_job(Job(compute, write), background=background, cancel=cancel)
+    def report(out, written) -> Result:
+        return Result(summary=f"propagated {len(out)} box(es)")
+
+    return Plan(compute, writes, report, input_node, volume.array, engine.info.provenance())
 
 
-def refine(
-    engine: Any,
-    input_node: Any,
-    rois: Sequence[Any],
-    segmentation_node: Any,
-    *,
-    browser_node: Any = None,
-    key_slice: int = -1,
-    slice_range: tuple[int, int] = (-1, -1),
-    window_preset: str = "display",
-    editor_node: Any = None,
-    progress: Optional[ProgressFn] = None,
-    cancel=None,
-    background: Optional[Background] = None,
-) -> RunResult:
-    """Re-run the first ROI's object with the other ROIs as extra boxes on other slices/frames.
+def refine(request: Request, engine: Any, context: Any) -> Plan:
+    """Re-run the first box's object with the other boxes as extra boxes on other slices/frames.
 
-    * a scalar volume: propagation with the extra boxes as conditioning slices;
-    * a sequence (browser given, and the input is none, an RGB frame or the browser's proxy):
+    * a sequence (a browser, and the input is none, an RGB frame or the browser's proxy):
       tracking with the extra boxes as conditioning frames (time points of a 4-D sequence);
-    * a single RGB frame: each box re-segments the first ROI's segment in 2-D.
+    * a scalar volume: propagation with the extra boxes as conditioning slices;
+    * a single RGB frame: each box re-segments the first box's segment in 2-D.
     """
-    rois = require_rois(rois)
-    first, extra = rois[0], list(rois[1:])
-    if browser_node is not None and (input_node is None or input_node.IsA("vtkMRMLVectorVolumeNode")
-                                     or browser_node.IsProxyNodeID(input_node.GetID())):
-        return track(engine, browser_node, [first], segmentation_node, refinement_rois=extra,
-                     window_preset=window_preset, progress=progress, cancel=cancel,
-                     background=background)
+    from .tracking import track
+
+    rois = require_rois(request.rois)
+    first, extra = rois[0], tuple(rois[1:])
+    browser, input_node = request.browser_node, request.input_node
+    if browser is not None and (input_node is None or input_node.IsA("vtkMRMLVectorVolumeNode")
+                                or browser.IsProxyNodeID(input_node.GetID())):
+        return track(request.with_(rois=(first,)), engine, context, refinement_rois=extra)
     input_node = require_input(input_node)
     if not input_node.IsA("vtkMRMLVectorVolumeNode"):
-        return propagate(engine, input_node, [first], segmentation_node, key_slice=key_slice,
-                         slice_range=slice_range, window_preset=window_preset,
-                         refinement_rois=extra, editor_node=editor_node, progress=progress,
-                         cancel=cancel, background=background)
-    target = segment_name(first)
-    out = segment_2d(engine, input_node, [_Renamed(roi, target) for roi in rois], segmentation_node,
-                     window_preset=window_preset, editor_node=editor_node, progress=progress,
-                     cancel=cancel, background=background)
-    out.summary = f"refined segment '{target}' with {len(rois)} box(es)"
-    return out
+        return propagate(request.with_(rois=(first,)), engine, context, refinement_rois=extra)
+    boxes = box_prompts(rois, input_node)
+    target = boxes[0].name
+    plan = segment(request, engine, context, boxes=[replace(p, name=target) for p in boxes])
+    report = plan.report
 
+    def refined(out, written) -> Result:
+        result = report(out, written)
+        result.summary = f"refined segment '{target}' with {len(rois)} box(es)"
+        return result
 
-class _Renamed:
-    """An ROI node seen under another name (the segment a Refine writes to)."""
-
-    def __init__(self, roi: Any, name: str) -> None:
-        self._roi = roi
-        self._name = name
-
-    def GetName(self) -> str:  # noqa: N802 - MRML naming
-        return self._name
-
-    def __getattr__(self, attr: str):
-        return getattr(self._roi, attr)
-
-
-# --------------------------------------------------------------------------------------------
-# One entry point for the module's buttons
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Request:
-    """What a button runs on: the module's parameter node, read as plain values and nodes."""
-
-    input_node: Any = None
-    browser_node: Any = None
-    rois: Sequence[Any] = ()
-    segmentation_node: Any = None
-    key_slice: int = -1
-    slice_range: tuple[int, int] = (-1, -1)
-    window_preset: str = "display"
-    editor_node: Any = None  # the Segment Editor's node: its masking settings limit the writes
-
-
-OPERATIONS = ("segment", "propagate", "track", "refine")
-
-
-def run(
-    operation: str,
-    engine: Any,
-    request: Request,
-    *,
-    progress: Optional[ProgressFn] = None,
-    cancel=None,
-    background: Optional[Background] = None,
-) -> RunResult:
-    """Run one of :data:`OPERATIONS` on ``request`` (read → compute → write)."""
-    r = request
-    common = dict(window_preset=r.window_preset, progress=progress, cancel=cancel,
-                  background=background)
-    if operation == "segment":
-        return segment_2d(engine, r.input_node, list(r.rois), r.segmentation_node,
-                          key_slice=r.key_slice, editor_node=r.editor_node, **common)
-    if operation == "propagate":
-        return propagate(engine, r.input_node, list(r.rois), r.segmentation_node,
-                         key_slice=r.key_slice, slice_range=tuple(r.slice_range),
-                         editor_node=r.editor_node, **common)
-    if operation == "track":
-        return track(engine, r.browser_node, list(r.rois), r.segmentation_node, **common)
-    if operation == "refine":
-        return refine(engine, r.input_node, list(r.rois), r.segmentation_node,
-                      browser_node=r.browser_node, key_slice=r.key_slice,
-                      slice_range=tuple(r.slice_range), editor_node=r.editor_node, **common)
-    raise InvalidInputError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")
+    return replace(plan, report=refined)

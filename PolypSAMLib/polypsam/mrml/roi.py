@@ -1,4 +1,6 @@
-"""ROI → voxel box: a markups ROI (rotated, under transforms) as the voxel box of a volume."""
+"""ROI → voxel box → box prompt: a markups ROI (rotated, under transforms) as the voxel box of a
+volume, and as the 2-D box prompt on each of its slices (:class:`BoxPrompt`, the one place every
+operation turns a box ROI into a prompt)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ..geometry import Box
 from .nodes import Extent, image_dims, matrix_to_numpy, node_to_world, require_node
 
 _EPS = 1e-6
+FRAME_ATTRIBUTE = "PolypSAM.frame"  # the sequence item an ROI was placed on
 # 12 edges of the unit cube whose corners are numbered by bits (x = bit 0, y = bit 1, z = bit 2).
 _CUBE_CORNERS = np.array([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=float) * 2 - 1
 _CUBE_EDGES = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
@@ -153,3 +156,43 @@ def roi_to_voxel_box(roi_node: Any, volume_node: Any) -> VoxelBox:
         roi_to_ijk=roi_to_ijk,
         half_size=(float(half[0]), float(half[1]), float(half[2])),
     )
+
+
+def frame_of(roi: Any, default: int) -> int:
+    """The sequence item ``roi`` was placed on (:data:`FRAME_ATTRIBUTE`), else ``default``."""
+    value = roi.GetAttribute(FRAME_ATTRIBUTE) if hasattr(roi, "GetAttribute") else None
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """One box ROI as a prompt on a volume's or frame's grid.
+
+    ``name`` is the segment it writes (the ROI's name), ``voxels`` its voxel box, ``frame`` the
+    sequence item it was drawn on (the browser's current item if it was not recorded).
+    """
+
+    name: str
+    roi_id: str
+    voxels: VoxelBox
+    frame: int = 0
+
+    @property
+    def key_slice(self) -> int:
+        """The slice the box was drawn on (the middle of its slices)."""
+        return self.voxels.key_slice
+
+    def box(self, k: int) -> Box:
+        """The box prompt on slice ``k``: the tight cut of the ROI where ``k`` is one of its
+        slices, else the ROI's box on every slice."""
+        v = self.voxels
+        return v.box_on_slice(k) if v.k0 <= k <= v.k1 else v.box()
+
+
+def box_prompts(rois: Any, node: Any, current_frame: int = 0) -> list[BoxPrompt]:
+    """The ROIs as box prompts on ``node``'s grid (a frame not recorded: ``current_frame``)."""
+    return [BoxPrompt(roi.GetName() or "Polyp", roi.GetID(), roi_to_voxel_box(roi, node),
+                      frame_of(roi, current_frame)) for roi in rois]

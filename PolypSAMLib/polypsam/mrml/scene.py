@@ -6,7 +6,7 @@ from typing import Any
 
 import slicer
 
-from .jobs import FRAME_ATTRIBUTE
+from .roi import FRAME_ATTRIBUTE
 
 
 def _remember_frame_when_placed(roi: Any, browser: Any) -> None:
@@ -26,7 +26,7 @@ def place_box(scene: Any, selection_node: Any, interaction_node: Any, name: str 
     """A new ROI with the slice views in place mode for it: the user's next click-drag draws it.
 
     With a sequence ``browser``, the item shown when the ROI is placed is remembered on the ROI
-    (:data:`~polypsam.mrml.jobs.FRAME_ATTRIBUTE`) for Track and Refine.
+    (:data:`~polypsam.mrml.roi.FRAME_ATTRIBUTE`) for Track and Refine.
     """
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(name))
     roi.CreateDefaultDisplayNodes()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from ..terminology import slicer_entry
 from .nodes import image_dims, require_node
-from .segments import TAG_PREFIX, KEYS_TAG, add_segment, get_tag, reference_grid, find_segment, write_mask_to_segment
+from .segments import (
+    KEYS_TAG, TAG_PREFIX, add_segment, find_segment, get_tag, reference_grid, write_mask_to_segment,
+)
 from .volumes import master_sequence
 
 
@@ -19,49 +21,47 @@ def write_tracked_masks_to_sequence(
     masks_per_frame: Mapping[int, np.ndarray | Mapping[str, np.ndarray]],
     *,
     segment: str = "Polyp",
+    names: Optional[Sequence[str]] = None,
     colors: Mapping[str, tuple[float, float, float]] | None = None,
     provenance: Mapping[str, Any] | None = None,
     terminology: str | None = None,
+    undo: Any = None,
 ) -> Any:
     """Write per-frame masks as a segmentation sequence synchronised with ``browser_node``.
 
     ``masks_per_frame`` maps a frame's item number in the master sequence to a mask (``H x W``
     for a video frame, ``K x J x I`` for a 4-D sequence's volume), written to segment
-    ``segment``, or to ``{segment name: mask}``. Every frame of the master
+    ``segment``, or to ``{segment name: mask}``. It is read twice, one frame at a time (checked,
+    then written), so it may compute each frame when asked. Every frame of the master
     sequence gets one segmentation (empty segments where no mask is given) on that frame's grid;
     ``segmentation_node`` becomes (or stays) the browser's proxy for the sequence, which is
     returned. If the node already has a sequence in this browser, only the given frames change.
-    All masks are validated before anything changes.
+    ``names`` fixes the segments' order (default: as first met). All masks are checked before
+    anything changes.
+
+    ``undo`` (the step :func:`polypsam.mrml.history.save_sequence_state_for_undo` returned)
+    receives every stored segmentation this write replaces: the sequence gets a new one and the
+    step keeps the old one, which leaves the scene (nothing is copied for undo).
     """
     require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
     master = master_sequence(browser_node)
     n_frames = master.GetNumberOfDataNodes()
-    per_frame: dict[int, dict[str, np.ndarray]] = {}
-    names: list[str] = []
-    for frame, masks in masks_per_frame.items():
+    order: list[str] = list(names or [])
+    frames: list[int] = []
+    for frame in list(masks_per_frame.keys()):  # check every frame before anything changes
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < n_frames:
             raise InvalidInputError(f"frame {frame!r} is not an item of 0..{n_frames - 1}")
-        masks = {segment: masks} if isinstance(masks, np.ndarray) else dict(masks)
-        node = master.GetNthDataNode(int(frame))
-        i, j, k = image_dims(node, f"frame {frame}")
-        for name, mask in masks.items():
-            given = np.asarray(mask)
-            mask = given[None] if given.ndim == 2 else given
-            if mask.shape != (k, j, i):
-                raise InvalidInputError(
-                    f"mask '{name}' of frame {frame} has shape {given.shape};"
-                    f" the frame is {(j, i) if k == 1 else (k, j, i)}"
-                )
-            masks[name] = mask
-            if name not in names:
-                names.append(name)
-        per_frame[int(frame)] = masks
-    if not names:
+        frames.append(int(frame))
+        for name in _frame_masks(master, int(frame), masks_per_frame[frame], segment):
+            if name not in order:
+                order.append(name)
+    if not order:
         raise InvalidInputError("no masks to write")
+    given_frames = set(frames)
 
     segmentation = segmentation_node.GetSegmentation()
     ids = {}
-    for name in names:
+    for name in order:
         segment_id = find_segment(segmentation, name)
         if segment_id is None:
             segment_id = add_segment(segmentation, name, (colors or {}).get(name))
@@ -69,22 +69,20 @@ def write_tracked_masks_to_sequence(
                 segmentation.GetSegment(segment_id).SetTerminology(slicer_entry(terminology))
         ids[name] = segment_id
 
-    def write_frame(target: Any, frame: int, masks: Mapping[str, np.ndarray]) -> None:
-        frame_node = master.GetNthDataNode(frame)
-        grid = reference_grid(frame_node)
+    def write_frame(target: Any, frame: int) -> None:
+        given = masks_per_frame.get(frame) if frame in given_frames else None
+        masks = _frame_masks(master, frame, given, segment) if given is not None else {}
+        grid = reference_grid(master.GetNthDataNode(frame))
         frame_tags = dict(provenance or {}, frame=frame)
-        for name in names:
+        for name in order:
             mask = masks.get(name)
             if mask is None:
                 if target is not segmentation_node:
                     continue  # an existing frame: keep what it has
-                _remove_tags(target, ids[name])
+                remove_provenance(target, ids[name])
                 target.GetSegmentation().ClearSegment(ids[name])
                 continue
-            write_mask_to_segment(
-                target, ids[name], mask, grid,
-                provenance=frame_tags if name in masks else None,
-            )
+            write_mask_to_segment(target, ids[name], mask, grid, provenance=frame_tags)
 
     current = min(max(0, browser_node.GetSelectedItemNumber()), n_frames - 1)
     seq = browser_node.GetSequenceNode(segmentation_node)
@@ -96,30 +94,56 @@ def write_tracked_masks_to_sequence(
         seq.SetIndexUnit(master.GetIndexUnit())
         seq.SetIndexType(master.GetIndexType())
         for frame in [n for n in range(n_frames) if n != current] + [current]:
-            write_frame(segmentation_node, frame, per_frame.get(frame, {}))
+            write_frame(segmentation_node, frame)
             seq.SetDataNodeAtValue(segmentation_node, master.GetNthIndexValue(frame))
         browser_node.AddSynchronizedSequenceNode(seq)
         browser_node.AddProxyNode(segmentation_node, seq, False)
     else:  # update the stored segmentations of the given frames; the others are kept
-        for frame, masks in per_frame.items():
+        for frame in frames:
             value = master.GetNthIndexValue(frame)
             stored = seq.GetDataNodeAtValue(value)
             if stored is None:
-                seq.SetDataNodeAtValue(segmentation_node, value)
-                stored = seq.GetDataNodeAtValue(value)
-            for name in names:
+                stored = seq.SetDataNodeAtValue(segmentation_node, value)
+                if undo is not None:
+                    undo.added(value)
+            elif undo is not None:  # a new stored node; the undo step keeps the old one
+                undo.replaced(value, stored)
+                stored = seq.SetDataNodeAtValue(stored, value)
+            for name in order:
                 if find_segment(stored.GetSegmentation(), ids[name]) is None:
                     color = segmentation.GetSegment(ids[name]).GetColor()
                     stored.GetSegmentation().AddEmptySegment(ids[name], name, list(color))
-            write_frame(stored, frame, masks)
-        if current in per_frame:
-            write_frame(segmentation_node, current, per_frame[current])
+            write_frame(stored, frame)
+        if current in given_frames:
+            if undo is not None:  # show the current frame's new segmentation, as browsing does
+                segmentation_node.CopyContent(seq.GetDataNodeAtValue(master.GetNthIndexValue(current)),
+                                              False)
+            else:
+                write_frame(segmentation_node, current)
         seq.Modified()
     browser_node.SetSaveChanges(seq, True)
     return seq
 
 
-def _remove_tags(segmentation_node: Any, segment_id: str) -> None:
+def _frame_masks(master: Any, frame: int, given: Any, segment: str) -> dict[str, np.ndarray]:
+    """One frame's masks as ``{name: K x J x I bool-like}``, checked against the frame's grid."""
+    masks = {segment: given} if isinstance(given, np.ndarray) else dict(given)
+    i, j, k = image_dims(master.GetNthDataNode(frame), f"frame {frame}")
+    out = {}
+    for name, mask in masks.items():
+        array = np.asarray(mask)
+        shaped = array[None] if array.ndim == 2 else array
+        if shaped.shape != (k, j, i):
+            raise InvalidInputError(
+                f"mask '{name}' of frame {frame} has shape {array.shape};"
+                f" the frame is {(j, i) if k == 1 else (k, j, i)}"
+            )
+        out[name] = shaped
+    return out
+
+
+def remove_provenance(segmentation_node: Any, segment_id: str) -> None:
+    """Remove PolypSAM's provenance tags from a segment."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     keys = get_tag(segment, TAG_PREFIX + KEYS_TAG)
     for key in (keys.split(",") if keys else []) + [KEYS_TAG]:

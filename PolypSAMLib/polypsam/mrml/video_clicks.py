@@ -1,4 +1,4 @@
-"""Clicks on the frames of a video sequence: which frame a click belongs to, and tracking with them.
+"""Clicks on the frames of a video sequence: which frame each click belongs to.
 
 Every frame of an RGB video sequence is a single-slice volume on the same grid, so a click's
 position cannot say which frame it was placed on. The frame is recorded on the control point
@@ -8,34 +8,20 @@ shown at that moment; :func:`observe_click_frames` installs the observer, as
 (deleting other points does not shift it, it is saved with the scene and visible in the Markups
 module). A point with no recorded frame (added by a script or the Markups module) belongs to the
 browser's current item when the operation runs, as an ROI without a recorded frame does.
-
-:func:`track_with_clicks` (the module's "Propagate clicks" on a sequence browser) tracks one
-segment through the whole video: frames with clicks become SAM2 conditioning frames exactly as
-the video predictor's ``add_new_points_or_box`` takes them, the result goes into the
-segmentation sequence synchronised with the browser as one undo step (as Track does), and given
-the previous result only the directions a new click affects are tracked again.
+:func:`clicks_per_frame` groups clicks by frame for "Propagate clicks" on a video
+(:func:`polypsam.mrml.tracking.track_clicks`).
 """
 
 from __future__ import annotations
 
 import re
 import weakref
-from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import slicer
 
-from .. import propagation
-from ..engine import FramePrompt, Prompt
 from ..errors import InvalidInputError
-from .clicks import Click, clicks_from_markups
-from .jobs import (
-    Background, Job, ProgressFn, RunResult, frame_of, noop_progress, require_output, run,
-)
-from .roi import roi_to_voxel_box
-from .tracking import sequence_proxy, write_sequence
-from .volumes import frames_from_sequence, sequence_holds_volumes
+from .clicks import Click
 
 _FRAME_TEXT = "frame {}"
 _FRAME_PATTERN = re.compile(r"\s*frame\s+(-?\d+)\s*")
@@ -97,18 +83,10 @@ def observe_click_frames(point_list: Any, browser_node: Any) -> None:
     _observed[point_list] = (browser_ref, tag)
 
 
-# -- tracking with clicks ------------------------------------------------------------------------
-@dataclass
-class TrackClicksResult(RunResult):
-    """What :func:`track_with_clicks` wrote; pass ``tracking`` back as ``previous`` next time."""
-
-    segment: str = ""
-    key_frame: int = -1
-    tracking: Optional[propagation.TrackResult] = None
-
-
-def _clicks_per_frame(clicks: list[Click], lists: dict[bool, Any], browser_node: Any,
-                      n_frames: int) -> dict[int, tuple[list[tuple[float, float]], list[int]]]:
+def clicks_per_frame(clicks: list[Click], lists: dict[bool, Any], browser_node: Any,
+                     n_frames: int) -> dict[int, tuple[list[tuple[float, float]], list[int]]]:
+    """``{frame: (points, labels)}`` of ``clicks`` (``lists[include]`` is each click's point list),
+    in frame order; a frame outside ``0..n_frames - 1`` is refused, naming the click."""
     out: dict[int, tuple[list[tuple[float, float]], list[int]]] = {}
     for c in clicks:
         frame = click_frame(lists[c.include], c.point, browser_node)
@@ -120,102 +98,3 @@ def _clicks_per_frame(clicks: list[Click], lists: dict[bool, Any], browser_node:
         points.append((c.x, c.y))
         labels.append(c.label)
     return dict(sorted(out.items()))
-
-
-def track_with_clicks(
-    engine: Any,
-    browser_node: Any,
-    segmentation_node: Any,
-    segment: str,
-    *,
-    include: Any = None,
-    exclude: Any = None,
-    roi: Any = None,
-    key_frame: int = -1,
-    previous: Optional[propagation.TrackResult] = None,
-    progress: Optional[ProgressFn] = None,
-    cancel=None,
-    background: Optional[Background] = None,
-) -> TrackClicksResult:
-    """Track ``segment`` through the browser's video from clicks (and optionally a box).
-
-    Each click belongs to the frame it was placed on (:func:`click_frame`). Key frame:
-    ``key_frame`` if >= 0, else the ROI's frame, else the frame of the first include click; its
-    prompt is the ROI's box plus the clicks there. Clicks on every other frame become conditioning
-    frames (SAM2 ``add_new_points_or_box``). The segment is written on every frame of the
-    segmentation sequence synchronised with the browser (one undo step). With ``previous`` (the
-    last :attr:`TrackClicksResult.tracking` for the same key frame) only the directions whose
-    clicks changed are tracked again; the other frames are copied from it.
-    """
-    progress = progress or noop_progress
-    if browser_node is None:
-        raise InvalidInputError("no sequence browser selected: tracking clicks needs a video sequence")
-    segmentation_node = require_output(segmentation_node)
-    if not segment:
-        raise InvalidInputError("no segment name given for the clicks")
-    if sequence_holds_volumes(browser_node):
-        raise InvalidInputError(
-            "clicks through time on a 4-D sequence are not supported: propagate clicks on one time"
-            " point's volume, or Track with a box")
-    source = frames_from_sequence(browser_node)
-    proxy = sequence_proxy(browser_node, browser_node.GetMasterSequenceNode())
-    total = len(source)
-    current = max(0, int(browser_node.GetSelectedItemNumber()))
-    clicks = clicks_from_markups(proxy, include, exclude)
-    by_frame = _clicks_per_frame(clicks, {True: include, False: exclude}, browser_node, total)
-    box = roi_to_voxel_box(roi, proxy).box_on_slice(0) if roi is not None else None
-    if key_frame >= 0:
-        key = int(key_frame)
-    elif roi is not None:
-        key = frame_of(roi, current)
-    else:
-        first = next((click_frame(include, c.point, browser_node) for c in clicks if c.include),
-                     None)
-        if first is None:
-            raise InvalidInputError("no include click and no box: place an include point first")
-        key = first
-    if not 0 <= key < total:
-        raise InvalidInputError(f"key frame {key} lies outside the sequence's frames 0..{total - 1}")
-    if roi is not None and frame_of(roi, key) != key:
-        raise InvalidInputError(
-            f"the box was drawn on frame {frame_of(roi, key)}, not on the key frame {key}")
-    points, labels = by_frame.get(key, ([], []))
-    if box is None and 1 not in labels:
-        raise InvalidInputError(
-            f"no include click and no box on the key frame {key}: nothing to track from")
-    key_prompt = Prompt(box=box, points=points, labels=labels)
-    key_prompt.validate(source.width, source.height)
-    refinements = [FramePrompt(f, 1, points=p, labels=lab)
-                   for f, (p, lab) in by_frame.items() if f != key]
-    for r in refinements:
-        r.validate(source.width, source.height)
-    if previous is not None and previous.labels.shape[0] != total:
-        raise InvalidInputError(
-            f"the previous result has {previous.labels.shape[0]} frames, the sequence {total}")
-    progress(0, total, "reading frames")
-    frames = np.stack([source[t] for t in range(total)])  # main thread: MRML reads end here
-    info = engine.info.provenance()
-
-    def compute() -> propagation.TrackResult:
-        def report(done: int, count: int) -> None:
-            progress(done, count or total, f"tracking clicks: frame {done}/{count or total}")
-
-        return propagation.track(engine, frames, key, [key_prompt], refinements=refinements,
-                                 previous=previous, cancel=cancel, progress=report)
-
-    def write(out: propagation.TrackResult) -> TrackClicksResult:
-        per_frame = {t: {segment: out.labels[t] == 1} for t in range(out.labels.shape[0])}
-        progress(total, total, "writing the segmentation sequence")
-        seq = write_sequence(browser_node, segmentation_node, per_frame, [segment], {
-            **info, "operation": "track-clicks", "start_frame": key,
-            "prompt": key_prompt.to_dict(),
-            "refinement_frames": tuple(p.frame for p in refinements)}, "polyp")
-        result = TrackClicksResult(segment=segment, key_frame=key, tracking=out,
-                                   segment_ids={segment: segment})
-        result.scores["key frame"] = float(out.scores.get(1, float("nan")))
-        tracked = ", ".join(f"{d} {n}" for d, n in out.tracked.items()) or "none"
-        result.summary = (f"tracked '{segment}' from frame {key} with clicks on"
-                          f" {len(by_frame)} frame(s) into {seq.GetName()} (tracked: {tracked})")
-        return result
-
-    return run(Job(compute, write), background=background, cancel=cancel)

@@ -10,6 +10,7 @@ from vtk.util import numpy_support
 
 from ..errors import InvalidInputError
 from ..geometry import Volume, VolumeGeometry
+from ..preprocess import Percentile, Window, parse_intensity
 from .nodes import image_dims, matrix_to_numpy, require_node, ijk_to_world
 
 
@@ -69,27 +70,55 @@ def _voxels(node: Any, what: str) -> np.ndarray:
 
 
 def frame_from_vector_node(node: Any) -> np.ndarray:
-    """One video frame as ``H x W x 3`` uint8 RGB (a copy).
+    """One video frame as ``H x W x 3`` uint8 RGB.
 
     Accepts an RGB(A) vector volume of shape ``(1, H, W, 3|4)`` (alpha dropped) or a single-slice
-    uint8 scalar volume (grey, repeated to 3 channels).
+    uint8 scalar volume (grey, repeated to 3 channels). An RGB volume's frame is a read-only view
+    of the node's voxels; the others are copies.
     """
     require_node(node, "vtkMRMLVolumeNode", "frame")
     if node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InvalidInputError(f"'{node.GetName()}' is a label map, not a video frame")
-    array = _voxels(node, "frame")
+    return _as_rgb(_checked_frame(_voxels(node, "frame"), node.GetName()))
+
+
+def _checked_frame(array: np.ndarray, name: str) -> np.ndarray:
+    """A frame's voxels ``(1, H, W[, C])`` checked: one slice, 1/3/4 uint8 components."""
     if array.ndim == 3:
         array = array[..., None]
     if array.shape[0] != 1 or array.shape[-1] not in (1, 3, 4):
         raise InvalidInputError(
-            f"frame '{node.GetName()}' has shape {array.shape}; expected (1, H, W, 3) RGB"
+            f"frame '{name}' has shape {array.shape}; expected (1, H, W, 3) RGB"
         )
     if array.dtype != np.uint8:
-        raise InvalidInputError(f"frame '{node.GetName()}' is {array.dtype}; expected uint8 RGB")
-    frame = array[0]
+        raise InvalidInputError(f"frame '{name}' is {array.dtype}; expected uint8 RGB")
+    view = array[0]
+    view.flags.writeable = False
+    return view
+
+
+def _as_rgb(frame: np.ndarray) -> np.ndarray:
     if frame.shape[-1] == 1:
         return np.repeat(frame, 3, axis=-1)
     return np.ascontiguousarray(frame[..., :3])
+
+
+class FrameViews:
+    """A sequence's frames as views of the scene's own voxels (a ``FrameSource``).
+
+    The views are taken on the calling thread, where MRML is read; indexing them (on any thread)
+    reads no MRML node and copies nothing but the frame asked for when it is not RGB already. The
+    views keep the voxel arrays alive, so the frames stay valid even if their nodes go.
+    """
+
+    def __init__(self, views: list[np.ndarray]) -> None:
+        self._views = views
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return _as_rgb(self._views[index])
 
 
 class SequenceFrames:
@@ -107,6 +136,12 @@ class SequenceFrames:
         if not 0 <= index < len(self):
             raise IndexError(f"frame {index} out of range 0..{len(self) - 1}")
         return frame_from_vector_node(self.sequence_node.GetNthDataNode(index))
+
+    def views(self) -> FrameViews:
+        """Every frame as a view of the scene's voxels (read here, on the calling thread)."""
+        nodes = [self.sequence_node.GetNthDataNode(n) for n in range(len(self))]
+        return FrameViews([_checked_frame(_voxels(node, f"frame {n}"), node.GetName())
+                           for n, node in enumerate(nodes)])
 
 
 def master_sequence(browser_node: Any) -> Any:
@@ -139,6 +174,16 @@ class SequenceVolumes:
 
     def __getitem__(self, t: int) -> np.ndarray:
         return np.array(self._array(t), copy=True)
+
+    def views(self, k0: int, k1: int) -> list[np.ndarray]:
+        """Slices ``k0..k1`` of every time point as read-only views of the scene's voxels (read
+        here, on the calling thread; nothing is copied)."""
+        out = []
+        for t in range(len(self)):
+            view = self._array(t)[k0:k1 + 1]
+            view.flags.writeable = False
+            out.append(view)
+        return out
 
     def slices(self, k: int) -> "_SliceThroughTime":
         if not 0 <= k < self.shape[0]:
@@ -207,3 +252,20 @@ def frames_from_sequence(browser_node: Any) -> SequenceFrames:
     if depth != 1:
         raise InvalidInputError(f"sequence '{master.GetName()}' holds 3-D volumes, not frames")
     return SequenceFrames(master, height, width)
+
+
+def intensity_for(node: Any, preset: str):
+    """The intensity policy for a scalar volume: a preset, percentiles or the display window.
+
+    ``"display"`` (default) reads the volume's current window/level from its display node; the
+    voxels are never modified. Vector (RGB) inputs return ``None`` (passthrough).
+    """
+    if node is None or node.IsA("vtkMRMLVectorVolumeNode"):
+        return None
+    preset = (preset or "display").strip().lower()
+    if preset in ("display", "auto", ""):
+        display = node.GetDisplayNode()
+        if display is not None and hasattr(display, "GetWindow") and display.GetWindow() > 0:
+            return Window(float(display.GetLevel()), float(display.GetWindow()))
+        return Percentile()
+    return parse_intensity(preset)
