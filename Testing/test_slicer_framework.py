@@ -4,8 +4,8 @@
 ScriptedLoadableModule, parameterNodeWrapper, i18n), unchanged, in the layout of a Slicer
 checkout. ``scripts/check_slicer_parameter_node.py`` imports the module with it on slicer-core
 MRML and checks the module description, the logic's parameter node (every field written, saved
-and reloaded, validators), Add box, the library path set-up, and that Slicer's ``connectGui``
-finds a connector for every ``.ui`` binding. It runs in its own process: it installs stand-ins
+and reloaded, validators), Add box, the requests built from it, the library path set-up, and that
+Slicer's ``connectGui`` finds a connector for every ``.ui`` binding. It runs in its own process: it installs stand-ins
 for ``qt``/``ctk``, which must not leak into other tests.
 """
 
@@ -31,6 +31,7 @@ def test_module_imports_with_slicers_own_framework():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK: Slicer's parameterNodeWrapper accepts PolypSAMParameterNode" in proc.stdout
     assert "saved and reloaded with the scene" in proc.stdout
+    assert "requests: " in proc.stdout  # each action's request built from Slicer's parameter node
     # every .ui binding got one of Slicer's GUI connectors
     bound = [line for line in proc.stdout.splitlines() if " -> " in line]
     assert len(bound) >= 12 and not any("-> None" in line for line in bound), proc.stdout

@@ -253,8 +253,65 @@ def test_module_test_skips_sam2_scenarios_without_torch_or_sam2():
     run = _method_source("PolypSAMTest", "runTest")
     gui = run.index("test_parameter_node_drives_the_gui")
     skip = run.index("self.skipTest(")
-    assert gui < skip < run.index("test_segment_rgb_frame")
+    assert gui < skip < run.index("test_sam2_scenarios")
     assert "find_spec(name)" in _method_source("PolypSAMTest", "missingModelPackages")
+    # the SAM2 scenarios are the library's, which Testing/test_mrml_scenarios.py runs here too
+    assert "scenarios.SCENARIOS" in _method_source("PolypSAMTest", "test_sam2_scenarios")
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_module_file_stays_thin():
+    """Module, parameter node, widget, thin logic and self-test in at most 600 lines: the work and
+    the state between clicks belong in the library, where slicer-core tests reach them."""
+    lines = len(MODULE_FILE.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"PolypSAM.py has {lines} lines (at most {MAX_MODULE_LINES})"
+
+
+def _library_imports() -> list[tuple[str, str]]:
+    """``(module, name)`` of every ``from polypsam... import name`` in PolypSAM.py."""
+    found = []
+    for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "polypsam":
+            found += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.split(".")[0] == "polypsam" for a in node.names), "import polypsam.x"
+    return found
+
+
+def test_module_uses_the_librarys_public_api():
+    """No ``_private`` library name in the module; the operations, their state and the undo
+    history are reached through ``polypsam.mrml``'s public API (no operation module by name)."""
+    imports = _library_imports()
+    assert ("polypsam", "mrml") in imports
+    assert not [name for _, name in imports if name.startswith("_")]
+    operation_modules = {"operations", "tracking", "interactive", "session", "writer", "history",
+                         "video_clicks", "shapes", "jobs"}
+    assert not [(m, n) for m, n in imports if n in operation_modules
+                or m.split(".")[-1] in operation_modules]
+    from polypsam import mrml
+
+    text = MODULE_FILE.read_text()
+    used = set(re.findall(r"(?<![\w.])mrml\.([A-Za-z_]+)", text))
+    assert used and used <= set(mrml.__all__), used - set(mrml.__all__)
+
+
+def test_widget_keeps_no_operation_state():
+    """The widget's attributes bind the UI only: no click result, candidates or previous
+    propagation (the library's session keeps them), and no hook the library would call back."""
+    widget = next(n for n in ast.parse(MODULE_FILE.read_text()).body
+                  if isinstance(n, ast.ClassDef) and n.name == "PolypSAMWidget")
+    attributes = set()
+    for node in ast.walk(widget):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        for target in targets:
+            for t in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                    attributes.add(t.attr)
+    assert attributes == {"logic", "ui", "_panel", "_buttons", "_shortcuts", "_parameterNode",
+                          "_parameterNodeGuiTag", "_updatingRoiList", "_busy"}, attributes
+    assert "before_write_hook" not in MODULE_FILE.read_text()
 
 
 def test_widget_disables_the_whole_panel_while_busy():

@@ -11,7 +11,9 @@ the layout of a checkout), see ``Testing/test_slicer_framework.py``.
 ``PolypSAM.py`` is imported as Slicer would import it, on real slicer-core MRML. Then
 ``PolypSAMLogic`` builds the parameter node (defaults, validators); every kind of field is
 written, read, saved and reloaded with the scene; Add box and the new output segmentation run;
-and Slicer's ``connectGui`` chooses a GUI connector for every ``SlicerParameterName`` in the .ui.
+the logic builds each action's request from this parameter node (the library reads its fields by
+name) and the buttons that apply follow; and Slicer's ``connectGui`` chooses a GUI connector for
+every ``SlicerParameterName`` in the .ui.
 Qt is not available here, so ``qt``/``ctk``, the widgets and ``slicer.app`` are stand-ins: this
 checks types, defaults, module-level code and connector choice, not widget behaviour
 (``PolypSAMTest`` does that in Slicer). Exits non-zero with the first failure.
@@ -106,6 +108,25 @@ def _expect_refused(action, what: str) -> None:
     raise AssertionError(f"{what} was accepted")
 
 
+def check_requests(module, logic, p, ct, roi) -> None:
+    """The logic builds each action's request once from this (Slicer's) parameter node: the
+    library reads its fields by name, adds the click tools' lists, and says which buttons apply."""
+    mrml = module.mrml
+    p.keySlice, p.sliceRangeStart, p.sliceRangeEnd, p.windowPreset = 3, 1, 5, "lung"
+    request = logic.request("propagate", p)
+    assert (request.input_node, request.rois, request.segmentation_node) == (ct, (roi,), p.outputSegmentation)
+    assert (request.key_slice, request.slice_range, request.window_preset) == (3, (1, 5), "lung")
+    assert request.editor_node is None and request.previous is None  # no Segment Editor here
+    clicks = logic.request("clicks", p, segment="Polyp", multimask=True)
+    assert clicks.include.GetAttribute("PolypSAM.clicks") == "include" and clicks.multimask
+    assert clicks.exclude.GetAttribute("PolypSAM.segment") == "Polyp"
+    allowed = mrml.available_actions(request)
+    assert {"segment", "propagate", "refine", "clicks", "start-from-segment", "undo"} <= allowed, allowed
+    assert "track" not in allowed  # no sequence browser
+    print("requests:", sorted(allowed))
+    p.keySlice, p.sliceRangeStart, p.sliceRangeEnd, p.windowPreset = -1, -1, -1, "display"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("slicer_source", type=Path, help="root of a Slicer source checkout")
@@ -143,10 +164,11 @@ def main() -> int:
     scene.RemoveNode(first)
     assert [r and r.GetName() for r in ParameterNode(node).rois] == [None, "B"]
     p.rois = [second]
-    p.outputSegmentation = logic.createSegmentation(ct)
-    box = logic.addBox()
+    p.outputSegmentation = module.mrml.new_segmentation(scene, ct)
+    box = module.mrml.place_box(scene, core.app.GetSelectionNode(), core.app.GetInteractionNode())
     assert core.app.GetSelectionNode().GetActivePlaceNodeID() == box.GetID()
-    logic.removeBox(box)
+    scene.RemoveNode(box)
+    check_requests(module, logic, p, ct, second)
     added = module.ensureLibraryOnPath(str(MODULE_FILE.parent))
     assert added == str(REPO / "PolypSAMLib") and sys.path[0] == added, added
     import polypsam

@@ -40,11 +40,14 @@ from .masking import EditorMasking
 from .nodes import Extent, ijk_to_world
 from .roi import FRAME_ATTRIBUTE, BoxPrompt, VoxelBox, box_prompts, roi_to_voxel_box
 from .scene import new_segmentation, place_box, place_clicks
-from .segments import TAG_PREFIX, export_segment_labelmap, read_provenance, write_mask_to_segment
+from .segments import (
+    TAG_PREFIX, export_segment_labelmap, read_provenance, segment_names, write_mask_to_segment,
+)
 from .sequences import write_tracked_masks_to_sequence
 from .session import PLANS, Run, Session, run, start
 from .shapes import (
-    ACTIONS, BOX_ACTIONS, CLICK_ACTIONS, Request, Result, RunContext, available_actions,
+    ACTIONS, BOX_ACTIONS, CLICK_ACTIONS, MODEL_FREE_ACTIONS, Request, Result, RunContext,
+    available_actions,
 )
 from .volumes import (
     SequenceFrames, SequenceVolumes, frame_from_vector_node, frames_from_sequence, intensity_for,
@@ -56,10 +59,10 @@ __all__ = [
     "redo", "remove_before_write_hook", "save_sequence_state_for_undo", "save_state_for_undo",
     "undo", "undo_history_count", "EditorMasking", "Extent", "ijk_to_world", "FRAME_ATTRIBUTE",
     "BoxPrompt", "VoxelBox", "box_prompts", "roi_to_voxel_box", "new_segmentation", "place_box",
-    "place_clicks", "TAG_PREFIX", "export_segment_labelmap", "read_provenance",
+    "place_clicks", "TAG_PREFIX", "export_segment_labelmap", "read_provenance", "segment_names",
     "write_mask_to_segment", "write_tracked_masks_to_sequence", "PLANS", "Run", "Session", "run",
-    "start", "ACTIONS", "BOX_ACTIONS", "CLICK_ACTIONS", "Request", "Result", "RunContext",
-    "available_actions", "SequenceFrames", "SequenceVolumes", "frame_from_vector_node",
-    "frames_from_sequence", "intensity_for", "sequence_holds_volumes", "volume_from_node",
-    "volumes_from_sequence",
+    "start", "ACTIONS", "BOX_ACTIONS", "CLICK_ACTIONS", "MODEL_FREE_ACTIONS", "Request", "Result",
+    "RunContext", "available_actions", "SequenceFrames", "SequenceVolumes",
+    "frame_from_vector_node", "frames_from_sequence", "intensity_for", "sequence_holds_volumes",
+    "volume_from_node", "volumes_from_sequence",
 ]

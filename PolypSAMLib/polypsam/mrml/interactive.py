@@ -128,11 +128,13 @@ def describe_candidate(result: Result) -> str:
 
 def candidate(request: Request, engine: Any, context: Any) -> Plan:
     """Write another of SAM2's candidates of the previous click result (``request.previous``):
-    ``request.candidate`` (0..2), or the next one (``-1``), on its last clicked slice."""
+    ``request.candidate`` (0..2), or the next one (``-1``), on its last clicked slice. Without
+    candidates (none kept for this input and segment) nothing is written and the summary says so."""
     del engine, context
     result = request.previous
-    if result is None or not result.candidates:
-        raise InvalidInputError("no candidates: check 'Show 3 candidates' and click first")
+    if result is None or not result.candidates:  # nothing to write: say so (no undo step)
+        return Plan(lambda: None, lambda _: [], lambda _, written: Result(
+            summary="No candidates: check 'Show 3 candidates' and click first."))
     slice_k = max(result.candidates)
     masks, scores = result.candidates[slice_k]
     index = request.candidate if request.candidate >= 0 else (result.chosen[slice_k] + 1) % len(masks)

@@ -270,6 +270,14 @@ def write_mask_to_segment(
     return segment_id
 
 
+def segment_names(segmentation_node: Any) -> list[str]:
+    """The names of a segmentation node's segments, in order (``[]`` for ``None``)."""
+    if segmentation_node is None:
+        return []
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+
+
 def read_provenance(segmentation_node: Any, segment: str) -> dict[str, str]:
     """The ``PolypSAM.*`` tags of a segment (keys without the prefix)."""
     require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from concurrent.futures import Future, wait
 from typing import Any, Callable, Optional
 
+from ..background import ProgressRelay
 from ..errors import InvalidInputError
 from . import history, interactive, operations, tracking, writer
 from .clicks import click_lists
@@ -39,12 +40,15 @@ PLANS: dict[str, Callable[[Request, Any, RunContext], Plan]] = {
 
 class Run:
     """One action under way: its scene reads are done and its model work runs (on the context's
-    worker; without one it already ran). :meth:`write` writes its result, once."""
+    worker; without one it already ran). :meth:`progress` is the latest progress report,
+    :meth:`write` writes the result, once."""
 
     def __init__(self, request: Request, plan: Plan, context: RunContext,
-                 on_written: Optional[Callable[[Request, Result], None]] = None) -> None:
+                 on_written: Optional[Callable[[Request, Result], None]] = None,
+                 relay: Optional[ProgressRelay] = None) -> None:
         self.request, self.context = request, context
         self._plan, self._on_written = plan, on_written
+        self._relay = relay or ProgressRelay()
         if context.worker is not None:
             self._future: Future = context.worker.submit(plan.compute)
         else:
@@ -60,9 +64,17 @@ class Run:
         wait([self._future], timeout)
         return self._future.done()
 
+    def progress(self) -> Optional[tuple[int, int, str]]:
+        """The latest ``(done, total, message)`` reported since the last call, else ``None``."""
+        return self._relay.take()
+
     def cancel(self) -> None:
         """Stop the model work at the next slice or frame; nothing will be written."""
         self.context.cancel.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.context.cancel.cancelled
 
     def check(self) -> None:
         """Wait for the model work; raise its error, or ``CancelledError`` if cancelled."""
@@ -94,7 +106,14 @@ def start(request: Request, engine: Any = None, context: Optional[RunContext] = 
     context = context or RunContext()
     if request.needs_engine and engine is None:
         raise InvalidInputError(f"no engine given for {request.action}")
-    return Run(request, PLANS[request.action](request, engine, context), context, on_written)
+    relay, report = ProgressRelay(), context.progress
+
+    def progress(done: int, total: int, message: str) -> None:
+        relay(done, total, message)
+        report(done, total, message)
+
+    context = RunContext(context.worker, progress, context.cancel)
+    return Run(request, PLANS[request.action](request, engine, context), context, on_written, relay)
 
 
 def run(request: Request, engine: Any = None, context: Optional[RunContext] = None) -> Result:
@@ -123,11 +142,11 @@ class Session:
         self._state.clear()
 
     def close(self) -> None:
-        """Stop following the scene and forget everything."""
+        """Stop following the scene; forget everything, PolypSAM's undo history too."""
         if self._observer is not None:
             self._scene.RemoveObserver(self._observer)
             self._observer = None
-        self.reset()
+        self._on_close()
 
     @staticmethod
     def _key(request: Request, kind: str) -> tuple:

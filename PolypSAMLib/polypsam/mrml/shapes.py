@@ -24,6 +24,8 @@ from ..errors import InvalidInputError
 BOX_ACTIONS = ("segment", "propagate", "track", "refine")
 CLICK_ACTIONS = ("clicks", "candidate", "propagate-clicks", "start-from-segment")
 ACTIONS = BOX_ACTIONS + CLICK_ACTIONS
+#: Actions that run no model (no engine needed): choosing another candidate.
+MODEL_FREE_ACTIONS = ("candidate",)
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -82,7 +84,7 @@ class Request:
     @property
     def needs_engine(self) -> bool:
         """Whether the action runs the model (choosing a candidate does not)."""
-        return self.action != "candidate"
+        return self.action not in MODEL_FREE_ACTIONS
 
     @property
     def video_browser(self) -> Any:

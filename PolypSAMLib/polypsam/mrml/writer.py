@@ -98,6 +98,8 @@ def write(
     masking of ``editor_node``; ``source`` are the reference's voxels (for an intensity range).
     ``provenance`` is added to every write's own tags. A run writes regions or one sequence.
     """
+    if not writes:  # nothing to write: no undo step either
+        return Written()
     base = dict(provenance or {})
     sequences = [w for w in writes if isinstance(w, SequenceWrite)]
     if sequences:
