@@ -355,7 +355,7 @@ def test_bad_input_fails_before_training(problem, polyp_folder, tiny_checkpoint,
 
 
 def test_engines_read_the_sidecar_unless_told(tiny_checkpoint, tmp_path):
-    from polypsam.checkpoints import sidecar_path
+    from polypsam.checkpoints import checkpoint_sidecar_path
     from polypsam.engines import EngineSettings, checkpoint_for, settings_for
     from polypsam.errors import CheckpointError, InvalidInputError
 
@@ -363,7 +363,7 @@ def test_engines_read_the_sidecar_unless_told(tiny_checkpoint, tmp_path):
     ckpt.symlink_to(tiny_checkpoint)
     with pytest.raises(InvalidInputError, match="needs a config"):
         checkpoint_for(settings_for(ckpt))
-    sidecar_path(ckpt).write_text(json.dumps({"config": TINY_CONFIG, "image_size": 512}))
+    checkpoint_sidecar_path(ckpt).write_text(json.dumps({"config": TINY_CONFIG, "image_size": 512}))
     resolved = checkpoint_for(settings_for(ckpt))
     assert (resolved.config, resolved.image_size) == (TINY_CONFIG, 512)
     explicit = checkpoint_for(settings_for(ckpt, "configs/sam2.1/sam2.1_hiera_s.yaml", image_size=256))
@@ -371,6 +371,6 @@ def test_engines_read_the_sidecar_unless_told(tiny_checkpoint, tmp_path):
     # Slicer's custom checkpoint: the model combo's architecture yields to the sidecar's config.
     gui = checkpoint_for(EngineSettings(model="sam2.1_hiera_large", checkpoint=str(ckpt)))
     assert (gui.config, gui.image_size) == (TINY_CONFIG, 512)
-    sidecar_path(ckpt).write_text("{not json")
+    checkpoint_sidecar_path(ckpt).write_text("{not json")
     with pytest.raises(CheckpointError, match="sidecar"):
         checkpoint_for(settings_for(ckpt))

@@ -138,19 +138,33 @@ def resolve_checkpoint(
     return ResolvedCheckpoint(path.stem, path, config, sha256_file(path), image_size or 1024)
 
 
-def sidecar_path(checkpoint: str | Path) -> Path:
-    """The JSON sidecar fine-tuning writes beside a checkpoint: ``OUT.pt`` → ``OUT.pt.json``."""
+#: ``format`` of a checkpoint sidecar (the one home of checkpoint sidecars is this module).
+CHECKPOINT_SIDECAR_FORMAT = "polypsam-finetune-v1"
+
+
+def checkpoint_sidecar_path(checkpoint: str | Path) -> Path:
+    """The JSON sidecar beside a checkpoint: ``OUT.pt`` → ``OUT.pt.json``."""
     path = Path(checkpoint)
     return path.with_name(path.name + ".json")
 
 
-def read_sidecar(checkpoint: str | Path) -> dict:
+def write_checkpoint_sidecar(checkpoint: str | Path, info: dict) -> Path:
+    """Write ``info`` as the sidecar of ``checkpoint`` (atomically: a reader never sees half)."""
+    path = checkpoint_sidecar_path(checkpoint)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"format": CHECKPOINT_SIDECAR_FORMAT, **info}, indent=1),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint_sidecar(checkpoint: str | Path) -> dict:
     """The sidecar of ``checkpoint`` as a dict (``{}`` when there is none).
 
-    It records the ``config`` and ``image_size`` the checkpoint was trained with (see
-    :mod:`polypsam.finetune.sidecar`), so they need not be repeated when it is loaded.
+    Fine-tuning writes it (:mod:`polypsam.finetune.runner`): it records the ``config`` and
+    ``image_size`` the checkpoint was trained with, so they need not be repeated when it is loaded.
     """
-    path = sidecar_path(Path(checkpoint).expanduser())
+    path = checkpoint_sidecar_path(Path(checkpoint).expanduser())
     if not path.is_file():
         return {}
     try:

@@ -93,11 +93,11 @@ def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str], Optiona
     For a custom checkpoint, a config or image size not given explicitly comes from its
     fine-tuning sidecar (``OUT.pt.json``), then (config only) from the registry model chosen.
     """
-    from .checkpoints import REGISTRY, read_sidecar
+    from .checkpoints import REGISTRY, read_checkpoint_sidecar
 
     if settings.checkpoint:
         path = Path(settings.checkpoint).expanduser()
-        sidecar = read_sidecar(path) if not (settings.config and settings.image_size) else {}
+        sidecar = read_checkpoint_sidecar(path) if not (settings.config and settings.image_size) else {}
         config = (settings.config or sidecar.get("config")
                   or (REGISTRY[settings.model].config if settings.model in REGISTRY else ""))
         size = settings.image_size or int(sidecar.get("image_size") or 0)

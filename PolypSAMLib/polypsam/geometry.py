@@ -81,8 +81,10 @@ def as_box(value: "Box | Sequence[float]") -> Box:
 def as_boxes(boxes: "Box | Sequence", width: int | None = None, height: int | None = None) -> list[Box]:
     """Coerce one box, four numbers, an ``N x 4`` array or a list of boxes to checked boxes.
 
-    With ``width`` and ``height`` every box is validated against that image. The one home of box
-    coercion and validation: engines, propagation, the CLI and the MRML layer all call it.
+    With ``width`` and ``height`` every box is validated against that image. For boxes alone (a
+    batch manifest's box column); prompts of any kind, boxes included, go through
+    :func:`polypsam.engine.as_prompts`, which coerces boxes by these rules and which the engines
+    and propagation call.
     """
     if isinstance(boxes, Box):
         items = [boxes]

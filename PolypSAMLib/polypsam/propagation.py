@@ -66,6 +66,12 @@ class PropagationResult:
     side_digests: dict[str, str] = field(default_factory=dict)  # direction -> its conditioning
     tracked: dict[str, int] = field(default_factory=dict)  # direction -> frames tracked this run
 
+    def slab(self, label: int = 1) -> np.ndarray:
+        """Label ``label``'s mask on the written slices only (``slices``): what a region write of
+        this result needs, without a whole-volume mask."""
+        s0, s1 = self.slices
+        return self.labelmap.array[s0:s1 + 1] == label
+
 
 @dataclass
 class TrackResult:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..geometry import Volume
 from .segments import (TERMINOLOGY_PRESETS, Segment, as_labelmap, complete_provenance,
-                       make_provenance, segments_for, write_sidecar)
+                       make_provenance, segments_for, write_export_sidecar)
 
 FORMATS = ("seg.nrrd", "nifti", "nrrd", "png", "coco", "dicom-seg")
 _SUFFIXES = {"seg.nrrd": (".seg.nrrd",), "nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",),
@@ -70,7 +70,8 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def sidecar_path(path: Path, fmt: str) -> Path:
+def export_sidecar_path(path: Path, fmt: str) -> Path:
+    """The provenance sidecar of an export: ``OUT.provenance.json`` (PNG: in the folder)."""
     if fmt == "png":
         return path / "provenance.json"
     return path.with_name(path.name + ".provenance.json")
@@ -139,7 +140,7 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
         ref = (Path(reference_dicom) if isinstance(reference_dicom, (str, Path))
                else [Path(p) for p in reference_dicom])
         files = [write_dicom_seg(volume, path, segments, prov, ref)]
-    sidecar = write_sidecar(sidecar_path(path, fmt), prov, segments, format=fmt,
+    sidecar = write_export_sidecar(export_sidecar_path(path, fmt), prov, segments, format=fmt,
                             files=[p.name for p in files][:1000])
     return ExportResult(path, sidecar, segments, files)
 

@@ -180,8 +180,9 @@ def _jsonable(value):
     return value
 
 
-def write_sidecar(path: Path, provenance: Mapping, segments: Sequence[Segment], **extra) -> Path:
-    """JSON file with the provenance and the segments (name, colour, terminology)."""
+def write_export_sidecar(path: Path, provenance: Mapping, segments: Sequence[Segment],
+                         **extra) -> Path:
+    """An export's provenance sidecar: JSON with the provenance and the segments (name, colour, terminology)."""
     doc = {"provenance": dict(provenance), "segments": [s.as_dict() for s in segments], **extra}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path

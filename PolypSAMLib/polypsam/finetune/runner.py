@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import __version__
+from ..checkpoints import checkpoint_sidecar_path, write_checkpoint_sidecar
 from ..errors import InvalidInputError
 from .data import fingerprint, load_dataset, split_samples
 from .embedding_cache import EmbeddingCache, default_root
-from .sidecar import plot_metrics, write_metrics_csv, write_sidecar
+from .sidecar import plot_metrics, write_metrics_csv
 from .state import load_state_info, restore_state, save_state
 from .train import (FinetuneConfig, FinetuneResult, Trainer, make_optimizer, run_identity,
                     train_epoch, trainable_names)
@@ -136,7 +137,7 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
                 best_dice, best_epoch = metrics["dice"], epoch + 1
                 save_checkpoint(model, output)
             best = next(r for r in history if r["epoch"] == best_epoch)
-            write_sidecar(output, {**base_info, "best": best, "epochs_run": len(history),
+            write_checkpoint_sidecar(output, {**base_info, "best": best, "epochs_run": len(history),
                                    "history": history})
             write_metrics_csv(output, history)
             plot_metrics(output, history)
@@ -149,10 +150,9 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
             epochs_bar.update(1)
             if on_epoch_end is not None:
                 on_epoch_end(row)
-    from ..checkpoints import sidecar_path
     from .sidecar import metrics_csv_path
 
-    return FinetuneResult(output, sidecar_path(output), metrics_csv_path(output), history,
+    return FinetuneResult(output, checkpoint_sidecar_path(output), metrics_csv_path(output), history,
                           best_epoch, best_dice)
 
 

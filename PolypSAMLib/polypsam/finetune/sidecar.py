@@ -1,6 +1,6 @@
 """What fine-tuning writes beside the best checkpoint: the JSON sidecar, a metrics CSV, a plot.
 
-The sidecar (``OUT.pt.json``, see :func:`polypsam.checkpoints.sidecar_path`) records how the
+The sidecar (``OUT.pt.json``, written and read by :mod:`polypsam.checkpoints`) records how the
 checkpoint was made: SAM2 config and image size (read back by :mod:`polypsam.engines`, so
 ``polypsam segment --checkpoint OUT.pt`` needs neither), base checkpoint and its SHA256, data
 fingerprints, hyper-parameters, seed, per-epoch metrics and the PolypSAM version.
@@ -9,23 +9,10 @@ fingerprints, hyper-parameters, seed, per-epoch metrics and the PolypSAM version
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
-from ..checkpoints import sidecar_path
-
-FORMAT = "polypsam-finetune-v1"
 CSV_COLUMNS = ("epoch", "lr", "train_loss", "val_dice", "val_iou", "val_precision", "val_recall",
                "val_accuracy", "improved", "seconds")
-
-
-def write_sidecar(checkpoint: Path, info: dict) -> Path:
-    path = sidecar_path(checkpoint)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, **info}, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def metrics_csv_path(checkpoint: Path) -> Path:

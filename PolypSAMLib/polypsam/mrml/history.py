@@ -10,12 +10,14 @@ Steps are keyed by the segmentation *node*, not by its ``vtkSegmentation``: with
 on, Slicer's Sequences logic swaps the proxy node's ``vtkSegmentation`` object whenever the
 browser moves, so a history bound to that object (as ``vtkSegmentationHistory`` is) silently
 stops working after a Track. The key is a random token stored on the node as an attribute (a
-new node at a freed node's address, with its ID, is not mistaken for it). Snapshots are copies,
-so a step never keeps a removed node alive; steps of nodes that left their scene are dropped on
-every access.
+new node at a freed node's address, with its ID, is not mistaken for it). A step never keeps the
+segmentation node alive (segment snapshots are copies; a Track step holds only the stored
+segmentations its write took out of the sequence); steps of nodes that left their scene are
+dropped on every access.
 
-Before-write hooks run after PolypSAM saved its own step and before it writes: the Slicer
-widget registers one that snapshots the Segment Editor's own undo history.
+Before-write hooks run after PolypSAM saved its own step and before it writes, so that another
+undo history can follow PolypSAM's writes. The Slicer module does not need one: it saves the
+Segment Editor's undo state itself, right before it writes a run (the library never calls it).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def propagate_clicks(request: Request, engine: Any, context: Any, from_segment: 
     def writes(out: propagation.PropagationResult) -> list[RegionWrite]:
         s0, s1 = (int(v) for v in out.slices)
         return [RegionWrite(
-            segment, out.labelmap.array[s0:s1 + 1] == 1, (0, ni - 1, 0, nj - 1, s0, s1), colour(0),
+            segment, out.slab(), (0, ni - 1, 0, nj - 1, s0, s1), colour(0),
             provenance={"operation": "start-from-segment" if from_segment else "propagate-clicks",
                         "key_slice": key, "slice_range": (s0, s1), "prompt": key_prompt.to_dict(),
                         "refinements": [r.to_dict() for r in refinements],

@@ -140,7 +140,7 @@ def propagate(request: Request, engine: Any, context: Any,
             s0, s1 = (int(v) for v in res.slices)
             refined = bool(refinements) and index == 0
             result.append(RegionWrite(
-                p.name, res.labelmap.array[s0:s1 + 1] == 1, (0, width - 1, 0, height - 1, s0, s1),
+                p.name, res.slab(), (0, width - 1, 0, height - 1, s0, s1),
                 colour(index), "lesion",
                 {"operation": "refine" if refined else "propagate", "box": box, "key_slice": key,
                  "slice_range": (s0, s1),
