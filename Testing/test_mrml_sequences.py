@@ -110,6 +110,43 @@ def test_tracked_masks_follow_the_browser_and_survive_seq_mrb(slicer_core, slice
         assert (internal == label).sum() == expected.sum()
 
 
+def test_undo_keeps_the_replaced_segmentations_not_a_copy(slicer_core, slicer_scene):
+    """A second write into a browsed sequence: the undo step holds the very stored segmentations
+    the write took out of the sequence (no copy of the sequence is made), and undo puts back
+    exactly what was there, also on the frame the proxy shows (which shares its segmentation with
+    the stored one after browsing) and with a segment the second write added."""
+    from polypsam.mrml.segments import segment_names
+
+    browser, _ = make_video(slicer_scene)
+    logic = slicer_core.logics["sequences"]
+    logic.UpdateProxyNodesFromSequences(browser)
+    seg_node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tracked")
+    seg_node.CreateDefaultDisplayNodes()
+    step = mrml.save_sequence_state_for_undo(seg_node, browser)
+    seq = mrml.write_tracked_masks_to_sequence(browser, seg_node, {t: square(t) for t in range(N)},
+                                               undo=step)
+    for t in [*range(N), 2]:  # browse: the proxy ends up sharing frame 2's stored segmentation
+        browser.SetSelectedItemNumber(t)
+        logic.UpdateProxyNodesFromSequences(browser)
+    assert seg_node.GetSegmentation() is seq.GetNthDataNode(2).GetSegmentation()
+    stored = [seq.GetNthDataNode(t) for t in range(N)]
+    step = mrml.save_sequence_state_for_undo(seg_node, browser)
+    mrml.write_tracked_masks_to_sequence(browser, seg_node, {t: {"Other": square((t + 1) % N)}
+                                                             for t in range(N)}, undo=step)
+    assert all(step.old_items[seq.GetNthIndexValue(t)] is stored[t] for t in range(N)), "held, not copied"
+    assert all(seq.GetNthDataNode(t) is not stored[t] for t in range(N))
+    assert segment_names(seg_node) == ["Polyp", "Other"] and segment_names(stored[2]) == ["Polyp"]
+    assert np.array_equal(proxy_mask(seg_node, "Other"), square(3))
+    assert mrml.undo(seg_node)
+    for t in range(N):
+        assert segment_names(seq.GetNthDataNode(t)) == ["Polyp"], t
+    assert segment_names(seg_node) == ["Polyp"]
+    assert np.array_equal(proxy_mask(seg_node), square(2)), "the proxy shows the restored frame"
+    browser.SetSelectedItemNumber(3)
+    logic.UpdateProxyNodesFromSequences(browser)
+    assert np.array_equal(proxy_mask(seg_node), square(3))
+
+
 def test_bad_tracked_masks_change_nothing(slicer_scene):
     browser, _ = make_video(slicer_scene)
     seg_node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tracked")

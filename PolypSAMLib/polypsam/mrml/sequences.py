@@ -58,7 +58,30 @@ def write_tracked_masks_to_sequence(
     if not order:
         raise InvalidInputError("no masks to write")
     given_frames = set(frames)
+    current = min(max(0, browser_node.GetSelectedItemNumber()), n_frames - 1)
+    seq = browser_node.GetSequenceNode(segmentation_node)
+    swapped: set[str] = set()
 
+    def stored_node(value: str) -> Any:
+        """The stored segmentation of item ``value`` to write into: with ``undo``, a new one,
+        the undo step keeping the one it replaces (once per item)."""
+        stored = seq.GetDataNodeAtValue(value)
+        if stored is None:
+            stored = seq.SetDataNodeAtValue(segmentation_node, value)
+            if undo is not None:
+                undo.added(value)
+        elif undo is not None and value not in swapped:
+            undo.replaced(value, stored)
+            stored = seq.SetDataNodeAtValue(stored, value)
+        swapped.add(value)
+        return stored
+
+    if seq is not None and undo is not None:
+        # The proxy may share its segmentation with the current item (as browsing leaves it):
+        # show a new current item first, so that nothing the undo step keeps changes through it.
+        shown = master.GetNthIndexValue(current)
+        if seq.GetDataNodeAtValue(shown) is not None:
+            segmentation_node.CopyContent(stored_node(shown), False)
     segmentation = segmentation_node.GetSegmentation()
     ids = {}
     for name in order:
@@ -84,8 +107,6 @@ def write_tracked_masks_to_sequence(
                 continue
             write_mask_to_segment(target, ids[name], mask, grid, provenance=frame_tags)
 
-    current = min(max(0, browser_node.GetSelectedItemNumber()), n_frames - 1)
-    seq = browser_node.GetSequenceNode(segmentation_node)
     if seq is None:  # a new sequence: every frame gets a segmentation, the current one last
         seq = segmentation_node.GetScene().AddNewNodeByClass(
             "vtkMRMLSequenceNode", f"{segmentation_node.GetName()}-seq"
@@ -100,26 +121,14 @@ def write_tracked_masks_to_sequence(
         browser_node.AddProxyNode(segmentation_node, seq, False)
     else:  # update the stored segmentations of the given frames; the others are kept
         for frame in frames:
-            value = master.GetNthIndexValue(frame)
-            stored = seq.GetDataNodeAtValue(value)
-            if stored is None:
-                stored = seq.SetDataNodeAtValue(segmentation_node, value)
-                if undo is not None:
-                    undo.added(value)
-            elif undo is not None:  # a new stored node; the undo step keeps the old one
-                undo.replaced(value, stored)
-                stored = seq.SetDataNodeAtValue(stored, value)
+            stored = stored_node(master.GetNthIndexValue(frame))
             for name in order:
                 if find_segment(stored.GetSegmentation(), ids[name]) is None:
                     color = segmentation.GetSegment(ids[name]).GetColor()
                     stored.GetSegmentation().AddEmptySegment(ids[name], name, list(color))
             write_frame(stored, frame)
-        if current in given_frames:
-            if undo is not None:  # show the current frame's new segmentation, as browsing does
-                segmentation_node.CopyContent(seq.GetDataNodeAtValue(master.GetNthIndexValue(current)),
-                                              False)
-            else:
-                write_frame(segmentation_node, current)
+        if current in given_frames and undo is None:
+            write_frame(segmentation_node, current)
         seq.Modified()
     browser_node.SetSaveChanges(seq, True)
     return seq
