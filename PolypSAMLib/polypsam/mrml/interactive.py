@@ -43,14 +43,15 @@ def _read_input(input_node: Any):
     return volume.array, volume.array, False
 
 
-def _segment_slices(segmentation_node: Any, segment: str, reference: Any, shape) -> np.ndarray | None:
+def _segment_slices(segmentation_node: Any, segment: str, reference: Any,
+                    shape) -> np.ndarray | None:
     """The segment's voxels on the whole reference grid (``None`` if there is no such segment)."""
     segment_id = find_segment(segmentation_node.GetSegmentation(), segment)
     if segment_id is None:
         return None
     nk, nj, ni = shape
-    return segment_crop(segmentation_node, segment_id, reference_to_node(segmentation_node, reference),
-                        (0, ni - 1, 0, nj - 1, 0, nk - 1))
+    image_to_node = reference_to_node(segmentation_node, reference)
+    return segment_crop(segmentation_node, segment_id, image_to_node, (0, ni - 1, 0, nj - 1, 0, nk - 1))
 
 
 def clicks(request: Request, engine: Any, context: Any) -> Plan:
@@ -97,7 +98,8 @@ def clicks(request: Request, engine: Any, context: Any) -> Plan:
     def writes(results: dict) -> list[RegionWrite]:
         return [RegionWrite(segment, res.mask[None], (0, width - 1, 0, height - 1, k, k), colour(0),
                             provenance={"operation": "clicks", "slice": k,
-                                        "prompt": prompts[k].to_dict(), "score": f"{res.score:.4f}"})
+                                        "prompt": prompts[k].to_dict(),
+                                        "score": f"{res.score:.4f}"})
                 for k, res in results.items()]
 
     def report(results: dict, written) -> Result:
@@ -137,7 +139,9 @@ def candidate(request: Request, engine: Any, context: Any) -> Plan:
             summary="No candidates: check 'Show 3 candidates' and click first."))
     slice_k = max(result.candidates)
     masks, scores = result.candidates[slice_k]
-    index = request.candidate if request.candidate >= 0 else (result.chosen[slice_k] + 1) % len(masks)
+    index = request.candidate
+    if index < 0:
+        index = (result.chosen[slice_k] + 1) % len(masks)
     if not 0 <= index < len(masks):
         raise InvalidInputError(f"candidate {index} does not exist: choose 0..{len(masks) - 1}")
     require_output(request.segmentation_node)
@@ -159,7 +163,8 @@ def candidate(request: Request, engine: Any, context: Any) -> Plan:
     return Plan(lambda: None, writes, report, request.input_node, source, {})
 
 
-def propagate_clicks(request: Request, engine: Any, context: Any, from_segment: bool = False) -> Plan:
+def propagate_clicks(request: Request, engine: Any, context: Any,
+                     from_segment: bool = False) -> Plan:
     """Propagate the request's segment from a key prompt; clicks on other slices condition SAM2.
 
     Key slice: the override if >= 0, else the first box's key slice, else (``from_segment``) the
@@ -189,7 +194,8 @@ def propagate_clicks(request: Request, engine: Any, context: Any, from_segment: 
     if from_segment:
         seeded = _segment_slices(segmentation_node, segment, input_node, volume.shape)
         if seeded is None or not seeded.any():
-            raise InvalidInputError(f"segment '{segment}' is empty or missing: nothing to start from")
+            raise InvalidInputError(
+                f"segment '{segment}' is empty or missing: nothing to start from")
         ks = np.nonzero(seeded.any(axis=(1, 2)))[0]
         spans += [int(ks.min()), int(ks.max())]
     if request.key_slice >= 0:
@@ -210,11 +216,13 @@ def propagate_clicks(request: Request, engine: Any, context: Any, from_segment: 
     k1 = end if end >= 0 else max(spans + [key])
     points, labels = by_slice.get(key, ([], []))
     key_mask = seeded[key] if seeded is not None and seeded[key].any() else None
-    key_box = box.voxels.box_on_slice(key) if box is not None and box.voxels.k0 <= key <= box.voxels.k1 else None
+    on_key = box is not None and box.voxels.k0 <= key <= box.voxels.k1
+    key_box = box.voxels.box_on_slice(key) if on_key else None
     if key_box is None and not points and key_mask is None:
         raise InvalidInputError(f"no prompt on the key slice {key}: click there or give a box")
     key_prompt = Prompt(box=key_box, points=points, labels=labels, mask=key_mask)
-    refinements = [FramePrompt(k, 1, points=p, labels=lab) for k, (p, lab) in by_slice.items() if k != key]
+    refinements = [FramePrompt(k, 1, points=p, labels=lab)
+                   for k, (p, lab) in by_slice.items() if k != key]
     check_masking(request.editor_node, rgb=False)
     previous = request.previous.propagation if request.previous is not None else None
     progress, cancel = context.progress, context.cancel

@@ -86,8 +86,8 @@ def propagate_volume(logic: Any, engine: Any, pump: Callable[[], None]) -> None:
     roi = _roi(volume, (30, 32, 6), [20 * 0.8, 20 * 0.8, 7 * 2.0], "Lesion")
     seg = new_segmentation(slicer.mrmlScene, volume)
     other = seg.GetSegmentation().AddEmptySegment("", "Other")
-    run = logic.session.start(Request("propagate", input_node=volume, rois=[roi],
-                                      segmentation_node=seg), engine, RunContext(worker=logic.worker))
+    request = Request("propagate", input_node=volume, rois=[roi], segmentation_node=seg)
+    run = logic.session.start(request, engine, RunContext(worker=logic.worker))
     pumped = 0
     while not run.wait(0.05):
         pumped += 1
@@ -121,7 +121,8 @@ def track_4d_volume(logic: Any, engine: Any, pump: Callable[[], None]) -> None:
     result = logic.session.run(Request("track", browser_node=browser, segmentation_node=seg, rois=[
         _roi(proxy, (19, 23, 2), [16 * 0.8, 16 * 0.8, 3 * 2.0], "Lesion")]), engine)
     _check("3 time point(s)" in result.summary, result.summary)
-    _check(browser.GetSequenceNode(seg).GetNumberOfDataNodes() == 3, "one segmentation per time point")
+    _check(browser.GetSequenceNode(seg).GetNumberOfDataNodes() == 3,
+           "one segmentation per time point")
 
 
 def cancel_leaves_segments_untouched(logic: Any, engine: Any, pump: Callable[[], None]) -> None:
