@@ -20,7 +20,7 @@ Data flows one way through it, one module per step:
   tool, and :class:`Session` the state the click tools keep between runs;
 * :mod:`.scene` sets the scene up (Add box, click tools' place mode, a new output segmentation);
   :mod:`.exporting` is the Export button, :mod:`.video_files` Load video, :mod:`.dependencies`
-  the first-use installs.
+  the first-use installs, :mod:`.scenarios` the module's self-test scenarios.
 
 Coordinates: "world" is Slicer's RAS after all parent transforms. A volume's IJK-to-world matrix
 is its parent (linear) transform times its IJKToRAS matrix; :func:`volume_from_node` hardens the
