@@ -74,8 +74,9 @@ def clicks(request: Request, engine: Any, context: Any) -> Plan:
         if not by_slice:
             by_slice = {0 if rgb else p.key_slice: ([], [])}
         for k in by_slice:
-            if rgb or p.voxels.k0 <= k <= p.voxels.k1:
-                box_of[k] = p.box(k) if not rgb else p.voxels.box()
+            box = p.voxels.box() if rgb else p.box_within(k)  # a frame: the ROI's whole box
+            if box is not None:
+                box_of[k] = box
     if not by_slice:
         raise InvalidInputError("no clicks: place include points (or give a box) first")
     existing = _segment_slices(segmentation_node, segment, input_node, (nk, height, width))
@@ -216,8 +217,7 @@ def propagate_clicks(request: Request, engine: Any, context: Any,
     k1 = end if end >= 0 else max(spans + [key])
     points, labels = by_slice.get(key, ([], []))
     key_mask = seeded[key] if seeded is not None and seeded[key].any() else None
-    on_key = box is not None and box.voxels.k0 <= key <= box.voxels.k1
-    key_box = box.voxels.box_on_slice(key) if on_key else None
+    key_box = box.box_within(key) if box is not None else None
     if key_box is None and not points and key_mask is None:
         raise InvalidInputError(f"no prompt on the key slice {key}: click there or give a box")
     key_prompt = Prompt(box=key_box, points=points, labels=labels, mask=key_mask)

@@ -191,6 +191,12 @@ class BoxPrompt:
         v = self.voxels
         return v.box_on_slice(k) if v.k0 <= k <= v.k1 else v.box()
 
+    def box_within(self, k: int) -> Box | None:
+        """The tight box on slice ``k`` where ``k`` is one of the ROI's slices, else ``None`` (a
+        box that goes with clicks only where it was drawn)."""
+        v = self.voxels
+        return v.box_on_slice(k) if v.k0 <= k <= v.k1 else None
+
 
 def box_prompts(rois: Any, node: Any, current_frame: int = 0) -> list[BoxPrompt]:
     """The ROIs as box prompts on ``node``'s grid (a frame not recorded: ``current_frame``)."""
