@@ -147,6 +147,35 @@ def test_undo_keeps_the_replaced_segmentations_not_a_copy(slicer_core, slicer_sc
     assert np.array_equal(proxy_mask(seg_node), square(3))
 
 
+def test_undo_keeps_at_most_two_versions_of_a_sequence(slicer_scene):
+    """Tracking the same output again and again: undo goes back two versions of the sequence (each
+    step holding one version), not ten; older steps are dropped with them."""
+    from polypsam.mrml.history import MAX_SEQUENCE_VERSIONS
+
+    assert MAX_SEQUENCE_VERSIONS == 2
+    browser, _ = make_video(slicer_scene)
+    seg_node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tracked")
+    seg_node.CreateDefaultDisplayNodes()
+    for version in range(4):  # version v: frame t holds square((t + v) % N)
+        step = mrml.save_sequence_state_for_undo(seg_node, browser)
+        seq = mrml.write_tracked_masks_to_sequence(
+            browser, seg_node, {t: square((t + version) % N) for t in range(N)}, undo=step)
+
+    frame = browser.GetMasterSequenceNode().GetNthDataNode(0)
+
+    def stored_version():
+        masks = [mrml.export_segment_labelmap(seq.GetNthDataNode(t), frame, ["Polyp"])[0] > 0
+                 for t in range(N)]
+        return next(v for v in range(4) if all(np.array_equal(m, square((t + v) % N))
+                                               for t, m in enumerate(masks)))
+
+    assert stored_version() == 3
+    assert mrml.undo(seg_node) and stored_version() == 2
+    assert mrml.undo(seg_node) and stored_version() == 1
+    assert not mrml.undo(seg_node), "the steps before the two kept versions are gone"
+    assert browser.GetSequenceNode(seg_node) is seq
+
+
 def test_bad_tracked_masks_change_nothing(slicer_scene):
     browser, _ = make_video(slicer_scene)
     seg_node = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tracked")

@@ -4,7 +4,9 @@ Each segmentation node has a stack of undo steps (at most :data:`MAX_STEPS`). A 
 either the node's segments (a deep copy taken before a write) or, for Track, the segmentation
 sequence the write changed: undo puts back the stored segmentations the write replaced (the step
 holds them, taken out of the sequence, instead of a copy of the whole sequence), or removes the
-sequence from the browser and the scene when the write created it.
+sequence from the browser and the scene when the write created it. At most
+:data:`MAX_SEQUENCE_VERSIONS` steps hold a replaced sequence, so undo memory stays at two
+versions of a sequence however often it is tracked again.
 
 Steps are keyed by the segmentation *node*, not by its ``vtkSegmentation``: with save-changes
 on, Slicer's Sequences logic swaps the proxy node's ``vtkSegmentation`` object whenever the
@@ -31,6 +33,9 @@ import slicer
 from .nodes import require_node
 
 MAX_STEPS = 10
+#: At most this many of a segmentation's undo steps hold a replaced version of its segmentation
+#: sequence (each one a whole sequence's masks); the steps before the oldest of them are dropped.
+MAX_SEQUENCE_VERSIONS = 2
 
 #: Called with the segmentation node right after PolypSAM saved its undo step and before it writes.
 BeforeWriteHook = Callable[[Any], None]
@@ -170,6 +175,9 @@ def _push(segmentation_node: Any, step: Any) -> None:
     room = _room(segmentation_node, create=True)
     room.undo.append(step)
     del room.undo[:-MAX_STEPS]
+    versions = [n for n, s in enumerate(room.undo) if isinstance(s, SequenceStep) and s.existed]
+    if len(versions) > MAX_SEQUENCE_VERSIONS:
+        del room.undo[:versions[-MAX_SEQUENCE_VERSIONS - 1] + 1]
     room.redo.clear()
     for hook in list(_before_write_hooks):
         hook(segmentation_node)
