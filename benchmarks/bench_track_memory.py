@@ -13,9 +13,14 @@ after it (the new segmentation sequence, undo steps). Before the first Track, a 
 Track lets torch allocate its working set, and freed memory is returned to the system
 (``malloc_trim``) before every measurement.
 
+With ``--writes N`` no model runs: N versions of 300 frames' masks (each covering the whole frame,
+as random weights' masks do) are written into the segmentation sequence as Track's write phase
+writes them, one undo step each, and the RSS kept after each write shows what undo holds.
+
 Run (any version of the library: the script uses the one-request API where it exists)::
 
     PYTHONPATH=$PWD/PolypSAMLib .venv/bin/python benchmarks/bench_track_memory.py [--frames 300]
+    PYTHONPATH=$PWD/PolypSAMLib .venv/bin/python benchmarks/bench_track_memory.py --writes 10
 """
 
 from __future__ import annotations
@@ -95,21 +100,67 @@ def track(engine, browser, roi, segmentation) -> str:
     return operations.track(engine, browser, [roi], segmentation).summary
 
 
+def write_version(browser, segmentation, frames_count: int, size: int, version: int) -> None:
+    """Track's write phase for one version of the masks: an undo step, then the sequence write."""
+    from polypsam import mrml
+
+    yy, xx = np.mgrid[:size, :size]
+
+    def mask(t: int) -> np.ndarray:
+        return ((yy + xx + t + version) % 7) < 3  # its bounding box is the whole frame
+
+    if hasattr(mrml, "Request"):  # the one writer (issue 17)
+        from polypsam.mrml.writer import SequenceWrite, write
+
+        masks = {t: {"Polyp": mask(t)} for t in range(frames_count)}
+        write(segmentation, [SequenceWrite(browser, masks, ["Polyp"], {"operation": "track"}, "polyp")])
+        return
+    from polypsam.mrml.tracking import _write_sequence
+
+    _write_sequence(browser, segmentation, {t: {"Polyp": mask(t)} for t in range(frames_count)},
+                    ["Polyp"], {"operation": "track"}, "polyp")
+
+
+def writes_only(args, scene, browser) -> None:
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "written")
+    first = rss()
+    print("| write | RSS kept after it (above the RSS before the first) | time |")
+    print("|---|---|---|")
+    for n in range(1, args.writes + 1):
+        start = time.perf_counter()
+        write_version(browser, segmentation, args.frames, args.size, n)
+        trim()
+        print(f"| {n} | {(rss() - first) / MB:.0f} MB | {time.perf_counter() - start:.1f} s |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--size", type=int, default=512, help="frame height and width")
     parser.add_argument("--image-size", type=int, default=256, help="SAM2's input size")
     parser.add_argument("--tracks", type=int, default=2)
+    parser.add_argument("--writes", type=int, default=0,
+                        help="no model: write this many versions of the masks (undo memory)")
     parser.add_argument("--no-tracemalloc", action="store_true", help="RSS only (tracemalloc slows torch down)")
     args = parser.parse_args()
 
     import tempfile
 
-    import torch
     from slicer_fixtures import add_rgb_video, add_roi_on_ijk, init_slicer_core
 
     import polypsam
+
+    if args.writes:
+        core = init_slicer_core()
+        print(f"library: {Path(polypsam.__file__).parent}")
+        browser = add_rgb_video(core.scene, list(frames(args.frames, args.size, args.size)))
+        core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
+        trim()
+        writes_only(args, core.scene, browser)
+        return
+
+    import torch
     from polypsam.engines import engine_for
     from polypsam.sam2_adapter.model import build_model, save_checkpoint
 
