@@ -101,8 +101,9 @@ class Features:
         names = ["polypsam.engines", "polypsam.mrml", "polypsam.mrml.dependencies",
                  "polypsam.mrml.operations", "polypsam.mrml.scene", "polypsam.mrml.exporting",
                  "polypsam.mrml.video_files", "polypsam.mrml.clicks", "polypsam.mrml.interactive",
-                 "polypsam.mrml.video_clicks", "polypsam.server.client", "polypsam.export",
-                 "polypsam.background", "polypsam.checkpoints"]
+                 "polypsam.mrml.video_clicks", "polypsam.mrml.session", "polypsam.mrml.scenarios",
+                 "polypsam.server.client", "polypsam.export", "polypsam.background",
+                 "polypsam.checkpoints"]
         for name in names:
             importlib.import_module(name)
         return f"works: {len(names)} modules"
@@ -154,16 +155,15 @@ class Features:
 
     def run_operation(self, engine, operation: str) -> str:
         from polypsam import mrml
-        from polypsam.mrml import operations
 
         seg = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "out")
         if operation == "track":
             browser, roi = self.rgb_video()
-            request = operations.Request(browser_node=browser, rois=[roi], segmentation_node=seg)
+            request = mrml.Request(operation, browser_node=browser, rois=[roi], segmentation_node=seg)
         else:
             node, roi = self.rgb_frame() if operation == "segment" else self.ct()
-            request = operations.Request(input_node=node, rois=[roi], segmentation_node=seg)
-        result = operations.run(operation, engine, request)
+            request = mrml.Request(operation, input_node=node, rois=[roi], segmentation_node=seg)
+        result = mrml.run(request, engine)
         name = roi.GetName()
         assert name in result.segment_ids, result
         if operation == "track":

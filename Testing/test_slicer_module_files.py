@@ -256,7 +256,7 @@ def test_module_test_skips_sam2_scenarios_without_torch_or_sam2():
     assert gui < skip < run.index("test_sam2_scenarios")
     assert "find_spec(name)" in _method_source("PolypSAMTest", "missingModelPackages")
     # the SAM2 scenarios are the library's, which Testing/test_mrml_scenarios.py runs here too
-    assert "scenarios.SCENARIOS" in _method_source("PolypSAMTest", "test_sam2_scenarios")
+    assert "scenarios.run_all" in _method_source("PolypSAMTest", "test_sam2_scenarios")
 
 
 MAX_MODULE_LINES = 600

@@ -542,14 +542,14 @@ def test_output_selector_create_new_and_rename(env):
     assert env.entries(ui.outputSegmentationSelector)[:2] == ["None", "Lesions"]
 
 
-# ---- what the prototype found (fixed by another engineer after the widget reshape) -----------
+# ---- what the prototype found --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=ScenarioFailed,
-                   reason="issue 18: the target-segment combo is refreshed only from the parameter"
-                   " node, not when segments are written or undone")
 @in_harness
 def test_target_segment_combo_lists_new_segments(env):
+    """The target-segment combo follows the segments written and undone (issue 18: it was
+    refreshed only from the parameter node; the widget reshape of issue 17 refreshes it after
+    every run and undo)."""
     ui = env.ui
     ct = env.ct_volume()
     env.choose(ui.inputSelector, "ct")
