@@ -210,3 +210,19 @@ def test_cli_evaluate_reports_bad_input_in_one_line(tmp_path, shared_data, capsy
     code = main(["evaluate", str(tmp_path / "a.nrrd"), str(tmp_path / "a.nrrd"),
                  "-o", str(tmp_path / "m.txt")])
     assert code == 2 and ".csv" in capsys.readouterr().err
+
+
+def test_csv_keeps_full_precision(tmp_path):
+    import csv
+
+    from polypsam.evaluation.metrics import LabelMetrics
+
+    hd = 5.1269336847
+    dice = 2 / 3
+    row = LabelMetrics("c", 1, dice, 0.5, 0.5, 0.5, 0.99, 1 / 7, hd, math.inf, 10, 12, 2.0)
+    path = write_csv([row], tmp_path / "m.csv")
+    raw, = csv.DictReader(path.open())
+    assert raw["hd95"] == "5.1269336847" and float(raw["dice"]) == dice  # exact round trip
+    assert float(raw["nsd"]) == 1 / 7 and raw["hd"] == "inf"
+    back, = read_csv(path)
+    assert back["hd95"] == hd and back["dice"] == dice

@@ -19,14 +19,15 @@ def _as_rows(rows: Iterable[LabelMetrics | Mapping]) -> list[dict]:
 
 
 def write_csv(rows: Iterable[LabelMetrics | Mapping], path: str | Path) -> Path:
-    """Write one line per case and label (infinite distances as ``inf``)."""
+    """Write one line per case and label, numbers in full precision (the shortest text that
+    reads back as the same float; infinite distances as ``inf``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in _as_rows(rows):
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
+            writer.writerow({k: (repr(float(v)) if isinstance(v, float) else v)
                              for k, v in row.items()})
     return path
 
