@@ -260,6 +260,10 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
         scored = sorted(r["case"] for r in csv.DictReader(fh))
     assert scored == ["clip/030", "clip/031", "clip/032", "cvc", "kvasir"]
     assert plot.is_file() and "dice" in summary
+    # the clip's three frames count as one case next to the two frames (--frame-weighting video)
+    assert "1 video(s): the frames of a video are averaged first" in summary
+    assert [line.split()[:2] for line in summary.splitlines() if line.startswith("    1")] == [
+        ["1", "3"]]
 
 
 # -- click prompts in the manifest: same masks as the library with the same Prompt ------------
@@ -494,13 +498,20 @@ def test_cli_batch_evaluate_writes_metrics_table_and_plot(cases, reference_run, 
     manifest_csv = write_manifest(tmp_path / "m.csv", [cases["kvasir"], cases["cvc"],
                                                        cases["lesion"]])
     assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--evaluate",
-                     "--tolerance-mm", "3", *engine_args(tiny_checkpoint)]) == 0
+                     "--tolerance-mm", "3", "--tolerance-px", "4",
+                     *engine_args(tiny_checkpoint)]) == 0
     printed = capsys.readouterr().out
     assert "0 cases done, 3 already finished" in printed and "dice" in printed
+    # frames (pixels) and the CT volume (mm) are summarised apart, each with its unit
+    assert "volumes (3-D): distances in millimetres (mm), NSD tolerance 3 mm" in printed
+    assert "distances in pixels (px), NSD tolerance 4 px" in printed
     with (out / "metrics.csv").open() as fh:
         rows = {(r["case"], r["label"]): r for r in csv.DictReader(fh)}
     assert set(rows) == {("kvasir", "1"), ("cvc", "1"), ("lesion", "1")}
-    assert all(float(r["tolerance_mm"]) == 3 for r in rows.values())
+    units = {case: (r["distance_unit"], r["kind"], float(r["nsd_tolerance"]))
+             for (case, _), r in rows.items()}
+    assert units == {"kvasir": ("px", "image", 4.0), "cvc": ("px", "image", 4.0),
+                     "lesion": ("mm", "volume", 3.0)}
     import SimpleITK as sitk
 
     pred = read_labels(out / "lesion" / "labelmap.nii.gz") == 1

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import options
+from .evaluate import add_metric_options
 
 MANIFEST_HELP = """\
 manifest columns (CSV with a header row; input and boxes or points are required):
@@ -71,8 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="at the end, compare cases that have a reference mask: OUTDIR/metrics.csv"
                         " and OUTDIR/metrics.png")
-    p.add_argument("--tolerance-mm", type=float, default=2.0,
-                   help="NSD tolerance for --evaluate in mm (default: %(default)s)")
+    add_metric_options(p, "--evaluate: ")
     options.add_engine_options(p)
     p.set_defaults(handler=run_batch_command)
 
@@ -119,8 +119,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
         from ..batch.evaluate import evaluate_batch
 
         written, summary = evaluate_batch(
-            report, plan.outdir, tolerance_mm=args.tolerance_mm,
-            warn=lambda line: print(f"polypsam: {line}", file=sys.stderr))
+            report, plan.outdir, tolerance_mm=args.tolerance_mm, tolerance_px=args.tolerance_px,
+            weighting=args.frame_weighting, warn=lambda line: print(f"polypsam: {line}", file=sys.stderr))
         print(summary)
         print("wrote " + " and ".join(str(p) for p in written))
     return EXIT_FAILED_CASES if report.failed else 0
