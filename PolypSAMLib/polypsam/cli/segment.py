@@ -17,12 +17,18 @@ from .export import add_export_options, check_export_args, export_from_args
 from ..errors import InvalidInputError
 
 
+OVERLAP_RULE = ("Overlaps: one labelmap holds one label per pixel, so where the masks of several"
+                " boxes overlap the pixel goes to the object with the higher score (SAM2's"
+                " predicted IoU; on a tie, the lower label).")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="segment one image or one volume slice from boxes or clicks",
         description="Segment a PNG/JPEG frame, or slice K of a NIfTI/NRRD/DICOM volume, with one"
                     " mask per box (labels 1..N), or one object from clicks (--point,"
-                    " --negative-point) and/or a mask prompt, with or without one box.")
+                    " --negative-point) and/or a mask prompt, with or without one box. "
+                    + OVERLAP_RULE + " The pixel counts printed are those written.")
     p.add_argument("image", type=Path, help="PNG/JPEG frame, volume file or DICOM folder")
     options.add_box_option(p, required=False)
     options.add_prompt_options(
@@ -102,7 +108,10 @@ def run_segment(args: argparse.Namespace) -> int:
                      reference_dicom=args.image if args.image.is_dir() else None)
     for label, result in enumerate(results, start=1):
         what = result.prompt.describe() if result.prompt is not None else ""
-        print(f"label {label}: {what} score {result.score:.3f} pixels {int(result.mask.sum())}")
+        written, own = int((labels == label).sum()), int(result.mask.sum())
+        lost = f" ({own - written} overlapping pixels went to higher-scoring labels)" \
+            if written < own else ""
+        print(f"label {label}: {what} score {result.score:.3f} pixels {written}{lost}")
     if args.candidates:
         (result,) = results
         for index, (cand, score) in enumerate(zip(result.candidates, result.candidate_scores), 1):

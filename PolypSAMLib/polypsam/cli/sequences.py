@@ -34,7 +34,9 @@ def register(subparsers) -> None:
         description="Segment the key slice (default: middle of --slices) of a NIfTI/NRRD volume or"
                     " DICOM folder from box or click prompts, then propagate with SAM2 forward and backward"
                     " through the slice range. One label per box (1..N); the labelmap keeps the"
-                    " input's origin, spacing and direction.")
+                    " input's origin, spacing and direction. Overlaps: where objects overlap on a"
+                    " slice, the voxel goes to the object with the higher score there (its mask"
+                    " logit maximum; on a tie, the lower label).")
     p.add_argument("volume", type=Path, help="NIfTI/NRRD/MHA file or DICOM series folder")
     options.add_box_option(p, required=False)
     options.add_prompt_options(
@@ -61,7 +63,9 @@ def register(subparsers) -> None:
         "track", help="track boxes or clicked objects through a folder of frames or a video, both ways",
         description="Segment frame I from box or click prompts and track the objects backward and forward"
                     " through the sequence. Writes one PNG label mask per frame (labels 1..N),"
-                    " named like the frames.")
+                    " named like the frames. Overlaps: where objects overlap on a frame, the pixel"
+                    " goes to the object with the higher score there (its mask logit maximum; on a"
+                    " tie, the lower label).")
     t.add_argument("frames", type=Path, help="folder of PNG/JPEG frames or a video file")
     t.add_argument("--frame", type=int, required=True, metavar="I",
                    help="index of the frame the boxes and --point clicks are on (0-based, natural order)")
