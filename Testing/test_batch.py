@@ -419,6 +419,13 @@ def test_a_case_exports_with_its_provenance(reference_run, tmp_path, capsys):
     assert prov["prompts"] == {"boxes": record["prompts"]["boxes"], "key_slice": 6,
                                "slices": [5, 7]}
     assert prov["source"] == record["input"]
+    # without --provenance, export finds the case's case.json itself
+    again = tmp_path / "again.nii.gz"
+    assert cli.main(["export", str(case / "labelmap.nii.gz"), "--to", "nifti", "-o",
+                     str(again)]) == 0
+    found = json.loads(again.with_name(again.name + ".provenance.json").read_text())
+    assert found["provenance"]["checkpoint_sha256"] == record["provenance"]["checkpoint_sha256"]
+    assert found["provenance"]["prompts"] == prov["prompts"]
 
 
 def test_cli_batch_in_process_builds_the_engine_once(cases, reference_run, tiny_checkpoint,
