@@ -178,8 +178,14 @@ def test_manifest_file_level_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
     (tmp_path / "a.csv").write_text("input,boxs\nx.png,1 1 2 2\n")
-    with pytest.raises(InvalidInputError, match="unknown column.*boxs"):
+    with pytest.raises(InvalidInputError, match="unknown column 'boxs': did you mean boxes"):
         read_manifest(tmp_path / "a.csv")
+    (tmp_path / "c.csv").write_text("input,boxes,key_slcie\nx.png,1 1 2 2,3\n")
+    with pytest.raises(InvalidInputError, match="'key_slcie': did you mean key_slice"):
+        read_manifest(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text("input,boxes,Boxes\nx.png,1 1 2 2,3\n")
+    with pytest.raises(InvalidInputError, match="boxes appear twice"):
+        read_manifest(tmp_path / "d.csv")
     (tmp_path / "b.csv").write_text("input,task\nx.png,segment\n")
     with pytest.raises(InvalidInputError, match="needs a boxes or points column"):
         read_manifest(tmp_path / "b.csv")
@@ -221,7 +227,8 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
     assert "input not found" in next(f for f in failures if f["case_id"] == "gone")["error"]
     assert "FAILED case outside" in (out / "batch.log").read_text()
     summary = {r["case_id"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert set(summary) == set(status) and summary["clip"]["outputs"] == "masks"
+    assert set(summary) == set(status) | {"gone"} and summary["clip"]["outputs"] == "masks"
+    assert summary["gone"]["status"] == "invalid" and summary["gone"]["row"] == "6"
 
     # outputs: frame masks of the frame size, one mask per frame of the sequence
     for name in ("kvasir", "cvc"):
@@ -264,6 +271,56 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
     assert "1 video(s): the frames of a video are averaged first" in summary
     assert [line.split()[:2] for line in summary.splitlines() if line.startswith("    1")] == [
         ["1", "3"]]
+
+
+def test_summary_lists_every_row_extra_columns_are_kept_and_the_log_always_exists(
+        cases, engine, tiny_checkpoint, tmp_path):
+    header = HEADER + ["notes", "Patient ID"]
+    rows = [{**cases["cvc"], "reference": "", "notes": "first, with a comma", "Patient ID": "P1"},
+            {"case_id": "gone", "input": str(tmp_path / "gone.png"), "boxes": "1 1 5 5",
+             "notes": "bad row", "Patient ID": "P2"},
+            {**cases["kvasir"], "reference": "", "Patient ID": "P3"},
+            {**cases["cvc"], "case_id": "cvc2", "reference": "", "Patient ID": "P4"}]
+    parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows, header))
+    assert parsed.extra_columns == ["notes", "Patient ID"] and len(parsed.errors) == 1
+    out = tmp_path / "out"
+    plan = plan_for(out, tiny_checkpoint)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the second case (kvasir)
+        run_batch(parsed, plan, engine=CountingEngine(engine, interrupt_at=2))
+
+    def summary() -> list[dict]:
+        with (out / "summary.csv").open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    got = summary()
+    assert [(r["row"], r["case_id"], r["status"], r["Patient ID"]) for r in got] == [
+        ("2", "cvc", "ok", "P1"), ("3", "gone", "invalid", "P2"), ("4", "kvasir", "not run", "P3"),
+        ("5", "cvc2", "not run", "P4")]
+    assert got[0]["notes"] == "first, with a comma" and "input not found" in got[1]["error"]
+    log = (out / "batch.log").read_text()
+    assert " START " in log and " OK case cvc: mask.png" in log and " FAILED row 3:" in log
+    assert " INTERRUPTED 1 ok, 0 finished earlier, 0 failed, 1 invalid rows, 2 not run" in log
+
+    report = run_batch(parsed, plan, engine=CountingEngine(engine))
+    assert [(r["case_id"], r["status"]) for r in summary()] == [
+        ("cvc", "skipped"), ("gone", "invalid"), ("kvasir", "ok"), ("cvc2", "ok")]
+    assert report.failed == 1
+    record = json.loads((out / "kvasir" / "case.json").read_text())
+    assert record["manifest_columns"] == {"notes": "", "Patient ID": "P3"}
+    # the extra columns do not decide the outputs: a changed note runs nothing again
+    rows[2]["notes"] = "seen by a second reader"
+    counting = CountingEngine(engine)
+    run_batch(read_manifest(write_manifest(tmp_path / "m.csv", rows, header)), plan,
+              engine=counting)
+    assert counting.calls == 0
+    assert summary()[2]["notes"] == "seen by a second reader"
+
+    # a batch without any failure has its log too
+    clean = tmp_path / "clean"
+    run_batch(read_manifest(write_manifest(tmp_path / "one.csv", rows[:1], header)),
+              plan_for(clean, tiny_checkpoint), engine=engine)
+    log = (clean / "batch.log").read_text()
+    assert " START " in log and " END 1 ok" in log and "FAILED" not in log
 
 
 # -- click prompts in the manifest: same masks as the library with the same Prompt ------------

@@ -139,6 +139,7 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
         "kind": case.kind, "task": case.task, "prompts": case.prompts(),
         "window": case.window or plan.window or None,
         "reference": str(case.reference) if case.reference else None,
+        "manifest_columns": dict(case.extra),  # the row's other columns (notes...), as they are
         "fingerprint": fingerprint(case, plan), "polypsam_version": __version__,
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -33,9 +33,13 @@ manifest columns (CSV with a header row; input and boxes or points are required)
   reference  optional reference mask (image, labelmap or folder of masks) for --evaluate
   window     optional intensity for this row, as --window
 
+  other columns (notes, patient id...) are kept as they are, in summary.csv and case.json
+
 outputs: OUTDIR/CASE_ID/ mask.png | labelmap.nii.gz (input's geometry) | masks/FRAME.png,
 plus case.json (status, prompts, provenance, timings; written last, marks the case done);
-OUTDIR/summary.csv, failures.csv, batch.log; with --evaluate metrics.csv and metrics.png.
+OUTDIR/summary.csv (every row with its status: ok, skipped = finished earlier, failed,
+invalid = the row could not be read, not run = interrupted first), failures.csv, batch.log
+(always: start, every case, end); with --evaluate metrics.csv and metrics.png.
 A bad row or failed case is logged and the batch goes on (exit status 1 at the end).
 Re-running skips finished cases; changed rows or model settings run again.
 
@@ -93,7 +97,10 @@ def run_batch_command(args: argparse.Namespace) -> int:
                      allow_download=not args.no_download, window=args.window or "",
                      labelmap_suffix="." + args.labelmap_format)
     for error in manifest.errors:
-        print(f"polypsam: row {error.row} skipped: {error.message}", file=sys.stderr)
+        print(f"polypsam: row {error.row} invalid, not run: {error.message}", file=sys.stderr)
+    if manifest.extra_columns:
+        print(f"polypsam: manifest columns kept as they are (in summary.csv and case.json):"
+              f" {', '.join(manifest.extra_columns)}", file=sys.stderr)
     bar = options.progress_bar(len(manifest.cases), "case", "batch")
 
     def on_result(result) -> None:
