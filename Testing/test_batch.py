@@ -26,9 +26,15 @@ HEADER = ["case_id", "input", "task", "boxes", "slices", "key_slice", "frame", "
           "window"]
 
 
+# Model calls of the reference run and of the CLI runs compared with it use this many torch
+# threads: not this machine's default (results may differ by a voxel between thread counts), so
+# a worker matching an in-process run shows that the count travels with the case.
+THREADS = 3
+
+
 def engine_args(checkpoint) -> list[str]:
     return ["--checkpoint", str(checkpoint), "--config", TINY_CONFIG, "--device", "cpu",
-            "--image-size", str(TEST_IMAGE_SIZE)]
+            "--image-size", str(TEST_IMAGE_SIZE), "--threads", str(THREADS)]
 
 
 POINT_COLUMNS = ["points", "negative_points", "slice_points", "slice_negative_points",
@@ -101,9 +107,9 @@ class CountingEngine:
         pass
 
 
-def plan_for(outdir: Path, checkpoint) -> BatchPlan:
+def plan_for(outdir: Path, checkpoint, threads: int = 0) -> BatchPlan:
     settings = settings_for(checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
-    return BatchPlan(outdir=outdir, settings=settings)
+    return BatchPlan(outdir=outdir, settings=settings, threads=threads)
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -433,7 +439,7 @@ def reference_run(cases, engine, tiny_checkpoint, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("reference")
     rows = [cases["kvasir"], cases["cvc"], cases["lesion"]]
     parsed = read_manifest(write_manifest(tmp / "m.csv", rows))
-    report = run_batch(parsed, plan_for(tmp / "out", tiny_checkpoint), engine=engine)
+    report = run_batch(parsed, plan_for(tmp / "out", tiny_checkpoint, THREADS), engine=engine)
     assert report.count("ok") == 3
     return tmp / "out"
 
@@ -521,6 +527,12 @@ def test_cli_batch_on_a_local_dask_cluster_gives_identical_outputs(cases, refere
                                       read_labels(reference_run / name / output))
     records = [json.loads((out / n / "case.json").read_text()) for n in OUTPUTS]
     assert all(r["pid"] != os.getpid() for r in records)  # ran in the workers
+    # with the thread count the in-process run used (recorded in case.json and provenance)
+    reference = [json.loads((reference_run / n / "case.json").read_text()) for n in OUTPUTS]
+    assert {r["torch_threads"] for r in records + reference} == {THREADS}
+    assert {r["provenance"]["torch_threads"] for r in records} == {THREADS}
+    assert f"on 2 worker processes, {THREADS} torch threads per model call" in \
+        (out / "batch.log").read_text()
     loads: dict[int, int] = {}
     for r in records:
         loads[r["pid"]] = loads.get(r["pid"], 0) + int(r["engine_loaded"])

@@ -6,8 +6,14 @@ Each case owns the folder ``OUTDIR/<case_id>/``:
   ``labelmap_suffix``) or ``masks/<frame>.png`` (a sequence);
 * ``case.json``: status, prompts, provenance (``engine.info.provenance()``), timings, scores.
 
+Every model call of a case runs with ``plan.threads`` torch threads, in this process or on a
+worker (float sums over another thread count can move a pixel or a voxel), so a batch on
+``--workers`` gives the same outputs as one in this process; the count is recorded in
+``case.json`` and its provenance (``torch_threads``).
+
 ``case.json`` is written last, atomically (temporary file + ``os.replace``), and carries a
-fingerprint of everything that decides the outputs (the case's row and the engine settings). A
+fingerprint of everything that decides the outputs (the case's row, the engine settings and the
+thread count). A
 case is finished when its ``case.json`` says ``"status": "ok"`` with the same fingerprint and
 every output it lists exists; anything else (no JSON: interrupted; failed; a changed row or
 model) runs again from an emptied folder.
@@ -15,13 +21,14 @@ model) runs again from an emptied folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -46,6 +53,7 @@ class BatchPlan:
     allow_download: bool = False
     window: str = ""  # default intensity (the CLI's --window); a row's own window wins
     labelmap_suffix: str = ".nii.gz"
+    threads: int = 0  # torch threads of every model call; 0: this process's count (run_batch)
 
     def case_dir(self, case: Case) -> Path:
         return self.outdir / case.case_id
@@ -73,7 +81,8 @@ def fingerprint(case: Case, plan: BatchPlan) -> str:
     from dataclasses import asdict
 
     data = {"format": FORMAT, "case": case.describe(), "settings": asdict(plan.settings),
-            "window": case.window or plan.window, "labelmap_suffix": plan.labelmap_suffix}
+            "window": case.window or plan.window, "labelmap_suffix": plan.labelmap_suffix,
+            "threads": plan.threads}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,6 +149,7 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
         "window": case.window or plan.window or None,
         "reference": str(case.reference) if case.reference else None,
         "manifest_columns": dict(case.extra),  # the row's other columns (notes...), as they are
+        "torch_threads": plan.threads or None,
         "fingerprint": fingerprint(case, plan), "polypsam_version": __version__,
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -147,7 +157,9 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        outputs, extra = _run(case, plan, engine_provider, folder, timings, record)
+        with model_threads(plan.threads) as used:
+            record["torch_threads"] = used  # as torch reports it inside the case
+            outputs, extra = _run(case, plan, engine_provider, folder, timings, record)
         record.update(extra, status="ok", outputs=outputs, error=None)
     except Exception as exc:  # a bad case is recorded, never stops the batch
         record.update(status="failed", outputs=[], error=_message(exc))
@@ -183,8 +195,36 @@ def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: di
     record["engine_loaded"] = load_s > 0
     # engine.info.provenance() + prompts, version, date: what `polypsam export --provenance` reads
     record["provenance"] = make_provenance(engine.info, prompts=record["prompts"],
-                                           source=record["input"], command="batch")
+                                           source=record["input"], command="batch",
+                                           torch_threads=record["torch_threads"])
     return engine
+
+
+def default_threads(plan: BatchPlan) -> BatchPlan:
+    """``plan`` with its thread count fixed: this process's torch thread count unless given
+    (a server engine's threads are the server's: 0)."""
+    if plan.threads or getattr(plan.settings, "kind", "") == "server":
+        return plan
+    import torch
+
+    return replace(plan, threads=torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def model_threads(count: int):
+    """torch's intra-op thread count set to ``count`` for the duration (0: left alone); yields
+    the count torch reports then (``None`` when left alone)."""
+    if not count:
+        yield None
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(case: Case, plan: BatchPlan, provider: EngineProvider, folder: Path, timings: dict,

@@ -2,7 +2,9 @@
 
 Scaling is Dask's (``dask.distributed``): ``workers=N`` starts a
 ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` on 127.0.0.1,
-``scheduler=ADDRESS`` connects to an existing cluster. Every worker process keeps one engine in a
+``scheduler=ADDRESS`` connects to an existing cluster. Wherever a case runs, its model calls use
+``plan.threads`` torch threads (default: this process's count), so outputs do not depend on where
+a case ran. Every worker process keeps one engine in a
 module-level cache keyed by the engine settings, so the model loads once per worker, not once
 per case; cases on one worker run one at a time (the engine is not shared between threads).
 With a remote cluster, the inputs and OUTDIR must be at the same paths on every worker (a shared
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .manifest import Case, Manifest, RowError
-from .runner import BatchPlan, CaseResult, finished, run_case, skipped
+from .runner import BatchPlan, CaseResult, default_threads, finished, run_case, skipped
 
 SUMMARY_CSV = "summary.csv"
 FAILURES_CSV = "failures.csv"
@@ -102,17 +104,21 @@ def run_batch(
 
     ``workers=0`` and no ``scheduler``: cases run in this process, one after the other, with
     ``engine`` if given (else one built from ``plan.settings`` and closed at the end).
+    ``plan.threads`` 0 becomes this process's torch thread count (see :func:`default_threads`).
     ``on_result`` is called once per case as it completes (a progress bar). Failed cases are
     recorded (``failures.csv``, ``batch.log``) and the batch goes on; ``KeyboardInterrupt``
     stops it, finished cases stay finished.
     """
     start = time.perf_counter()
+    plan = default_threads(plan)
     plan.outdir.mkdir(parents=True, exist_ok=True)
     report = BatchReport(row_errors=list(manifest.errors))
     where = (f"on the Dask scheduler {scheduler}" if scheduler else
              f"on {workers} worker processes" if workers > 0 else "in this process")
+    threads = f"{plan.threads} torch threads per model call" if plan.threads else \
+        "the server's threads"
     log(plan.outdir, "START", f"{manifest.path}: {manifest.rows} rows ({len(manifest.cases)}"
-        f" cases, {len(manifest.errors)} invalid), {where}")
+        f" cases, {len(manifest.errors)} invalid), {where}, {threads}")
     log_failures(plan.outdir, [f"row {e.row}: {e.input or '(no input)'}: {e.message}"
                        for e in manifest.errors])
     by_id: dict[str, CaseResult] = {}
