@@ -187,16 +187,25 @@ def _intensity(case: Case, plan: BatchPlan):
     return parse_intensity(text) if text else None
 
 
-def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: dict):
+def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: dict,
+            case: Case, scalar: bool):
+    """The engine; records it and the intensity the case applies (the row's window, --window,
+    else the checkpoint's fine-tuning intensity, which the engine applies itself)."""
     from ..export import make_provenance
+    from ..provenance import intensity_provenance
 
     engine, load_s = provider(plan.settings)
     timings["engine_load_s"] = load_s
     record["engine_loaded"] = load_s > 0
+    info = engine.info
+    trained = info.default_intensity(None) if hasattr(info, "default_intensity") else None
+    _, record["intensity"] = intensity_provenance(
+        _intensity(case, plan), "the row's window" if case.window else "--window", trained, scalar)
     # engine.info.provenance() + prompts, version, date: what `polypsam export --provenance` reads
-    record["provenance"] = make_provenance(engine.info, prompts=record["prompts"],
+    record["provenance"] = make_provenance(info, prompts=record["prompts"],
                                            source=record["input"], command="batch",
-                                           torch_threads=record["torch_threads"])
+                                           torch_threads=record["torch_threads"],
+                                           intensity=record["intensity"])
     return engine
 
 
@@ -245,7 +254,7 @@ def _segment_image(case, plan, provider, folder, timings, record):
     prompts = case.object_prompts(image.shape[1], image.shape[0])
     intensity = _intensity(case, plan)
     timings["read_s"] = time.perf_counter() - t
-    engine = _engine(provider, plan, timings, record)
+    engine = _engine(provider, plan, timings, record, case, image.ndim == 2)
     t = time.perf_counter()
     results = engine.segment_2d(image, prompts, intensity=intensity)
     timings["compute_s"] = time.perf_counter() - t
@@ -275,7 +284,7 @@ def _volume(case, plan, provider, folder, timings, record):
         k = check_index(case.key_slice or 0, nk, f"key_slice {case.key_slice}",
                         "the volume's slices")
         timings["read_s"] = time.perf_counter() - t
-        engine = _engine(provider, plan, timings, record)
+        engine = _engine(provider, plan, timings, record, case, True)
         t = time.perf_counter()
         results = engine.segment_2d(volume.array[k], prompts, intensity=intensity)
         labels = np.zeros(volume.shape, dtype=np.uint8 if len(prompts) < 256 else np.uint16)
@@ -290,7 +299,7 @@ def _volume(case, plan, provider, folder, timings, record):
             check_index(case.key_slice, nk, f"key_slice {case.key_slice}", "the volume's slices")
         refinements = case.refinements(nk)
         timings["read_s"] = time.perf_counter() - t
-        engine = _engine(provider, plan, timings, record)
+        engine = _engine(provider, plan, timings, record, case, True)
         t = time.perf_counter()
         result = propagate(engine, volume, prompts, (k0, k1), case.key_slice,
                            refinements=refinements, intensity=intensity)
@@ -320,7 +329,7 @@ def _track(case, plan, provider, folder, timings, record):
     intensity = _intensity(case, plan)
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
     timings["read_s"] = time.perf_counter() - t
-    engine = _engine(provider, plan, timings, record)
+    engine = _engine(provider, plan, timings, record, case, first.ndim == 2)
     t = time.perf_counter()
     written = []
     for frame, labels, _scores in iter_track(engine, frames, index, prompts,

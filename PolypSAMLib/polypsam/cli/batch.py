@@ -107,6 +107,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
                      allow_download=not args.no_download, window=args.window or "",
                      labelmap_suffix="." + args.labelmap_format, threads=args.threads)
     plan = default_threads(plan)
+    say_trained_intensity(plan)
     cores = os.cpu_count() or 1
     if args.workers and plan.threads and args.workers * plan.threads > cores:
         print(f"polypsam: note: {args.workers} workers x {plan.threads} torch threads on {cores}"
@@ -148,3 +149,20 @@ def run_batch_command(args: argparse.Namespace) -> int:
         print(summary)
         print("wrote " + " and ".join(str(p) for p in written))
     return EXIT_FAILED_CASES if report.failed else 0
+
+
+def say_trained_intensity(plan) -> None:
+    """Say when the checkpoint's fine-tuning intensity applies to rows without a window."""
+    from ..engines import trained_intensity
+    from ..preprocess import describe_intensity
+
+    trained = trained_intensity(plan.settings)
+    if trained is None:
+        return
+    if not plan.window:
+        print(f"polypsam: scalar inputs of rows without a window: {describe_intensity(trained)},"
+              " as the checkpoint was fine-tuned (from its sidecar; recorded in case.json)",
+              file=sys.stderr)
+    else:
+        print(f"polypsam: note: --window {plan.window} differs from the checkpoint's fine-tuning"
+              f" intensity, {describe_intensity(trained)}", file=sys.stderr)

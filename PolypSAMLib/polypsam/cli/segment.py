@@ -85,6 +85,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.overlay is not None:
         options.check_suffix(args.overlay, (".png",), "--overlay")
     engine = options.engine_from_args(args)
+    intensity, intensity_record = options.run_intensity(args, engine, scalar=image.ndim == 2)
     results = engine.segment_2d(image, prompts, intensity=intensity, multimask=args.candidates)
 
     def full_labels(labels: np.ndarray) -> np.ndarray:
@@ -103,7 +104,8 @@ def run_segment(args: argparse.Namespace) -> int:
     prov = run_provenance(args, engine, source=args.image, prompts={
         "boxes": [p.box for p in prompts if p.box is not None],
         "prompts": [p.to_dict() for p in prompts], "slice": args.slice_k},
-        scores={str(n): r.score for n, r in enumerate(results, start=1)})
+        scores={str(n): r.score for n, r in enumerate(results, start=1)},
+        intensity=intensity_record)
     write(labels, args.output)
     write_run_sidecar(args, args.output, prov, labels_in(labels), frames=frames)
     if args.overlay is not None:

@@ -106,6 +106,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     prompts = options.prompts_from_args(args, ni, nj, mask)
     refinements = options.refinements_from_args(args, nk, "slice")
     engine = options.engine_from_args(args)
+    intensity, intensity_record = options.run_intensity(args, engine, scalar=True)
     bar = options.progress_bar(k1 - k0 + 1, "slice", "propagate")
 
     def progress(done: int, total: int) -> None:
@@ -130,7 +131,8 @@ def run_propagate(args: argparse.Namespace) -> int:
         "refinements": [r.to_dict() for r in refinements],
         "key_slice": result.key_slice, "slices": list(result.slices)},
         until=args.until, largest_component=args.largest_component,
-        key_slice_scores={str(k): v for k, v in result.scores.items()})
+        key_slice_scores={str(k): v for k, v in result.scores.items()},
+        intensity=intensity_record)
     io.write_volume(result.labelmap, args.output)
     lab = result.labelmap.array
     write_run_sidecar(args, args.output, prov, labels_in(lab), frames=False)
@@ -167,6 +169,7 @@ def run_track(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"-o {args.output} exists and is not a folder")
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
     engine = options.engine_from_args(args)
+    intensity, intensity_record = options.run_intensity(args, engine, scalar=first.ndim == 2)
     args.output.mkdir(parents=True, exist_ok=True)
     overlay_dir = args.output / "overlay"
     bar = options.progress_bar(n, "frame", "track")
@@ -200,7 +203,8 @@ def run_track(args: argparse.Namespace) -> int:
     prov = run_provenance(args, engine, source=args.frames, prompts={
         "boxes": [b for b in boxes if b is not None],
         "prompts": [p.to_dict() for p in prompts],
-        "refinements": [r.to_dict() for r in refinements], "key_frame": args.frame})
+        "refinements": [r.to_dict() for r in refinements], "key_frame": args.frame},
+        intensity=intensity_record)
     write_run_sidecar(args, args.output, prov, present, frames=True,
                       files=[f"{name}.png" for name in names],
                       overlays="overlay/" if args.overlay else None)
