@@ -414,7 +414,7 @@ def test_output_with_a_saved_run_needs_resume_or_overwrite(full_run, polyp_folde
     assert all(p.read_bytes() == data for p, data in before.items())  # nothing touched
     assert main(args + ["--resume", "--overwrite"]) == 2
     assert "give one of them" in capsys.readouterr().err
-    assert main(args[:3] + ["-o", str(tiny_checkpoint)] + args[5:] + ["--overwrite"]) == 2
+    assert main(args[:2] + ["-o", str(tiny_checkpoint)] + args[4:] + ["--overwrite"]) == 2
     assert "is the base checkpoint" in capsys.readouterr().err
 
     assert main(args + ["--overwrite"]) == 0  # starts again: one epoch, a fresh state
