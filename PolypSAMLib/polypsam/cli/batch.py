@@ -145,7 +145,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
         written, summary = evaluate_batch(
             report, plan.outdir, tolerance_mm=args.tolerance_mm, tolerance_px=args.tolerance_px,
-            weighting=args.frame_weighting, warn=lambda line: print(f"polypsam: {line}", file=sys.stderr))
+            weighting=args.frame_weighting,
+            warn=lambda line: print(f"polypsam: {line}", file=sys.stderr))
         print(summary)
         print("wrote " + " and ".join(str(p) for p in written))
     return EXIT_FAILED_CASES if report.failed else 0

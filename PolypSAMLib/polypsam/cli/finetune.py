@@ -48,10 +48,11 @@ def register(subparsers) -> None:
                    help="move training boxes by Gaussian noise of this fraction of their side,"
                         " as in SAM's training (e.g. 0.1; default: off)")
     p.add_argument("--window", default=None,
-                   help="intensity of scalar images (CT volumes, grey frames): abdomen | soft_tissue"
-                        " | lung | bone | brain, LEVEL,WIDTH or percentile[:LOW,HIGH] (default:"
-                        " abdomen when the data holds volumes, else percentile). Recorded in the"
-                        " sidecar; inference with the checkpoint applies it unless --window")
+                   help="intensity of scalar images (CT volumes, grey frames): abdomen |"
+                        " soft_tissue | lung | bone | brain, LEVEL,WIDTH or"
+                        " percentile[:LOW,HIGH] (default: abdomen when the data holds volumes,"
+                        " else percentile). Recorded in the sidecar; inference with the"
+                        " checkpoint applies it unless --window")
     p.add_argument("--label", type=int, default=None,
                    help="labelmap value of the lesion in volumes (default: any non-zero)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, batch order, jitter and augmentation")

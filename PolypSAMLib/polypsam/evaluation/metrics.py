@@ -15,9 +15,9 @@ or ``px`` (it applies to ``hd95``, ``hd`` and the NSD tolerance), and ``kind`` i
   ``SignedMaurerDistanceMap`` with the image spacing).
   ``hd95`` = max of the two directed 95th percentiles of boundary-to-boundary distances (as
   MONAI and DeepMind's ``surface-distance`` compute it); ``hd`` = the maximum (Hausdorff);
-  ``nsd`` (normalised surface Dice at the tolerance, in the distance unit) = the fraction of boundary voxels of
-  both masks lying within the tolerance of the other mask's boundary (boundary voxels counted,
-  not surface-element areas).
+  ``nsd`` (normalised surface Dice at the tolerance, in the distance unit) = the fraction of
+  boundary voxels of both masks lying within the tolerance of the other mask's boundary
+  (boundary voxels counted, not surface-element areas).
 
 Empty masks (see :data:`EMPTY_CONVENTION`):
   both empty: dice = iou = precision = recall = nsd = 1, hd95 = hd = 0 (a correct "nothing");

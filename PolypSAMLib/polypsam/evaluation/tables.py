@@ -159,8 +159,8 @@ def format_summary(rows: Iterable[LabelMetrics | Mapping], weighting: str = "vid
         for label in sorted({r["label"] for r in block}):
             cells, count, left_out = [], 0, []
             for m in METRICS:
-                s = next(x for x in stats if (x["kind"], x["distance_unit"], x["label"], x["metric"])
-                         == (kind, unit, label, m))
+                s = next(x for x in stats if (x["kind"], x["distance_unit"], x["label"],
+                                              x["metric"]) == (kind, unit, label, m))
                 count = max(count, s["n"] + s["n_not_finite"])
                 cell = f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["n"] else "n/a"
                 if s["n_not_finite"]:
