@@ -26,9 +26,15 @@ HEADER = ["case_id", "input", "task", "boxes", "slices", "key_slice", "frame", "
           "window"]
 
 
+# Model calls of the reference run and of the CLI runs compared with it use this many torch
+# threads: not this machine's default (results may differ by a voxel between thread counts), so
+# a worker matching an in-process run shows that the count travels with the case.
+THREADS = 3
+
+
 def engine_args(checkpoint) -> list[str]:
     return ["--checkpoint", str(checkpoint), "--config", TINY_CONFIG, "--device", "cpu",
-            "--image-size", str(TEST_IMAGE_SIZE)]
+            "--image-size", str(TEST_IMAGE_SIZE), "--threads", str(THREADS)]
 
 
 POINT_COLUMNS = ["points", "negative_points", "slice_points", "slice_negative_points",
@@ -101,9 +107,9 @@ class CountingEngine:
         pass
 
 
-def plan_for(outdir: Path, checkpoint) -> BatchPlan:
+def plan_for(outdir: Path, checkpoint, threads: int = 0) -> BatchPlan:
     settings = settings_for(checkpoint, TINY_CONFIG, device="cpu", image_size=TEST_IMAGE_SIZE)
-    return BatchPlan(outdir=outdir, settings=settings)
+    return BatchPlan(outdir=outdir, settings=settings, threads=threads)
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -178,8 +184,14 @@ def test_manifest_file_level_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="manifest not found"):
         read_manifest(tmp_path / "none.csv")
     (tmp_path / "a.csv").write_text("input,boxs\nx.png,1 1 2 2\n")
-    with pytest.raises(InvalidInputError, match="unknown column.*boxs"):
+    with pytest.raises(InvalidInputError, match="unknown column 'boxs': did you mean boxes"):
         read_manifest(tmp_path / "a.csv")
+    (tmp_path / "c.csv").write_text("input,boxes,key_slcie\nx.png,1 1 2 2,3\n")
+    with pytest.raises(InvalidInputError, match="'key_slcie': did you mean key_slice"):
+        read_manifest(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text("input,boxes,Boxes\nx.png,1 1 2 2,3\n")
+    with pytest.raises(InvalidInputError, match="boxes appear twice"):
+        read_manifest(tmp_path / "d.csv")
     (tmp_path / "b.csv").write_text("input,task\nx.png,segment\n")
     with pytest.raises(InvalidInputError, match="needs a boxes or points column"):
         read_manifest(tmp_path / "b.csv")
@@ -221,7 +233,8 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
     assert "input not found" in next(f for f in failures if f["case_id"] == "gone")["error"]
     assert "FAILED case outside" in (out / "batch.log").read_text()
     summary = {r["case_id"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert set(summary) == set(status) and summary["clip"]["outputs"] == "masks"
+    assert set(summary) == set(status) | {"gone"} and summary["clip"]["outputs"] == "masks"
+    assert summary["gone"]["status"] == "invalid" and summary["gone"]["row"] == "6"
 
     # outputs: frame masks of the frame size, one mask per frame of the sequence
     for name in ("kvasir", "cvc"):
@@ -260,6 +273,60 @@ def test_batch_outputs_failures_and_resume(cases, engine, tiny_checkpoint, tmp_p
         scored = sorted(r["case"] for r in csv.DictReader(fh))
     assert scored == ["clip/030", "clip/031", "clip/032", "cvc", "kvasir"]
     assert plot.is_file() and "dice" in summary
+    # the clip's three frames count as one case next to the two frames (--frame-weighting video)
+    assert "1 video(s): the frames of a video are averaged first" in summary
+    assert [line.split()[:2] for line in summary.splitlines() if line.startswith("    1")] == [
+        ["1", "3"]]
+
+
+def test_summary_lists_every_row_extra_columns_are_kept_and_the_log_always_exists(
+        cases, engine, tiny_checkpoint, tmp_path):
+    header = HEADER + ["notes", "Patient ID"]
+    rows = [{**cases["cvc"], "reference": "", "notes": "first, with a comma", "Patient ID": "P1"},
+            {"case_id": "gone", "input": str(tmp_path / "gone.png"), "boxes": "1 1 5 5",
+             "notes": "bad row", "Patient ID": "P2"},
+            {**cases["kvasir"], "reference": "", "Patient ID": "P3"},
+            {**cases["cvc"], "case_id": "cvc2", "reference": "", "Patient ID": "P4"}]
+    parsed = read_manifest(write_manifest(tmp_path / "m.csv", rows, header))
+    assert parsed.extra_columns == ["notes", "Patient ID"] and len(parsed.errors) == 1
+    out = tmp_path / "out"
+    plan = plan_for(out, tiny_checkpoint)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the second case (kvasir)
+        run_batch(parsed, plan, engine=CountingEngine(engine, interrupt_at=2))
+
+    def summary() -> list[dict]:
+        with (out / "summary.csv").open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    got = summary()
+    assert [(r["row"], r["case_id"], r["status"], r["Patient ID"]) for r in got] == [
+        ("2", "cvc", "ok", "P1"), ("3", "gone", "invalid", "P2"), ("4", "kvasir", "not run", "P3"),
+        ("5", "cvc2", "not run", "P4")]
+    assert got[0]["notes"] == "first, with a comma" and "input not found" in got[1]["error"]
+    log = (out / "batch.log").read_text()
+    assert " START " in log and " OK case cvc: mask.png" in log and " FAILED row 3:" in log
+    assert " INTERRUPTED 1 ok, 0 finished earlier, 0 failed, 1 invalid rows, 2 not run" in log
+
+    report = run_batch(parsed, plan, engine=CountingEngine(engine))
+    assert [(r["case_id"], r["status"]) for r in summary()] == [
+        ("cvc", "skipped"), ("gone", "invalid"), ("kvasir", "ok"), ("cvc2", "ok")]
+    assert report.failed == 1
+    record = json.loads((out / "kvasir" / "case.json").read_text())
+    assert record["manifest_columns"] == {"notes": "", "Patient ID": "P3"}
+    # the extra columns do not decide the outputs: a changed note runs nothing again
+    rows[2]["notes"] = "seen by a second reader"
+    counting = CountingEngine(engine)
+    run_batch(read_manifest(write_manifest(tmp_path / "m.csv", rows, header)), plan,
+              engine=counting)
+    assert counting.calls == 0
+    assert summary()[2]["notes"] == "seen by a second reader"
+
+    # a batch without any failure has its log too
+    clean = tmp_path / "clean"
+    run_batch(read_manifest(write_manifest(tmp_path / "one.csv", rows[:1], header)),
+              plan_for(clean, tiny_checkpoint), engine=engine)
+    log = (clean / "batch.log").read_text()
+    assert " START " in log and " END 1 ok" in log and "FAILED" not in log
 
 
 # -- click prompts in the manifest: same masks as the library with the same Prompt ------------
@@ -372,7 +439,7 @@ def reference_run(cases, engine, tiny_checkpoint, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("reference")
     rows = [cases["kvasir"], cases["cvc"], cases["lesion"]]
     parsed = read_manifest(write_manifest(tmp / "m.csv", rows))
-    report = run_batch(parsed, plan_for(tmp / "out", tiny_checkpoint), engine=engine)
+    report = run_batch(parsed, plan_for(tmp / "out", tiny_checkpoint, THREADS), engine=engine)
     assert report.count("ok") == 3
     return tmp / "out"
 
@@ -415,6 +482,13 @@ def test_a_case_exports_with_its_provenance(reference_run, tmp_path, capsys):
     assert prov["prompts"] == {"boxes": record["prompts"]["boxes"], "key_slice": 6,
                                "slices": [5, 7]}
     assert prov["source"] == record["input"]
+    # without --provenance, export finds the case's case.json itself
+    again = tmp_path / "again.nii.gz"
+    assert cli.main(["export", str(case / "labelmap.nii.gz"), "--to", "nifti", "-o",
+                     str(again)]) == 0
+    found = json.loads(again.with_name(again.name + ".provenance.json").read_text())
+    assert found["provenance"]["checkpoint_sha256"] == record["provenance"]["checkpoint_sha256"]
+    assert found["provenance"]["prompts"] == prov["prompts"]
 
 
 def test_cli_batch_in_process_builds_the_engine_once(cases, reference_run, tiny_checkpoint,
@@ -453,6 +527,12 @@ def test_cli_batch_on_a_local_dask_cluster_gives_identical_outputs(cases, refere
                                       read_labels(reference_run / name / output))
     records = [json.loads((out / n / "case.json").read_text()) for n in OUTPUTS]
     assert all(r["pid"] != os.getpid() for r in records)  # ran in the workers
+    # with the thread count the in-process run used (recorded in case.json and provenance)
+    reference = [json.loads((reference_run / n / "case.json").read_text()) for n in OUTPUTS]
+    assert {r["torch_threads"] for r in records + reference} == {THREADS}
+    assert {r["provenance"]["torch_threads"] for r in records} == {THREADS}
+    assert f"on 2 worker processes, {THREADS} torch threads per model call" in \
+        (out / "batch.log").read_text()
     loads: dict[int, int] = {}
     for r in records:
         loads[r["pid"]] = loads.get(r["pid"], 0) + int(r["engine_loaded"])
@@ -494,13 +574,20 @@ def test_cli_batch_evaluate_writes_metrics_table_and_plot(cases, reference_run, 
     manifest_csv = write_manifest(tmp_path / "m.csv", [cases["kvasir"], cases["cvc"],
                                                        cases["lesion"]])
     assert cli.main(["batch", str(manifest_csv), "-o", str(out), "--evaluate",
-                     "--tolerance-mm", "3", *engine_args(tiny_checkpoint)]) == 0
+                     "--tolerance-mm", "3", "--tolerance-px", "4",
+                     *engine_args(tiny_checkpoint)]) == 0
     printed = capsys.readouterr().out
     assert "0 cases done, 3 already finished" in printed and "dice" in printed
+    # frames (pixels) and the CT volume (mm) are summarised apart, each with its unit
+    assert "volumes (3-D): distances in millimetres (mm), NSD tolerance 3 mm" in printed
+    assert "distances in pixels (px), NSD tolerance 4 px" in printed
     with (out / "metrics.csv").open() as fh:
         rows = {(r["case"], r["label"]): r for r in csv.DictReader(fh)}
     assert set(rows) == {("kvasir", "1"), ("cvc", "1"), ("lesion", "1")}
-    assert all(float(r["tolerance_mm"]) == 3 for r in rows.values())
+    units = {case: (r["distance_unit"], r["kind"], float(r["nsd_tolerance"]))
+             for (case, _), r in rows.items()}
+    assert units == {"kvasir": ("px", "image", 4.0), "cvc": ("px", "image", 4.0),
+                     "lesion": ("mm", "volume", 3.0)}
     import SimpleITK as sitk
 
     pred = read_labels(out / "lesion" / "labelmap.nii.gz") == 1

@@ -153,3 +153,103 @@ def test_export_request_is_checked_before_the_model_runs(shared_data, manifest, 
     assert cli.main(["segment", str(shared_data / entry["image"]), "--box", "1", "1", "9", "9",
                      "-o", str(tmp_path / "m.png"), "--export", "dicom-seg"]) == 2
     assert "DICOM series folder" in capsys.readouterr().err
+
+
+def test_propagate_output_then_export_dicom_seg_names_the_model(shared_data, use_engine, tmp_path,
+                                                                capsys):
+    """The README's two steps: -o writes provenance beside the labelmap, export finds it."""
+    import pydicom
+
+    out = tmp_path / "lesion.nrrd"
+    assert cli.main(["propagate", str(shared_data / CT_DICOM), "--box", "150", "200", "300",
+                     "330", "--slices", "9", "10", "-o", str(out)]) == 0
+    recorded = sidecar(out)
+    info = use_engine.info
+    assert recorded["provenance"]["checkpoint_sha256"] == info.checkpoint_sha256
+    assert recorded["provenance"]["prompts"]["slices"] == [9, 10]
+    assert recorded["provenance"]["command"] == "propagate"
+    assert [s["name"] for s in recorded["segments"]] == ["lesion_1"]
+    dcm = tmp_path / "lesion.dcm"
+    capsys.readouterr()
+    assert cli.main(["export", str(out), "--to", "dicom-seg", "-o", str(dcm), "--reference",
+                     str(shared_data / CT_DICOM)]) == 0
+    ds = pydicom.dcmread(dcm)
+    assert "model unknown" not in ds.ContentDescription
+    assert info.model in ds.ContentDescription and info.model in ds.SeriesDescription
+    assert ds.ManufacturerModelName == info.model[:64]
+    algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    params = {p.split("=")[0]: p for p in str(algorithm.AlgorithmParameters).split(",")}
+    assert info.checkpoint_sha256[:20] in params["checkpoint_sha256"]
+    assert ds.SegmentSequence[0].SegmentLabel == "lesion_1"
+    exported = sidecar(dcm)["provenance"]
+    assert exported["prompts"]["slices"] == [9, 10] and exported["command"] == "propagate"
+
+
+def test_every_segment_output_has_provenance_that_export_carries_over(
+        shared_data, manifest, use_engine, tmp_path):
+    entry = next(e for e in manifest["polyp"] if e["dataset"] == "cvc_clinicdb")
+    out, overlay = tmp_path / "mask.png", tmp_path / "overlay.png"
+    assert cli.main(["segment", str(shared_data / entry["image"]), "--box",
+                     *map(str, entry["bbox_xyxy"]), "--candidates", "-o", str(out),
+                     "--overlay", str(overlay), "--names", "adenoma"]) == 0
+    written = [out, overlay] + [tmp_path / f"mask_candidate{i}.png" for i in (1, 2, 3)]
+    for path in written:
+        doc = sidecar(path)
+        assert doc["provenance"]["checkpoint_sha256"] == use_engine.info.checkpoint_sha256
+        assert doc["provenance"]["prompts"]["boxes"] == [[float(v) for v in entry["bbox_xyxy"]]]
+        assert doc["output"] == path.name
+    assert sidecar(tmp_path / "mask_candidate2.png")["provenance"]["candidate"] == 2
+    segment, = sidecar(out)["segments"]
+    assert segment["name"] == "adenoma" and segment["type"][1] == "68496003"  # polyp of colon
+
+    # a later export of the mask keeps the run's provenance and its segment
+    from pycocotools.coco import COCO
+
+    assert cli.main(["export", str(out), "--to", "coco", "-o", str(tmp_path / "c.json")]) == 0
+    coco = COCO(str(tmp_path / "c.json"))
+    cat, = coco.loadCats(coco.getCatIds())
+    assert cat["name"] == "adenoma" and cat["terminology"]["type"][2] == "Polyp of colon"
+    assert coco.dataset["info"]["polypsam_provenance"]["command"] == "segment"
+
+
+def test_track_labels_polyps_and_takes_the_export_segment_options(shared_data, manifest,
+                                                                   use_engine, tmp_path):
+    from pycocotools.coco import COCO
+
+    info = manifest["video"]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("030.png", "031.png"):
+        shutil.copy(shared_data / info["dir"] / "frames" / name, frames / name)
+    box = [str(v) for v in info["bbox_xyxy_per_frame"][5]]
+    plain = tmp_path / "plain"
+    assert cli.main(["track", str(frames), "--frame", "0", "--box", *box, "-o", str(plain),
+                     "--export", "coco"]) == 0
+    cat, = COCO(str(plain / "labels.coco.json")).dataset["categories"]
+    assert cat["name"] == "polyp_1"
+    assert cat["terminology"]["type"] == ["SCT", "68496003", "Polyp of colon"]
+    doc = json.loads((plain / "provenance.json").read_text())
+    assert doc["segments"][0]["name"] == "polyp_1" and doc["files"] == ["030.png", "031.png"]
+    assert doc["provenance"]["prompts"]["key_frame"] == 0
+
+    named = tmp_path / "named"
+    assert cli.main(["track", str(frames), "--frame", "0", "--box", *box, "-o", str(named),
+                     "--export", "coco", "--names", "adenoma", "--colours", "255,0,0",
+                     "--terminology", "mass", "--coco-encoding", "polygon"]) == 0
+    coco = COCO(str(named / "labels.coco.json"))
+    cat, = coco.dataset["categories"]
+    assert cat["name"] == "adenoma" and cat["color"] == [255, 0, 0]
+    assert cat["terminology"]["type"][2] == "Mass"
+    assert all(isinstance(a["segmentation"], list) for a in coco.dataset["annotations"])
+
+    # export of the -o folder later: the recorded segments and provenance are used
+    again = tmp_path / "again.seg.nrrd"
+    assert cli.main(["export", str(named), "--to", "seg.nrrd", "-o", str(again)]) == 0
+    image = sitk.ReadImage(str(again))
+    assert image.GetMetaData("Segment0_Name") == "adenoma"
+    assert json.loads(image.GetMetaData("PolypSAM_Provenance"))["command"] == "track"
+
+    # a bad segment option is refused before the model runs
+    assert cli.main(["track", str(frames), "--frame", "0", "--box", *box, "-o",
+                     str(tmp_path / "x"), "--terminology", "banana"]) == 2
+    assert not (tmp_path / "x").exists()

@@ -148,3 +148,42 @@ def test_cli_volume_needs_slice_and_volume_output(shared_data, tmp_path):
     proc = run_cli("segment", source, "--slice", 3, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.png",
                    check_ok=False)
     assert proc.returncode == 2 and ".nrrd" in proc.stderr
+
+
+def test_two_boxes_print_the_pixels_written_and_help_states_the_overlap_rule(
+        shared_data, manifest, engine, tmp_path, capsys, monkeypatch):
+    import re
+
+    from polypsam import cli, io
+    from polypsam.cli import options as cli_options
+
+    monkeypatch.setattr(cli_options, "engine_from_args", lambda args: engine)
+    entry = polyp_entries(manifest, "cvc_clinicdb")[0]
+    x0, y0, x1, y1 = entry["bbox_xyxy"]
+    boxes = [(x0, y0, x1, y1), (x0 + 10, y0 + 10, 383, 287)]  # two overlapping boxes
+    out = tmp_path / "mask.png"
+    args = ["segment", str(shared_data / entry["image"]), "-o", str(out)]
+    for b in boxes:
+        args += ["--box", *map(str, b)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    written = np.asarray(Image.open(out))
+    counts = {int(m[1]): int(m[2]) for m in re.finditer(r"label (\d+): .* pixels (\d+)", printed)}
+    assert counts == {1: int((written == 1).sum()), 2: int((written == 2).sum())}
+
+    # independently: the raw masks, and the rule (higher score wins, a tie keeps the lower label)
+    first, second = engine.segment_2d(io.read_image(shared_data / entry["image"]), boxes)
+    both = first.mask & second.mask
+    winner = 1 if first.score >= second.score else 2
+    assert np.all(written[both] == winner)
+    loser = second if winner == 1 else first
+    lost = int(both.sum())
+    assert lost > 0, "the two boxes' masks overlap (random weights: large masks)"
+    assert f"pixels {int(loser.mask.sum()) - lost} ({lost} overlapping pixels went to" \
+               " higher-scoring labels)" in printed
+
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the pixel goes to the object with the higher score" in help_text
+    assert "on a tie, the lower label" in help_text

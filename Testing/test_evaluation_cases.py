@@ -174,6 +174,7 @@ def test_tables_summary_and_plot(tmp_path):
     assert stats["hd95"]["mean"] == pytest.approx(3.0) and stats["hd95"]["n_not_finite"] == 1
     text = format_summary(rows)
     assert "0.467 ± 0.416" in text and "(1 inf)" in text
+    assert "volumes (3-D): distances in millimetres (mm), NSD tolerance 2 mm" in text
     png = box_plot(rows, tmp_path / "m.png")
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size[0] > 600
@@ -192,6 +193,9 @@ def test_cli_evaluate_writes_table_and_plot(shared_data, manifest, tmp_path, cap
     assert code == 0 and "dice" in out and "±" in out
     rows = read_csv(tmp_path / "m.csv")
     assert len(rows) == 5 and all(0.9 < r["dice"] < 1 and r["hd"] == 3.0 for r in rows)
+    assert {(r["distance_unit"], r["kind"], r["nsd_tolerance"]) for r in rows} == {
+        ("px", "image", 2.0)}
+    assert "distances in pixels (px), NSD tolerance 2 px" in out and "mm" not in out
     assert (tmp_path / "m.png").stat().st_size > 1000
 
 
@@ -210,3 +214,94 @@ def test_cli_evaluate_reports_bad_input_in_one_line(tmp_path, shared_data, capsy
     code = main(["evaluate", str(tmp_path / "a.nrrd"), str(tmp_path / "a.nrrd"),
                  "-o", str(tmp_path / "m.txt")])
     assert code == 2 and ".csv" in capsys.readouterr().err
+
+
+def test_csv_keeps_full_precision(tmp_path):
+    import csv
+
+    from polypsam.evaluation.metrics import LabelMetrics
+
+    hd = 5.1269336847
+    dice = 2 / 3
+    row = LabelMetrics("c", 1, dice, 0.5, 0.5, 0.5, 0.99, 1 / 7, hd, math.inf, 10, 12, 2.0)
+    path = write_csv([row], tmp_path / "m.csv")
+    raw, = csv.DictReader(path.open())
+    assert raw["hd95"] == "5.1269336847" and float(raw["dice"]) == dice  # exact round trip
+    assert float(raw["nsd"]) == 1 / 7 and raw["hd"] == "inf"
+    back, = read_csv(path)
+    assert back["hd95"] == hd and back["dice"] == dice
+
+
+LESION = "ct/medsam2_deeplesion/CT_Lesion_000015_01_01_103-115_lesion.nii.gz"
+
+
+def test_units_kinds_and_frame_weighting(shared_data, manifest, tmp_path, capsys):
+    """Image masks (pixels), a CT labelmap (mm) and a video (a folder of frame masks) in one run:
+    every row states its unit and kind, means are per kind and unit, a video counts once."""
+    import csv
+
+    from polypsam.evaluation.tables import box_plot_figure
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    (gt / "clip").mkdir(parents=True)
+    (pred / "clip").mkdir(parents=True)
+    dice = {}
+    for n, case in enumerate(polyp_cases(manifest, "cvc_clinicdb")[:2]):
+        ref = sitk.GetArrayFromImage(load_mask(shared_data / case["mask"]).image).astype(bool)
+        Image.fromarray(ref.astype(np.uint8) * 255).save(gt / f"cvc{n}.png")
+        got = shifted_png(ref, 3 + n, pred / f"cvc{n}.png")
+        dice[f"cvc{n}"] = 2 * (got & ref).sum() / (got.sum() + ref.sum())
+    video = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
+    for n, name in enumerate(("030.png", "031.png", "032.png")):
+        ref = np.asarray(Image.open(shared_data / video["dir"] / "masks" / name).convert("L")) > 127
+        Image.fromarray(ref.astype(np.uint8) * 255).save(gt / "clip" / name)
+        got = shifted_png(ref, 2 * n + 2, pred / "clip" / name)
+        dice[f"clip/{name[:3]}"] = 2 * (got & ref).sum() / (got.sum() + ref.sum())
+    lesion = sitk.ReadImage(str(shared_data / LESION))
+    sitk.WriteImage(lesion, str(gt / "lesion.nii.gz"))
+    arr = sitk.GetArrayFromImage(lesion)
+    moved = sitk.GetImageFromArray(np.roll(arr, 2, axis=2))  # 2 voxels along I
+    moved.CopyInformation(lesion)
+    sitk.WriteImage(moved, str(pred / "lesion.nii.gz"))
+
+    assert main(["evaluate", str(pred), str(gt), "-o", str(tmp_path / "m.csv"),
+                 "--tolerance-mm", "1.5", "--tolerance-px", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "m.csv").open())}
+    assert set(rows) == {"cvc0", "cvc1", "clip/030", "clip/031", "clip/032", "lesion"}
+    assert rows["lesion"]["distance_unit"] == "mm" and rows["lesion"]["kind"] == "volume"
+    assert float(rows["lesion"]["nsd_tolerance"]) == 1.5
+    spacing_i = lesion.GetSpacing()[0]
+    assert float(rows["lesion"]["hd"]) == pytest.approx(2 * spacing_i)  # mm, 2 voxels
+    for name in ("cvc0", "cvc1", "clip/031"):
+        assert rows[name]["distance_unit"] == "px" and rows[name]["kind"] == "image"
+        assert float(rows[name]["nsd_tolerance"]) == 3.0
+    assert float(rows["cvc1"]["hd"]) == 4.0 and rows["clip/031"]["group"] == "clip"
+    assert rows["cvc0"]["group"] == "cvc0"
+
+    # two blocks, never one mean over mm and pixels; the video counts once by default
+    assert "volumes (3-D): distances in millimetres (mm), NSD tolerance 1.5 mm" in out
+    assert "distances in pixels (px), NSD tolerance 3 px" in out
+    assert "1 video(s): the frames of a video are averaged first" in out
+    back = read_csv(tmp_path / "m.csv")
+    by_video = {(s["kind"], s["metric"]): s for s in summarize(back)}
+    clip = np.mean([dice[f"clip/{n}"] for n in ("030", "031", "032")])
+    want = np.mean([dice["cvc0"], dice["cvc1"], clip])
+    assert by_video[("image", "dice")]["mean"] == pytest.approx(want, rel=1e-12)
+    assert by_video[("image", "dice")]["n"] == 3 and by_video[("volume", "dice")]["n"] == 1
+    by_frame = {(s["kind"], s["metric"]): s for s in summarize(back, weighting="frame")}
+    assert by_frame[("image", "dice")]["n"] == 5
+    assert by_frame[("image", "dice")]["mean"] == pytest.approx(
+        np.mean([v for k, v in dice.items()]), rel=1e-12)
+    assert main(["evaluate", str(pred), str(gt), "-o", str(tmp_path / "f.csv"),
+                 "--frame-weighting", "frame"]) == 0
+    assert "every frame of a video counts as one case" in capsys.readouterr().out
+
+    # the plot: one block per kind and unit, distances titled with their unit, n per box
+    fig = box_plot_figure(back)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "volumes: hd95 (mm)" in titles and "images: hd95 (px)" in titles
+    assert not any("hd" in t and "(" not in t for t in titles)
+    image_dice = next(ax for ax in fig.axes if ax.get_title() == "images: dice")
+    assert [t.get_text() for t in image_dice.get_xticklabels()] == ["1\nn=3"]
+    assert any("triangle: mean" in t.get_text() for t in fig.texts)

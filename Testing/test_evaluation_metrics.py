@@ -88,7 +88,7 @@ def test_shifted_box_has_the_shift_as_hausdorff_distance_in_mm():
     shape = (16, 40, 40)
     a = box(shape, (2, 5, 5), (10, 35, 35))
     b = box(shape, (5, 5, 5), (13, 35, 35))       # 3 slices further along K (z: 2.5 mm)
-    m = surface_metrics(image(a), image(b), tolerance_mm=1.0)
+    m = surface_metrics(image(a), image(b), tolerance=1.0)
     assert m["hd"] == pytest.approx(3 * 2.5)
     # only the two caps (top of A, bottom of B, 28 x 30 voxels each, plus their borders along
     # the walls at distance 2.5 and 5 mm) are farther than 1 mm from the other surface
@@ -103,12 +103,12 @@ def test_concentric_spheres_surface_distance_is_the_radius_difference():
     centre = (29.0, 29.0, 28.0)
     inner = ellipsoid(shape, centre, 12.0)
     outer = ellipsoid(shape, centre, 18.0)
-    m = surface_metrics(image(inner), image(outer), tolerance_mm=2.0)
+    m = surface_metrics(image(inner), image(outer), tolerance=2.0)
     voxel = max(SPACING)
     assert abs(m["hd95"] - 6.0) <= voxel
     assert abs(m["hd"] - 6.0) <= voxel
     assert m["nsd"] == 0.0  # every boundary point is ~6 mm from the other surface
-    assert surface_metrics(image(inner), image(outer), tolerance_mm=6.0 + voxel)["nsd"] == 1.0
+    assert surface_metrics(image(inner), image(outer), tolerance=6.0 + voxel)["nsd"] == 1.0
 
 
 def test_surface_metrics_match_brute_force_on_anisotropic_blobs():
@@ -116,7 +116,7 @@ def test_surface_metrics_match_brute_force_on_anisotropic_blobs():
     a = ellipsoid(shape, (16, 18, 12), 9) | box(shape, (3, 4, 4), (8, 12, 10))
     b = ellipsoid(shape, (18, 19, 14), 10)
     for tol in (0.5, 2.0, 4.0):
-        m = surface_metrics(image(a), image(b), tolerance_mm=tol)
+        m = surface_metrics(image(a), image(b), tolerance=tol)
         d_ab, d_ba = brute_distances(a, b)
         assert m["nsd"] == pytest.approx(((d_ab <= tol).sum() + (d_ba <= tol).sum())
                                          / (d_ab.size + d_ba.size))
@@ -131,7 +131,7 @@ def test_hausdorff_agrees_with_simpleitk_on_disjoint_objects_with_rotated_axes()
     rot = sitk.VersorTransform((0.2, 0.3, 0.9), 0.6).GetMatrix()
     img_a = image(a, direction=rot, origin=(5, -3, 2))
     img_b = image(b, direction=rot, origin=(5, -3, 2))
-    m = surface_metrics(img_a, img_b, tolerance_mm=1.0)
+    m = surface_metrics(img_a, img_b, tolerance=1.0)
     # SimpleITK's filter measures between all object voxels; for disjoint convex objects that
     # equals the boundary-to-boundary maximum
     f = sitk.HausdorffDistanceImageFilter()
@@ -144,7 +144,7 @@ def test_2d_images_use_their_pixel_spacing():
     b = box((40, 50), (10, 14), (30, 34))       # 4 pixels along x (I)
     img_a, img_b = image(a, spacing=(0.5, 2.0)), image(b, spacing=(0.5, 2.0))
     assert img_a.GetDimension() == 2
-    m = surface_metrics(img_a, img_b, tolerance_mm=0.1)
+    m = surface_metrics(img_a, img_b, tolerance=0.1)
     assert m["hd"] == pytest.approx(4 * 0.5)
 
 

@@ -206,6 +206,30 @@ def test_dicom_seg_frames_equal_the_mask_and_reference_the_source(shared_data, t
     assert ct.shape == labels.shape
 
 
+def test_dicom_seg_omits_empty_frames(shared_data, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    series = shared_data / "ct/totalsegmentator/example_ct_dicom"
+    seg = read_volume(shared_data / "ct/totalsegmentator/example_seg_dicom.nii.gz")
+    liver = (seg.array == 5).astype(np.uint8)
+    liver[:4] = 0
+    liver[16:] = 0  # the liver on 12 of the 20 slices
+    result = export_labelmap(seg.with_array(liver), tmp_path / "seg.dcm", "dicom-seg",
+                             names=["liver"], reference_dicom=series)
+    ds = pydicom.dcmread(result.path)
+    assert int(ds.NumberOfFrames) == 12  # one frame per non-empty slice, not 20
+    by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
+              for p in series.iterdir()}
+    frames = ds.pixel_array.reshape(12, -1)
+    for frame, group in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert uid in by_uid and frame.any()
+    # the frames that are there hold the whole segmentation
+    seg_doc = hd.seg.segread(result.path)
+    assert seg_doc.get_volume(combine_segments=True).array.sum() == liver.sum()
+
+
 def test_dicom_seg_bad_input(shared_data, tmp_path):
     bad_series = shared_data / "ct/totalsegmentator/example_ct_dicom_no_uids"
     seg = read_volume(shared_data / "ct/totalsegmentator/example_seg_dicom.nii.gz")

@@ -374,3 +374,49 @@ def test_engines_read_the_sidecar_unless_told(tiny_checkpoint, tmp_path):
     checkpoint_sidecar_path(ckpt).write_text("{not json")
     with pytest.raises(CheckpointError, match="sidecar"):
         checkpoint_for(settings_for(ckpt))
+
+
+def test_sidecar_names_the_training_and_validation_files(full_run, polyp_folder):
+    """The held-out set is named in the sidecar (relative paths and the split seed)."""
+    sidecar = json.loads(Path(str(full_run) + ".json").read_text())
+    data = sidecar["data"]
+    train_set, val_set = _splits(polyp_folder)
+    assert [f["image"] for f in data["train_files"]] == [s.group for s in train_set]
+    assert [f["image"] for f in data["val_files"]] == [s.group for s in val_set]
+    files = data["train_files"] + data["val_files"]
+    assert len({f["image"] for f in files}) == 6  # every file once, train and val disjoint
+    for f in files:
+        assert not Path(f["image"]).is_absolute() and (polyp_folder / f["image"]).is_file()
+        assert (polyp_folder / f["mask"]).is_file()
+        assert Path(f["image"]).stem == Path(f["mask"]).stem and f["mask"].startswith("masks/")
+    assert data["split"]["seed"] == 3 and data["split"]["val_fraction"] == 0.2
+    # RGB frames only: no intensity mapping applied, none recorded for inference
+    assert sidecar["intensity"] is None and data["window"] is None
+
+
+def test_output_with_a_saved_run_needs_resume_or_overwrite(full_run, polyp_folder,
+                                                           tiny_checkpoint, tmp_path, capsys):
+    from polypsam.cli import main
+
+    out = tmp_path / "polyp.pt"
+    for path in full_run.parent.glob("polyp.*"):
+        copy = shutil.copytree if path.is_dir() else shutil.copy
+        copy(path, tmp_path / path.name)
+    state = Path(str(out) + ".state") / "state.json"
+    before = {p: p.read_bytes() for p in (out, state)}
+    args = ["finetune", str(polyp_folder), "-o", str(out), "--base", str(tiny_checkpoint),
+            "--config", TINY_CONFIG, "--image-size", str(TEST_IMAGE_SIZE), "--epochs", "1",
+            "--seed", "3", "--device", "cpu", "--cache-dir", str(full_run.parent / "features")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already holds a fine-tuning run" in err and "polyp.pt.state/" in err
+    assert "--resume" in err and "--overwrite" in err
+    assert all(p.read_bytes() == data for p, data in before.items())  # nothing touched
+    assert main(args + ["--resume", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main(args[:2] + ["-o", str(tiny_checkpoint)] + args[4:] + ["--overwrite"]) == 2
+    assert "is the base checkpoint" in capsys.readouterr().err
+
+    assert main(args + ["--overwrite"]) == 0  # starts again: one epoch, a fresh state
+    assert json.loads(state.read_text())["epoch"] == 1
+    assert [r["epoch"] for r in json.loads(Path(str(out) + ".json").read_text())["history"]] == [1]

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import CancelledError, InvalidInputError
 from .geometry import Box, as_box
-from .preprocess import Intensity
+from .preprocess import Intensity, parse_intensity
 
 if TYPE_CHECKING:
     from .prefetch import Prefetch
@@ -324,9 +324,16 @@ class EngineInfo:
     device: str
     polypsam_version: str
     precision: str = ""  # fp32 or bf16 (SAM2's forward calls under bfloat16 autocast)
+    trained_intensity: str = ""  # the fine-tuning intensity (sidecar), used when a call gives none
 
     def provenance(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
+        return {k: str(v) for k, v in asdict(self).items() if k != "trained_intensity" or v}
+
+    def default_intensity(self, intensity: Intensity | None = None) -> Intensity | None:
+        """``intensity``, or when it is ``None`` the checkpoint's fine-tuning intensity."""
+        if intensity is not None or not self.trained_intensity:
+            return intensity
+        return parse_intensity(self.trained_intensity)
 
 
 @dataclass(frozen=True, eq=False)

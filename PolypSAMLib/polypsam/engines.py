@@ -135,7 +135,21 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
     resolved = checkpoint_for(settings, allow_download=allow_download)
     device = None if settings.device in ("", "auto") else settings.device
     return SAM2Engine(resolved, device=device, image_size=resolved.image_size,
-                      precision=settings.precision, encoder_batch=settings.encoder_batch)
+                      precision=settings.precision, encoder_batch=settings.encoder_batch,
+                      intensity=trained_intensity(settings))
+
+
+def trained_intensity(settings: EngineSettings):
+    """The intensity mapping a fine-tuned checkpoint's sidecar records (``None`` for registry
+    weights, or a checkpoint trained on RGB only): engines apply it when a call gives none."""
+    from .checkpoints import read_sidecar
+    from .preprocess import parse_intensity
+
+    if settings.kind != "in-process" or not settings.checkpoint:
+        return None
+    recorded = read_sidecar(Path(settings.checkpoint).expanduser()).get("intensity")
+    mapping = recorded.get("mapping") if isinstance(recorded, dict) else None
+    return parse_intensity(mapping) if mapping else None
 
 
 def checkpoint_for(settings: EngineSettings, *, allow_download: bool = False):

@@ -153,3 +153,26 @@ def volume_intensity(array: np.ndarray, intensity: Intensity | None) -> Intensit
     if hi <= lo:
         hi = lo + 1.0
     return Window(level=(lo + hi) / 2.0, width=hi - lo)
+
+
+def intensity_text(intensity: Intensity) -> str:
+    """The exact text :func:`parse_intensity` reads back: ``LEVEL,WIDTH`` or
+    ``percentile:LOW,HIGH`` (numbers in their shortest exact form)."""
+    def num(v: float) -> str:
+        text = repr(float(v))
+        return text[:-2] if text.endswith(".0") else text
+
+    if isinstance(intensity, Window):
+        return f"{num(intensity.level)},{num(intensity.width)}"
+    return f"percentile:{num(intensity.low)},{num(intensity.high)}"
+
+
+def describe_intensity(intensity: Intensity | None) -> str:
+    """For people: ``window level 40 width 400 (abdomen)``, ``percentiles 0.5-99.5 ...``."""
+    if intensity is None:
+        return "percentiles 0.5-99.5 of the image (the default)"
+    if isinstance(intensity, Percentile):
+        return f"percentiles {intensity.low:g}-{intensity.high:g} of the image"
+    name = next((n for n, w in CT_WINDOWS.items() if w == intensity), None)
+    return (f"window level {intensity.level:g} width {intensity.width:g}"
+            + (f" ({name})" if name else ""))

@@ -132,6 +132,12 @@ def _label_dtype(n: int):
     return np.uint8 if n < 256 else np.uint16
 
 
+def _engine_default(engine: Engine, intensity: Intensity | None) -> Intensity | None:
+    """``intensity``, else the one the engine's checkpoint was fine-tuned with (if any)."""
+    info = getattr(engine, "info", None)
+    return info.default_intensity(intensity) if hasattr(info, "default_intensity") else intensity
+
+
 def merge_masks(
     masks: dict[int, np.ndarray], scores: dict[int, float], shape: tuple[int, int], dtype=np.uint8
 ) -> np.ndarray:
@@ -262,7 +268,7 @@ def propagate(
         raise InvalidInputError(
             f"the previous result has shape {previous.labelmap.shape}, the volume {volume.shape}"
         )
-    intensity = volume_intensity(volume.array[k0 : k1 + 1], intensity)
+    intensity = volume_intensity(volume.array[k0 : k1 + 1], _engine_default(engine, intensity))
     frames = volume.array  # a (K, J, I) array is a FrameSource: len = K, [k] = slice k
     allowed = (k0, k1) if until == "range" else (0, nk - 1)
     if cancel is not None:
@@ -410,7 +416,7 @@ def iter_track(
     prompt_list = as_prompts(prompts, shape[1], shape[0])
     n_obj = len(prompt_list)
     if key_frame.ndim == 2:  # a scalar sequence: one mapping for all frames
-        intensity = volume_intensity(key_frame[None], intensity)
+        intensity = volume_intensity(key_frame[None], _engine_default(engine, intensity))
     cond, scores0 = build_conditioning(
         engine, checked, frame_index, prompt_list, refinements, intensity, shape, (0, n - 1)
     )

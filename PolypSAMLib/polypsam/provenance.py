@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .geometry import Box
+from .preprocess import Intensity
 
 
 def box_tag(box: Box) -> str:
@@ -38,3 +39,25 @@ def provenance_tags(*parts: Mapping[str, Any] | None) -> dict[str, str]:
         for key, value in (part or {}).items():
             tags[str(key)] = tag_value(value)
     return tags
+
+
+def intensity_provenance(given: Intensity | None, given_as: str, trained: Intensity | None,
+                         scalar: bool) -> tuple[Intensity | None, dict]:
+    """The intensity a run applies to its input, and how provenance records it.
+
+    ``given`` (e.g. ``--window``, named by ``given_as``) wins; else ``trained``, the mapping the
+    checkpoint was fine-tuned with; else the default (percentiles). RGB inputs use none.
+    """
+    from .preprocess import describe_intensity, intensity_text
+
+    if not scalar:
+        return given, {"mapping": None, "source": "RGB input: used as it is"}
+    if given is not None:
+        used, source = given, given_as
+    elif trained is not None:
+        used, source = trained, "the checkpoint's fine-tuning intensity (its sidecar)"
+    else:
+        return None, {"mapping": None, "source": "default",
+                      "description": describe_intensity(None)}
+    return used, {"mapping": intensity_text(used), "source": source,
+                  "description": describe_intensity(used)}

@@ -39,8 +39,15 @@ def evaluation_pairs(report: BatchReport, outdir: Path) -> list[tuple[str, Path,
 
 
 def evaluate_batch(report: BatchReport, outdir: Path, *, tolerance_mm: float = 2.0,
+                   tolerance_px: float = 2.0, weighting: str = "video",
                    warn: Callable[[str], None] | None = None) -> tuple[list[Path], str]:
-    """Write ``OUTDIR/metrics.csv`` and ``OUTDIR/metrics.png``; returns them and a summary text."""
+    """Write ``OUTDIR/metrics.csv`` and ``OUTDIR/metrics.png``; returns them and a summary text.
+
+    Frames of a sequence case are rows ``CASE/FRAME``; ``weighting`` says whether the sequence
+    counts once (``video``, its frames averaged) or once per frame (``frame``) in the summary and
+    plot. Images are measured in pixels (``tolerance_px``), volumes in mm (``tolerance_mm``);
+    they are summarised apart.
+    """
     try:
         from ..evaluation import box_plot, evaluate_cases, format_summary, write_csv
     except ImportError as exc:
@@ -51,7 +58,8 @@ def evaluate_batch(report: BatchReport, outdir: Path, *, tolerance_mm: float = 2
         if r.status in ("ok", "skipped") and r.reference and r.outputs:
             try:
                 pairs = evaluation_pairs(BatchReport(results=[r]), outdir)
-                rows += evaluate_cases(pairs, tolerance_mm=tolerance_mm)
+                rows += evaluate_cases(pairs, tolerance_mm=tolerance_mm,
+                                       tolerance_px=tolerance_px)
             except PolypSAMError as exc:
                 problems.append(f"case {r.case_id}: not evaluated: {exc}")
     for line in problems:
@@ -61,5 +69,6 @@ def evaluate_batch(report: BatchReport, outdir: Path, *, tolerance_mm: float = 2
     if not rows:
         raise PolypSAMError("--evaluate: no finished case could be compared with a reference"
                             " (column 'reference' of the manifest)")
-    written = [write_csv(rows, outdir / METRICS_CSV), box_plot(rows, outdir / METRICS_PNG)]
-    return written, format_summary(rows)
+    written = [write_csv(rows, outdir / METRICS_CSV),
+               box_plot(rows, outdir / METRICS_PNG, weighting=weighting)]
+    return written, format_summary(rows, weighting=weighting)

@@ -25,6 +25,10 @@ Columns (header row required; ``input`` and ``boxes`` or ``points`` are mandator
                ``--evaluate``
 ``window``     optional intensity for scalar images, as ``--window`` (overrides it for the row)
 
+Other columns (notes, patient id...) are kept as they are: in each case's ``case.json`` and in
+``summary.csv``; they do not decide the outputs. A column whose name is close to a known one
+(``key_slcie``) is refused as a likely typo, naming the known column.
+
 A row that cannot be used (missing file, unknown task, bad numbers, options that do not fit the
 input, several boxes with points) becomes a :class:`RowError` naming the row and the problem; the
 other rows still run. Boxes and points are checked against the image size when the case runs (the
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import InvalidInputError
@@ -70,6 +74,7 @@ class Case:
     frame: int | None = None
     reference: Path | None = None
     window: str = ""
+    extra: tuple[tuple[str, str], ...] = ()  # the row's other columns, kept as they are
 
     def prompts(self) -> dict:
         """The prompts as JSON-ready values (recorded in the case's JSON)."""
@@ -125,6 +130,7 @@ class RowError:
     case_id: str
     input: str
     message: str
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -132,6 +138,11 @@ class Manifest:
     path: Path
     cases: list[Case] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)  # columns kept as they are
+
+    @property
+    def rows(self) -> int:
+        return len(self.cases) + len(self.errors)
 
 
 def parse_boxes(text: str) -> list[Box]:
@@ -308,27 +319,32 @@ def read_manifest(path: str | Path) -> Manifest:
     base = path.resolve().parent
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        names = [(h or "").strip() for h in (reader.fieldnames or [])]
+        header = [h.lower() for h in names]
         if not header:
             raise InvalidInputError(f"manifest {path} is empty: it needs a header row")
-        unknown = [h for h in header if h not in COLUMNS]
-        if unknown:
-            raise InvalidInputError(f"manifest {path.name}: unknown column(s) {', '.join(unknown)};"
-                                    f" known: {', '.join(COLUMNS)}")
+        twice = sorted({h for h in header if h and header.count(h) > 1})
+        if twice:
+            raise InvalidInputError(f"manifest {path.name}: column(s) {', '.join(twice)} appear"
+                                    " twice in the header row")
+        # other columns keep their names as written; unnamed ones (a trailing comma) are dropped
+        extra = {h: name for h, name in zip(header, names) if h and h not in COLUMNS}
+        check_extra_columns(path, list(extra))
         if "input" not in header:
             raise InvalidInputError(f"manifest {path.name} needs the column input")
         if "boxes" not in header and "points" not in header:
             raise InvalidInputError(f"manifest {path.name} needs a boxes or points column")
         reader.fieldnames = header
-        manifest = Manifest(path=path.resolve())
+        manifest = Manifest(path=path.resolve(), extra_columns=list(extra.values()))
         seen: dict[str, int] = {}
         for raw in reader:
             line = reader.line_num
             row = {c: (raw.get(c) or "").strip() for c in COLUMNS}
-            if not any(row.values()):
+            kept = tuple((name, (raw.get(h) or "").strip()) for h, name in extra.items())
+            if not any(row.values()) and not any(v for _, v in kept):
                 continue
             try:
-                case = parse_row(row, line, base)
+                case = replace(parse_row(row, line, base), extra=kept)
                 if case.case_id in seen:
                     if row["case_id"]:
                         raise InvalidInputError(f"case_id {case.case_id} is also used on line"
@@ -337,15 +353,26 @@ def read_manifest(path: str | Path) -> Manifest:
                 seen[case.case_id] = line
                 manifest.cases.append(case)
             except InvalidInputError as exc:
-                manifest.errors.append(RowError(line, row["case_id"], row["input"], str(exc)))
+                manifest.errors.append(RowError(line, row["case_id"], row["input"], str(exc),
+                                                kept))
     if not manifest.cases and not manifest.errors:
         raise InvalidInputError(f"manifest {path} has no rows")
     return manifest
 
 
-def _renamed(case: Case, seen: dict[str, int]) -> Case:
-    from dataclasses import replace
+def check_extra_columns(path: Path, extra: list[str]) -> None:
+    """Refuse a column named like a known one (a typo that would silently drop its values);
+    others are kept as they are."""
+    import difflib
 
+    for name in extra:
+        close = difflib.get_close_matches(name, COLUMNS, n=1, cutoff=0.8)
+        if close:
+            raise InvalidInputError(f"manifest {path.name}: unknown column {name!r}: did you mean"
+                                    f" {close[0]}? (other extra columns are kept as they are)")
+
+
+def _renamed(case: Case, seen: dict[str, int]) -> Case:
     n = 2
     while f"{case.case_id}-{n}" in seen:
         n += 1

@@ -6,8 +6,14 @@ Each case owns the folder ``OUTDIR/<case_id>/``:
   ``labelmap_suffix``) or ``masks/<frame>.png`` (a sequence);
 * ``case.json``: status, prompts, provenance (``engine.info.provenance()``), timings, scores.
 
+Every model call of a case runs with ``plan.threads`` torch threads, in this process or on a
+worker (float sums over another thread count can move a pixel or a voxel), so a batch on
+``--workers`` gives the same outputs as one in this process; the count is recorded in
+``case.json`` and its provenance (``torch_threads``).
+
 ``case.json`` is written last, atomically (temporary file + ``os.replace``), and carries a
-fingerprint of everything that decides the outputs (the case's row and the engine settings). A
+fingerprint of everything that decides the outputs (the case's row, the engine settings and the
+thread count). A
 case is finished when its ``case.json`` says ``"status": "ok"`` with the same fingerprint and
 every output it lists exists; anything else (no JSON: interrupted; failed; a changed row or
 model) runs again from an emptied folder.
@@ -15,13 +21,14 @@ model) runs again from an emptied folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -46,6 +53,7 @@ class BatchPlan:
     allow_download: bool = False
     window: str = ""  # default intensity (the CLI's --window); a row's own window wins
     labelmap_suffix: str = ".nii.gz"
+    threads: int = 0  # torch threads of every model call; 0: this process's count (run_batch)
 
     def case_dir(self, case: Case) -> Path:
         return self.outdir / case.case_id
@@ -73,7 +81,8 @@ def fingerprint(case: Case, plan: BatchPlan) -> str:
     from dataclasses import asdict
 
     data = {"format": FORMAT, "case": case.describe(), "settings": asdict(plan.settings),
-            "window": case.window or plan.window, "labelmap_suffix": plan.labelmap_suffix}
+            "window": case.window or plan.window, "labelmap_suffix": plan.labelmap_suffix,
+            "threads": plan.threads}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -139,6 +148,8 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
         "kind": case.kind, "task": case.task, "prompts": case.prompts(),
         "window": case.window or plan.window or None,
         "reference": str(case.reference) if case.reference else None,
+        "manifest_columns": dict(case.extra),  # the row's other columns (notes...), as they are
+        "torch_threads": plan.threads or None,
         "fingerprint": fingerprint(case, plan), "polypsam_version": __version__,
         "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -146,7 +157,9 @@ def run_case(case: Case, plan: BatchPlan, engine_provider: EngineProvider) -> Ca
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        outputs, extra = _run(case, plan, engine_provider, folder, timings, record)
+        with model_threads(plan.threads) as used:
+            record["torch_threads"] = used  # as torch reports it inside the case
+            outputs, extra = _run(case, plan, engine_provider, folder, timings, record)
         record.update(extra, status="ok", outputs=outputs, error=None)
     except Exception as exc:  # a bad case is recorded, never stops the batch
         record.update(status="failed", outputs=[], error=_message(exc))
@@ -174,16 +187,53 @@ def _intensity(case: Case, plan: BatchPlan):
     return parse_intensity(text) if text else None
 
 
-def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: dict):
+def _engine(provider: EngineProvider, plan: BatchPlan, timings: dict, record: dict,
+            case: Case, scalar: bool):
+    """The engine; records it and the intensity the case applies (the row's window, --window,
+    else the checkpoint's fine-tuning intensity, which the engine applies itself)."""
     from ..export import make_provenance
+    from ..provenance import intensity_provenance
 
     engine, load_s = provider(plan.settings)
     timings["engine_load_s"] = load_s
     record["engine_loaded"] = load_s > 0
+    info = engine.info
+    trained = info.default_intensity(None) if hasattr(info, "default_intensity") else None
+    _, record["intensity"] = intensity_provenance(
+        _intensity(case, plan), "the row's window" if case.window else "--window", trained, scalar)
     # engine.info.provenance() + prompts, version, date: what `polypsam export --provenance` reads
-    record["provenance"] = make_provenance(engine.info, prompts=record["prompts"],
-                                           source=record["input"], command="batch")
+    record["provenance"] = make_provenance(info, prompts=record["prompts"],
+                                           source=record["input"], command="batch",
+                                           torch_threads=record["torch_threads"],
+                                           intensity=record["intensity"])
     return engine
+
+
+def default_threads(plan: BatchPlan) -> BatchPlan:
+    """``plan`` with its thread count fixed: this process's torch thread count unless given
+    (a server engine's threads are the server's: 0)."""
+    if plan.threads or getattr(plan.settings, "kind", "") == "server":
+        return plan
+    import torch
+
+    return replace(plan, threads=torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def model_threads(count: int):
+    """torch's intra-op thread count set to ``count`` for the duration (0: left alone); yields
+    the count torch reports then (``None`` when left alone)."""
+    if not count:
+        yield None
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(case: Case, plan: BatchPlan, provider: EngineProvider, folder: Path, timings: dict,
@@ -204,7 +254,7 @@ def _segment_image(case, plan, provider, folder, timings, record):
     prompts = case.object_prompts(image.shape[1], image.shape[0])
     intensity = _intensity(case, plan)
     timings["read_s"] = time.perf_counter() - t
-    engine = _engine(provider, plan, timings, record)
+    engine = _engine(provider, plan, timings, record, case, image.ndim == 2)
     t = time.perf_counter()
     results = engine.segment_2d(image, prompts, intensity=intensity)
     timings["compute_s"] = time.perf_counter() - t
@@ -234,7 +284,7 @@ def _volume(case, plan, provider, folder, timings, record):
         k = check_index(case.key_slice or 0, nk, f"key_slice {case.key_slice}",
                         "the volume's slices")
         timings["read_s"] = time.perf_counter() - t
-        engine = _engine(provider, plan, timings, record)
+        engine = _engine(provider, plan, timings, record, case, True)
         t = time.perf_counter()
         results = engine.segment_2d(volume.array[k], prompts, intensity=intensity)
         labels = np.zeros(volume.shape, dtype=np.uint8 if len(prompts) < 256 else np.uint16)
@@ -249,7 +299,7 @@ def _volume(case, plan, provider, folder, timings, record):
             check_index(case.key_slice, nk, f"key_slice {case.key_slice}", "the volume's slices")
         refinements = case.refinements(nk)
         timings["read_s"] = time.perf_counter() - t
-        engine = _engine(provider, plan, timings, record)
+        engine = _engine(provider, plan, timings, record, case, True)
         t = time.perf_counter()
         result = propagate(engine, volume, prompts, (k0, k1), case.key_slice,
                            refinements=refinements, intensity=intensity)
@@ -279,7 +329,7 @@ def _track(case, plan, provider, folder, timings, record):
     intensity = _intensity(case, plan)
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
     timings["read_s"] = time.perf_counter() - t
-    engine = _engine(provider, plan, timings, record)
+    engine = _engine(provider, plan, timings, record, case, first.ndim == 2)
     t = time.perf_counter()
     written = []
     for frame, labels, _scores in iter_track(engine, frames, index, prompts,

@@ -2,7 +2,9 @@
 
 Scaling is Dask's (``dask.distributed``): ``workers=N`` starts a
 ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)`` on 127.0.0.1,
-``scheduler=ADDRESS`` connects to an existing cluster. Every worker process keeps one engine in a
+``scheduler=ADDRESS`` connects to an existing cluster. Wherever a case runs, its model calls use
+``plan.threads`` torch threads (default: this process's count), so outputs do not depend on where
+a case ran. Every worker process keeps one engine in a
 module-level cache keyed by the engine settings, so the model loads once per worker, not once
 per case; cases on one worker run one at a time (the engine is not shared between threads).
 With a remote cluster, the inputs and OUTDIR must be at the same paths on every worker (a shared
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .manifest import Case, Manifest, RowError
-from .runner import BatchPlan, CaseResult, finished, run_case, skipped
+from .runner import BatchPlan, CaseResult, default_threads, finished, run_case, skipped
 
 SUMMARY_CSV = "summary.csv"
 FAILURES_CSV = "failures.csv"
@@ -39,6 +41,7 @@ class BatchReport:
     results: list[CaseResult] = field(default_factory=list)
     row_errors: list[RowError] = field(default_factory=list)
     seconds: float = 0.0
+    not_run: list[Case] = field(default_factory=list)  # cases an interruption left unstarted
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -101,13 +104,21 @@ def run_batch(
 
     ``workers=0`` and no ``scheduler``: cases run in this process, one after the other, with
     ``engine`` if given (else one built from ``plan.settings`` and closed at the end).
+    ``plan.threads`` 0 becomes this process's torch thread count (see :func:`default_threads`).
     ``on_result`` is called once per case as it completes (a progress bar). Failed cases are
     recorded (``failures.csv``, ``batch.log``) and the batch goes on; ``KeyboardInterrupt``
     stops it, finished cases stay finished.
     """
     start = time.perf_counter()
+    plan = default_threads(plan)
     plan.outdir.mkdir(parents=True, exist_ok=True)
     report = BatchReport(row_errors=list(manifest.errors))
+    where = (f"on the Dask scheduler {scheduler}" if scheduler else
+             f"on {workers} worker processes" if workers > 0 else "in this process")
+    threads = f"{plan.threads} torch threads per model call" if plan.threads else \
+        "the server's threads"
+    log(plan.outdir, "START", f"{manifest.path}: {manifest.rows} rows ({len(manifest.cases)}"
+        f" cases, {len(manifest.errors)} invalid), {where}, {threads}")
     log_failures(plan.outdir, [f"row {e.row}: {e.input or '(no input)'}: {e.message}"
                        for e in manifest.errors])
     by_id: dict[str, CaseResult] = {}
@@ -118,6 +129,7 @@ def run_batch(
             todo.append(case)
             continue
         by_id[case.case_id] = skipped(case, record)
+        log(plan.outdir, "SKIPPED", f"case {case.case_id}: finished by an earlier run")
         if on_result is not None:
             on_result(by_id[case.case_id])
 
@@ -125,18 +137,29 @@ def run_batch(
         by_id[result.case_id] = result
         if result.status == "failed":
             log_failures(plan.outdir, [f"case {result.case_id}: {result.input}: {result.error}"])
+        else:
+            seconds = result.record.get("timings", {}).get("total_s", 0.0)
+            log(plan.outdir, "OK", f"case {result.case_id}: {', '.join(result.outputs)}"
+                f" ({seconds:.1f} s)")
         if on_result is not None:
             on_result(result)
 
+    finished_all = False
     try:
         if todo and (workers > 0 or scheduler):
             _run_on_dask(todo, plan, workers, scheduler, done)
         elif todo:
             _run_here(todo, plan, engine, done)
+        finished_all = True
     finally:
         report.results = [by_id[c.case_id] for c in manifest.cases if c.case_id in by_id]
+        report.not_run = [c for c in manifest.cases if c.case_id not in by_id]
         report.seconds = time.perf_counter() - start
-        write_summaries(report, plan.outdir)
+        write_summaries(report, plan.outdir, manifest)
+        log(plan.outdir, "END" if finished_all else "INTERRUPTED",
+            f"{report.count('ok')} ok, {report.count('skipped')} finished earlier,"
+            f" {report.count('failed')} failed, {len(report.row_errors)} invalid rows,"
+            f" {len(report.not_run)} not run ({report.seconds:.1f} s)")
     return report
 
 
@@ -217,18 +240,46 @@ def _run_on_dask(cases: list[Case], plan: BatchPlan, workers: int, scheduler: st
 
 
 # -- summaries --------------------------------------------------------------------------------
-def write_summaries(report: BatchReport, outdir: Path) -> None:
-    """``summary.csv`` (every case) and ``failures.csv`` (failed cases and unreadable rows)."""
-    fields = ["case_id", "status", "task", "input", "outputs", "reference", "seconds", "error"]
+SUMMARY_FIELDS = ["row", "case_id", "status", "task", "input", "outputs", "reference", "seconds",
+                  "error"]
+STATUSES = {
+    "ok": "ran and finished",
+    "skipped": "finished by an earlier run (same row and settings): not run again",
+    "failed": "ran and failed (error says why); runs again next time",
+    "invalid": "the row could not be read (error says why); nothing ran",
+    "not run": "not started: the batch was interrupted first",
+}
+
+
+def write_summaries(report: BatchReport, outdir: Path, manifest: Manifest | None = None) -> None:
+    """``summary.csv`` (every manifest row, in order, with its status: see :data:`STATUSES`, and
+    the manifest's extra columns) and ``failures.csv`` (failed cases and invalid rows)."""
+    extra = list(manifest.extra_columns) if manifest is not None else []
+    lines = []
+    for r in report.results:
+        case = r.record.get("manifest_row", 0)
+        seconds = r.record.get("timings", {}).get("total_s", "")
+        lines.append({"row": case, "case_id": r.case_id, "status": r.status, "task": r.task,
+                      "input": r.input, "outputs": ";".join(r.outputs),
+                      "reference": r.reference or "", "seconds": seconds, "error": r.error})
+    for e in report.row_errors:
+        lines.append({"row": e.row, "case_id": e.case_id, "status": "invalid", "input": e.input,
+                      "error": e.message, **dict(e.extra)})
+    for c in report.not_run:
+        lines.append({"row": c.row, "case_id": c.case_id, "status": "not run", "task": c.task,
+                      "input": str(c.input), "reference": str(c.reference or "")})
+    if manifest is not None:
+        by_id = {c.case_id: c for c in manifest.cases}
+        for line in lines:
+            case = by_id.get(line["case_id"])
+            if case is not None and line["status"] != "invalid":
+                line["row"] = case.row
+                line.update(dict(case.extra))
     with (outdir / SUMMARY_CSV).open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fields)
+        writer = csv.DictWriter(fh, SUMMARY_FIELDS + [c for c in extra if c not in SUMMARY_FIELDS],
+                                extrasaction="ignore")
         writer.writeheader()
-        for r in report.results:
-            seconds = r.record.get("timings", {}).get("total_s", "")
-            writer.writerow({"case_id": r.case_id, "status": r.status, "task": r.task,
-                             "input": r.input, "outputs": ";".join(r.outputs),
-                             "reference": r.reference or "", "seconds": seconds,
-                             "error": r.error})
+        writer.writerows(sorted(lines, key=lambda line: int(line["row"] or 0)))
     failures = [{"row": e.row, "case_id": e.case_id, "input": e.input, "error": e.message}
                 for e in report.row_errors]
     failures += [{"row": r.record.get("manifest_row", 0), "case_id": r.case_id, "input": r.input,
@@ -239,11 +290,14 @@ def write_summaries(report: BatchReport, outdir: Path) -> None:
         writer.writerows(sorted(failures, key=lambda f: f["row"]))
 
 
-def log_failures(outdir: Path, lines: list[str]) -> None:
-    """Append timestamped ``FAILED`` lines to ``OUTDIR/batch.log``."""
-    if not lines:
-        return
+def log(outdir: Path, what: str, line: str) -> None:
+    """Append one timestamped line to ``OUTDIR/batch.log`` (START, OK, SKIPPED, FAILED, END...)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with (outdir / BATCH_LOG).open("a", encoding="utf-8") as fh:
-        for line in lines:
-            fh.write(f"{stamp} FAILED {line}\n")
+        fh.write(f"{stamp} {what} {line}\n")
+
+
+def log_failures(outdir: Path, lines: list[str]) -> None:
+    """Append timestamped ``FAILED`` lines to ``OUTDIR/batch.log``."""
+    for line in lines:
+        log(outdir, "FAILED", line)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import options
+from .evaluate import add_metric_options
 
 MANIFEST_HELP = """\
 manifest columns (CSV with a header row; input and boxes or points are required):
@@ -32,9 +33,13 @@ manifest columns (CSV with a header row; input and boxes or points are required)
   reference  optional reference mask (image, labelmap or folder of masks) for --evaluate
   window     optional intensity for this row, as --window
 
+  other columns (notes, patient id...) are kept as they are, in summary.csv and case.json
+
 outputs: OUTDIR/CASE_ID/ mask.png | labelmap.nii.gz (input's geometry) | masks/FRAME.png,
 plus case.json (status, prompts, provenance, timings; written last, marks the case done);
-OUTDIR/summary.csv, failures.csv, batch.log; with --evaluate metrics.csv and metrics.png.
+OUTDIR/summary.csv (every row with its status: ok, skipped = finished earlier, failed,
+invalid = the row could not be read, not run = interrupted first), failures.csv, batch.log
+(always: start, every case, end); with --evaluate metrics.csv and metrics.png.
 A bad row or failed case is logged and the batch goes on (exit status 1 at the end).
 Re-running skips finished cases; changed rows or model settings run again.
 
@@ -66,23 +71,32 @@ def register(subparsers) -> None:
     scale.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="address of an existing Dask scheduler (tcp://host:8786); inputs and"
                             " OUTDIR must be at the same paths on every worker")
+    p.add_argument("--threads", type=int, default=0, metavar="T",
+                   help="torch threads of every model call, in this process and on every worker"
+                        " (default: this process's torch thread count). Results can differ by a"
+                        " pixel between thread counts; the same T gives the same outputs whether"
+                        " a case runs here or on a worker. Recorded in case.json")
     p.add_argument("--labelmap-format", choices=("nii.gz", "nrrd"), default="nii.gz",
                    help="file format of volume labelmaps (default: %(default)s)")
     p.add_argument("--evaluate", action="store_true",
                    help="at the end, compare cases that have a reference mask: OUTDIR/metrics.csv"
                         " and OUTDIR/metrics.png")
-    p.add_argument("--tolerance-mm", type=float, default=2.0,
-                   help="NSD tolerance for --evaluate in mm (default: %(default)s)")
+    add_metric_options(p, "--evaluate: ")
     options.add_engine_options(p)
     p.set_defaults(handler=run_batch_command)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
+    import os
+
     from ..batch import BatchPlan, read_manifest, run_batch
+    from ..batch.runner import default_threads
     from ..errors import InvalidInputError
 
     if args.workers < 0:
         raise InvalidInputError(f"--workers must be 0 or more, got {args.workers}")
+    if args.threads < 0:
+        raise InvalidInputError(f"--threads must be a positive number, got {args.threads}")
     if args.output.exists() and not args.output.is_dir():
         raise InvalidInputError(f"-o {args.output} exists and is not a folder")
     if args.window:
@@ -91,9 +105,20 @@ def run_batch_command(args: argparse.Namespace) -> int:
     plan = BatchPlan(outdir=args.output.resolve(),
                      settings=options.engine_settings_from_args(args),
                      allow_download=not args.no_download, window=args.window or "",
-                     labelmap_suffix="." + args.labelmap_format)
+                     labelmap_suffix="." + args.labelmap_format, threads=args.threads)
+    plan = default_threads(plan)
+    say_trained_intensity(plan)
+    cores = os.cpu_count() or 1
+    if args.workers and plan.threads and args.workers * plan.threads > cores:
+        print(f"polypsam: note: {args.workers} workers x {plan.threads} torch threads on {cores}"
+              f" cores: every model call runs with {plan.threads} threads, as in one process, so"
+              " the outputs are the same; --threads sets another count (the same in one process"
+              " gives the same outputs)", file=sys.stderr)
     for error in manifest.errors:
-        print(f"polypsam: row {error.row} skipped: {error.message}", file=sys.stderr)
+        print(f"polypsam: row {error.row} invalid, not run: {error.message}", file=sys.stderr)
+    if manifest.extra_columns:
+        print(f"polypsam: manifest columns kept as they are (in summary.csv and case.json):"
+              f" {', '.join(manifest.extra_columns)}", file=sys.stderr)
     bar = options.progress_bar(len(manifest.cases), "case", "batch")
 
     def on_result(result) -> None:
@@ -119,8 +144,26 @@ def run_batch_command(args: argparse.Namespace) -> int:
         from ..batch.evaluate import evaluate_batch
 
         written, summary = evaluate_batch(
-            report, plan.outdir, tolerance_mm=args.tolerance_mm,
+            report, plan.outdir, tolerance_mm=args.tolerance_mm, tolerance_px=args.tolerance_px,
+            weighting=args.frame_weighting,
             warn=lambda line: print(f"polypsam: {line}", file=sys.stderr))
         print(summary)
         print("wrote " + " and ".join(str(p) for p in written))
     return EXIT_FAILED_CASES if report.failed else 0
+
+
+def say_trained_intensity(plan) -> None:
+    """Say when the checkpoint's fine-tuning intensity applies to rows without a window."""
+    from ..engines import trained_intensity
+    from ..preprocess import describe_intensity
+
+    trained = trained_intensity(plan.settings)
+    if trained is None:
+        return
+    if not plan.window:
+        print(f"polypsam: scalar inputs of rows without a window: {describe_intensity(trained)},"
+              " as the checkpoint was fine-tuned (from its sidecar; recorded in case.json)",
+              file=sys.stderr)
+    else:
+        print(f"polypsam: note: --window {plan.window} differs from the checkpoint's fine-tuning"
+              f" intensity, {describe_intensity(trained)}", file=sys.stderr)

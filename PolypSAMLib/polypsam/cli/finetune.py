@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,14 +48,20 @@ def register(subparsers) -> None:
                    help="move training boxes by Gaussian noise of this fraction of their side,"
                         " as in SAM's training (e.g. 0.1; default: off)")
     p.add_argument("--window", default=None,
-                   help="intensity for CT volumes: abdomen (default) | soft_tissue | lung | bone |"
-                        " brain, LEVEL,WIDTH or percentile[:LOW,HIGH]")
+                   help="intensity of scalar images (CT volumes, grey frames): abdomen |"
+                        " soft_tissue | lung | bone | brain, LEVEL,WIDTH or"
+                        " percentile[:LOW,HIGH] (default: abdomen when the data holds volumes,"
+                        " else percentile). Recorded in the sidecar; inference with the"
+                        " checkpoint applies it unless --window")
     p.add_argument("--label", type=int, default=None,
                    help="labelmap value of the lesion in volumes (default: any non-zero)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, batch order, jitter and augmentation")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last finished epoch (state in OUT.pt.state/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again where OUT.pt or its saved state exist, deleting them (without"
+                        " --resume or --overwrite, an earlier run at OUT.pt is refused)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where image features are cached (default: PolypSAM's cache directory)")
     p.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16",
@@ -75,6 +82,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         min_lr=args.min_lr, patience=args.patience, val_split=args.val_split,
         val=str(args.val) if args.val else None, train=args.train, augment=args.augment,
         box_jitter=args.box_jitter, seed=args.seed, device=args.device, resume=args.resume,
+        overwrite=args.overwrite,
         window=args.window, label=args.label,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_dtype=args.cache_dtype,
         cache_features=not args.no_feature_cache,
@@ -89,4 +97,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     print(f"best epoch {result.best_epoch}: validation Dice {best['val_dice']:.4f},"
           f" IoU {best['val_iou']:.4f}")
     print(f"wrote {result.checkpoint} (+ {result.sidecar.name}, {result.metrics_csv.name})")
+    recorded = json.loads(result.sidecar.read_text(encoding="utf-8")).get("intensity")
+    if recorded:
+        print(f"scalar images were mapped with {recorded['description']}: inference with this"
+              " checkpoint applies it unless --window says otherwise")
     return 0

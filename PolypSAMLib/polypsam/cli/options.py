@@ -172,6 +172,28 @@ def intensity_from_args(args: argparse.Namespace):
     return parse_intensity(args.window) if args.window else None
 
 
+def run_intensity(args: argparse.Namespace, engine, scalar: bool):
+    """``(intensity, provenance record)`` a run of ``engine`` applies to a scalar (or RGB) input:
+    ``--window``, else the intensity the checkpoint was fine-tuned with (its sidecar, through
+    ``engine.info``), said on stderr, as is a ``--window`` that differs from it."""
+    from ..preprocess import describe_intensity
+    from ..provenance import intensity_provenance
+
+    given = intensity_from_args(args)
+    info = engine.info
+    trained = info.default_intensity(None) if hasattr(info, "default_intensity") else None
+    used, record = intensity_provenance(given, "--window", trained, scalar)
+    if scalar and trained is not None:
+        name = info.checkpoint or info.model
+        if given is None:
+            print(f"polypsam: intensity: {describe_intensity(trained)}, as {name} was fine-tuned"
+                  " (from its sidecar; --window overrides)", file=sys.stderr)
+        elif given != trained:
+            print(f"polypsam: note: --window gives {describe_intensity(given)}, but {name} was"
+                  f" fine-tuned with {describe_intensity(trained)}", file=sys.stderr)
+    return used, record
+
+
 def check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:
     """Refuse an output path whose suffix is not one of ``allowed``."""
     from ..io import full_suffix

@@ -3,6 +3,8 @@
 ``--candidates`` keeps SAM2's three candidate masks: ``-o OUT`` gets the best one (as without
 the option) and ``OUT_candidate1`` .. ``OUT_candidate3`` (same suffix) each hold one candidate as
 label 1 (candidates overlap, so they cannot share one labelmap); their scores are printed.
+Every file written gets a provenance sidecar ``FILE.provenance.json`` (model, checkpoint
+SHA256, prompts, scores, segments), which ``polypsam export FILE`` carries over.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from . import options
-from .export import add_export_options, check_export_args, export_from_args
+from .export import (add_export_options, check_export_args, export_from_args, labels_in,
+                     run_provenance, write_run_sidecar)
 from ..errors import InvalidInputError
+
+
+OVERLAP_RULE = ("Overlaps: one labelmap holds one label per pixel, so where the masks of several"
+                " boxes overlap the pixel goes to the object with the higher score (SAM2's"
+                " predicted IoU; on a tie, the lower label).")
 
 
 def register(subparsers) -> None:
@@ -22,7 +30,8 @@ def register(subparsers) -> None:
         "segment", help="segment one image or one volume slice from boxes or clicks",
         description="Segment a PNG/JPEG frame, or slice K of a NIfTI/NRRD/DICOM volume, with one"
                     " mask per box (labels 1..N), or one object from clicks (--point,"
-                    " --negative-point) and/or a mask prompt, with or without one box.")
+                    " --negative-point) and/or a mask prompt, with or without one box. "
+                    + OVERLAP_RULE + " The pixel counts printed are those written.")
     p.add_argument("image", type=Path, help="PNG/JPEG frame, volume file or DICOM folder")
     options.add_box_option(p, required=False)
     options.add_prompt_options(
@@ -76,6 +85,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.overlay is not None:
         options.check_suffix(args.overlay, (".png",), "--overlay")
     engine = options.engine_from_args(args)
+    intensity, intensity_record = options.run_intensity(args, engine, scalar=image.ndim == 2)
     results = engine.segment_2d(image, prompts, intensity=intensity, multimask=args.candidates)
 
     def full_labels(labels: np.ndarray) -> np.ndarray:
@@ -90,24 +100,36 @@ def run_segment(args: argparse.Namespace) -> int:
             io.write_volume(volume.with_array(full_labels(labels)), path)
 
     labels = labelmap_from_masks(results)
+    frames = volume is None
+    prov = run_provenance(args, engine, source=args.image, prompts={
+        "boxes": [p.box for p in prompts if p.box is not None],
+        "prompts": [p.to_dict() for p in prompts], "slice": args.slice_k},
+        scores={str(n): r.score for n, r in enumerate(results, start=1)},
+        intensity=intensity_record)
     write(labels, args.output)
+    write_run_sidecar(args, args.output, prov, labels_in(labels), frames=frames)
     if args.overlay is not None:
         io.write_png(draw_overlay(image, labels, intensity, boxes=[r.box for r in results],
                                   points=options.prompt_points(prompts)), args.overlay)
-    export_from_args(args, labels if volume is None else volume.with_array(full_labels(labels)),
-                     engine=engine, prompts={"boxes": [p.box for p in prompts if p.box is not None],
-                                             "prompts": [p.to_dict() for p in prompts],
-                                             "slice": args.slice_k},
-                     source=args.image, frame_names=[args.image.stem] if volume is None else None,
+        write_run_sidecar(args, args.overlay, prov, labels_in(labels), frames=frames,
+                          picture="mask contours and prompts drawn on the input, for viewing")
+    export_from_args(args, labels if frames else volume.with_array(full_labels(labels)),
+                     provenance=prov, frames=frames,
+                     frame_names=[args.image.stem] if frames else None,
                      reference_dicom=args.image if args.image.is_dir() else None)
     for label, result in enumerate(results, start=1):
         what = result.prompt.describe() if result.prompt is not None else ""
-        print(f"label {label}: {what} score {result.score:.3f} pixels {int(result.mask.sum())}")
+        written, own = int((labels == label).sum()), int(result.mask.sum())
+        lost = f" ({own - written} overlapping pixels went to higher-scoring labels)" \
+            if written < own else ""
+        print(f"label {label}: {what} score {result.score:.3f} pixels {written}{lost}")
     if args.candidates:
         (result,) = results
         for index, (cand, score) in enumerate(zip(result.candidates, result.candidate_scores), 1):
             path = candidate_path(args.output, index)
             write(cand.astype(np.uint8), path)
+            write_run_sidecar(args, path, {**prov, "candidate": index, "candidate_score": score},
+                              {1} if cand.any() else set(), frames=frames)
             best = " (best, in -o)" if index - 1 == result.best else ""
             print(f"candidate {index}: score {score:.3f} pixels {int(cand.sum())}{best} -> {path}")
     print(f"wrote {args.output}")

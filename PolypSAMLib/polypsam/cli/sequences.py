@@ -5,6 +5,8 @@ segments the key slice and propagates through the slice range (NIfTI/NRRD/DICOM 
 NRRD/NIfTI labelmap out, on the input's grid). ``polypsam track FRAMES --frame I --box ... -o DIR``
 tracks through a folder of frames or a video, writing one PNG label mask per frame named like
 the frame (plus optional overlays). Both show a progress bar; Ctrl-C stops cleanly with exit 130.
+Each output carries its provenance in a sidecar (``OUT.nrrd.provenance.json``;
+``DIR/provenance.json``) that ``polypsam export`` reads back.
 
 Clicks: ``--point X Y`` / ``--negative-point X Y`` are on the key slice (``--key-slice``) or the
 prompted frame (``--frame``) and go with the single ``--box`` (or make the object alone);
@@ -22,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from . import options
-from .export import add_export_options, check_export_args, export_from_args
+from .export import (add_export_options, check_export_args, export_from_args, labels_in,
+                     run_provenance, write_run_sidecar)
 from ..errors import InvalidInputError
 from .options import EXIT_INTERRUPTED
 
@@ -34,7 +37,9 @@ def register(subparsers) -> None:
         description="Segment the key slice (default: middle of --slices) of a NIfTI/NRRD volume or"
                     " DICOM folder from box or click prompts, then propagate with SAM2 forward and backward"
                     " through the slice range. One label per box (1..N); the labelmap keeps the"
-                    " input's origin, spacing and direction.")
+                    " input's origin, spacing and direction. Overlaps: where objects overlap on a"
+                    " slice, the voxel goes to the object with the higher score there (its mask"
+                    " logit maximum; on a tie, the lower label).")
     p.add_argument("volume", type=Path, help="NIfTI/NRRD/MHA file or DICOM series folder")
     options.add_box_option(p, required=False)
     options.add_prompt_options(
@@ -61,7 +66,9 @@ def register(subparsers) -> None:
         "track", help="track boxes or clicked objects through a folder of frames or a video, both ways",
         description="Segment frame I from box or click prompts and track the objects backward and forward"
                     " through the sequence. Writes one PNG label mask per frame (labels 1..N),"
-                    " named like the frames.")
+                    " named like the frames. Overlaps: where objects overlap on a frame, the pixel"
+                    " goes to the object with the higher score there (its mask logit maximum; on a"
+                    " tie, the lower label).")
     t.add_argument("frames", type=Path, help="folder of PNG/JPEG frames or a video file")
     t.add_argument("--frame", type=int, required=True, metavar="I",
                    help="index of the frame the boxes and --point clicks are on (0-based, natural order)")
@@ -99,6 +106,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     prompts = options.prompts_from_args(args, ni, nj, mask)
     refinements = options.refinements_from_args(args, nk, "slice")
     engine = options.engine_from_args(args)
+    intensity, intensity_record = options.run_intensity(args, engine, scalar=True)
     bar = options.progress_bar(k1 - k0 + 1, "slice", "propagate")
 
     def progress(done: int, total: int) -> None:
@@ -117,14 +125,19 @@ def run_propagate(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         bar.close()
+    prov = run_provenance(args, engine, source=args.volume, prompts={
+        "boxes": [p.box for p in prompts if p.box is not None],
+        "prompts": [p.to_dict() for p in prompts],
+        "refinements": [r.to_dict() for r in refinements],
+        "key_slice": result.key_slice, "slices": list(result.slices)},
+        until=args.until, largest_component=args.largest_component,
+        key_slice_scores={str(k): v for k, v in result.scores.items()},
+        intensity=intensity_record)
     io.write_volume(result.labelmap, args.output)
-    export_from_args(args, result.labelmap, engine=engine, source=args.volume,
-                     prompts={"boxes": [p.box for p in prompts if p.box is not None],
-                              "prompts": [p.to_dict() for p in prompts],
-                              "refinements": [r.to_dict() for r in refinements],
-                              "key_slice": result.key_slice, "slices": list(result.slices)},
-                     reference_dicom=args.volume if args.volume.is_dir() else None)
     lab = result.labelmap.array
+    write_run_sidecar(args, args.output, prov, labels_in(lab), frames=False)
+    export_from_args(args, result.labelmap, provenance=prov, frames=False,
+                     reference_dicom=args.volume if args.volume.is_dir() else None)
     for label, score in sorted(result.scores.items()):
         voxels = int((lab == label).sum())
         print(f"label {label}: key-slice score {score:.3f} voxels {voxels}")
@@ -156,16 +169,19 @@ def run_track(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"-o {args.output} exists and is not a folder")
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
     engine = options.engine_from_args(args)
+    intensity, intensity_record = options.run_intensity(args, engine, scalar=first.ndim == 2)
     args.output.mkdir(parents=True, exist_ok=True)
     overlay_dir = args.output / "overlay"
     bar = options.progress_bar(n, "frame", "track")
     written = 0
+    present: set[int] = set()
     kept = {} if args.export else None
     try:
         for frame, labels, _scores in iter_track(
             engine, frames, args.frame, prompts, refinements=refinements, intensity=intensity,
         ):
             io.write_png(labels, args.output / f"{names[frame]}.png")
+            present |= labels_in(labels)
             if kept is not None:
                 kept[frame] = labels
             if args.overlay:
@@ -184,14 +200,18 @@ def run_track(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         bar.close()
+    prov = run_provenance(args, engine, source=args.frames, prompts={
+        "boxes": [b for b in boxes if b is not None],
+        "prompts": [p.to_dict() for p in prompts],
+        "refinements": [r.to_dict() for r in refinements], "key_frame": args.frame},
+        intensity=intensity_record)
+    write_run_sidecar(args, args.output, prov, present, frames=True,
+                      files=[f"{name}.png" for name in names],
+                      overlays="overlay/" if args.overlay else None)
     print(f"wrote {written} masks to {args.output}" + (f" and overlays to {overlay_dir}"
                                                          if args.overlay else ""))
     if kept:
         blank = np.zeros_like(next(iter(kept.values())))
-        export_from_args(args, np.stack([kept.get(i, blank) for i in range(n)]), engine=engine,
-                         prompts={"boxes": [b for b in boxes if b is not None],
-                                  "prompts": [p.to_dict() for p in prompts],
-                                  "refinements": [r.to_dict() for r in refinements],
-                                  "key_frame": args.frame}, source=args.frames,
-                         frame_names=names)
+        export_from_args(args, np.stack([kept.get(i, blank) for i in range(n)]), provenance=prov,
+                         frames=True, frame_names=names)
     return 0

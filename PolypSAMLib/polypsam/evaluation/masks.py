@@ -14,8 +14,9 @@ Binarising thresholds at half the type's range (> 127 for 8-bit, > 32767 for 16-
 at > 0 for volumes; the result is label 1. ``binarize=True`` forces it, ``binarize=False`` keeps
 integer values as labels (colour images are refused then: they are not label maps).
 
-Images carry no spacing: they are 2-D grids with 1 mm = 1 pixel. 3-D files with one slice are
-evaluated as 2-D images with their in-plane spacing.
+Images carry no spacing: they are 2-D grids of unit spacing, so their distances are in pixels
+(rows say ``distance_unit`` ``px``). 3-D files with one slice are evaluated as 2-D images with
+their in-plane spacing (mm).
 """
 
 from __future__ import annotations
@@ -169,23 +170,31 @@ def case_name(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.stem
 
 
-def mask_files(folder: Path) -> dict[str, Path]:
-    """Mask files of a folder by case name (natural order); two files of one name are refused."""
+def mask_files(folder: Path, _prefix: str = "") -> dict[str, Path]:
+    """Mask files of a folder by case name (natural order); two files of one name are refused.
+
+    A subfolder of image masks is a video (or frame sequence): its frames are the cases
+    ``SUBFOLDER/FRAME``. A subfolder of DICOM files is one volume.
+    """
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir(), key=natural_key):
         if p.is_file() and full_suffix(p) in MASK_SUFFIXES:
-            name = case_name(p)
+            name = _prefix + case_name(p)
             if name in found:
-                raise InvalidInputError(f"{folder} holds two masks named {name}:"
+                raise InvalidInputError(f"{folder} holds two masks named {case_name(p)}:"
                                         f" {found[name].name} and {p.name}")
             found[name] = p
+        elif p.is_dir() and not _prefix and any(q.is_file() and full_suffix(q) in IMAGE_SUFFIXES
+                                                for q in p.iterdir()):
+            found.update(mask_files(p, p.name + "/"))
         elif p.is_dir() and any(q.suffix.lower() == ".dcm" or not q.suffix for q in p.iterdir()):
-            found.setdefault(p.name, p)
+            found.setdefault(_prefix + p.name, p)
     return found
 
 
 def pair_cases(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
-    """(case, pred, ref) pairs: two files, or two folders matched by case name.
+    """(case, pred, ref) pairs: two files, or two folders matched by case name (subfolders of
+    frame masks, videos, give cases ``VIDEO/FRAME``, see :func:`mask_files`).
 
     Every reference needs a prediction (a missing one is an error naming it); predictions
     without a reference are ignored.

@@ -2,7 +2,9 @@
 
 All metrics compare one label of a prediction with the same label of a reference on one grid
 (SimpleITK images; spacing taken from the image, so distances are in millimetres, or in pixels
-for PNG/JPEG images, which carry no spacing).
+for PNG/JPEG images, which carry no spacing). Every row says which: ``distance_unit`` is ``mm``
+or ``px`` (it applies to ``hd95``, ``hd`` and the NSD tolerance), and ``kind`` is ``image`` (a
+2-D image file), ``slice`` (a one-slice volume file, in-plane mm) or ``volume`` (3-D).
 
 * Overlap (from voxel counts TP, FP, FN, TN over the whole image): ``dice`` = 2TP/(2TP+FP+FN),
   ``iou`` = TP/(TP+FP+FN), ``precision`` = TP/(TP+FP), ``recall`` = TP/(TP+FN),
@@ -13,9 +15,9 @@ for PNG/JPEG images, which carry no spacing).
   ``SignedMaurerDistanceMap`` with the image spacing).
   ``hd95`` = max of the two directed 95th percentiles of boundary-to-boundary distances (as
   MONAI and DeepMind's ``surface-distance`` compute it); ``hd`` = the maximum (Hausdorff);
-  ``nsd`` (normalised surface Dice at ``tolerance_mm``) = the fraction of boundary voxels of
-  both masks lying within the tolerance of the other mask's boundary (boundary voxels counted,
-  not surface-element areas).
+  ``nsd`` (normalised surface Dice at the tolerance, in the distance unit) = the fraction of
+  boundary voxels of both masks lying within the tolerance of the other mask's boundary
+  (boundary voxels counted, not surface-element areas).
 
 Empty masks (see :data:`EMPTY_CONVENTION`):
   both empty: dice = iou = precision = recall = nsd = 1, hd95 = hd = 0 (a correct "nothing");
@@ -39,11 +41,19 @@ EMPTY_CONVENTION = (
 
 METRICS = ("dice", "iou", "precision", "recall", "accuracy", "nsd", "hd95", "hd")
 DISTANCE_METRICS = ("hd95", "hd")
+DISTANCE_UNITS = {"mm": "millimetres", "px": "pixels"}
+KINDS = {"volume": "volumes (3-D)", "slice": "single slices of volume files (2-D, in-plane mm)",
+         "image": "images (2-D image files: frames, masks)"}
 
 
 @dataclass(frozen=True)
 class LabelMetrics:
-    """Metrics of one label of one case; distances in mm (pixels for images without spacing)."""
+    """Metrics of one label of one case; ``hd95``, ``hd`` and ``nsd_tolerance`` are in
+    ``distance_unit`` (``mm``, or ``px`` for image files, which carry no spacing).
+
+    A case named ``VIDEO/FRAME`` is one frame of the video (or sequence) ``VIDEO``: its
+    :attr:`group`. Any other case is its own group.
+    """
 
     case: str
     label: int
@@ -57,10 +67,21 @@ class LabelMetrics:
     hd: float
     pred_voxels: int
     ref_voxels: int
-    tolerance_mm: float
+    nsd_tolerance: float
+    distance_unit: str = "mm"
+    kind: str = "volume"
+
+    @property
+    def group(self) -> str:
+        return case_group(self.case)
 
     def as_row(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "group": self.group}
+
+
+def case_group(case: str) -> str:
+    """The video a ``VIDEO/FRAME`` case belongs to; any other case is its own group."""
+    return case.rpartition("/")[0] or case
 
 
 def overlap_metrics(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -106,8 +127,9 @@ def surface_distances(pred_image, ref_image) -> tuple[np.ndarray, np.ndarray]:
             sitk.GetArrayViewFromImage(to_pred)[rb].astype(float))
 
 
-def surface_metrics(pred_image, ref_image, tolerance_mm: float) -> dict[str, float]:
-    """NSD at ``tolerance_mm``, HD95 and HD (mm) of two binary SimpleITK images on one grid."""
+def surface_metrics(pred_image, ref_image, tolerance: float) -> dict[str, float]:
+    """NSD at ``tolerance``, HD95 and HD of two binary SimpleITK images on one grid (in the
+    images' physical unit: mm, or pixels for images with unit spacing)."""
     import SimpleITK as sitk
 
     pred_any = bool(np.any(sitk.GetArrayViewFromImage(pred_image)))
@@ -117,7 +139,7 @@ def surface_metrics(pred_image, ref_image, tolerance_mm: float) -> dict[str, flo
     if not pred_any or not ref_any:
         return {"nsd": 0.0, "hd95": math.inf, "hd": math.inf}
     d_pr, d_rp = surface_distances(pred_image, ref_image)
-    within = np.count_nonzero(d_pr <= tolerance_mm) + np.count_nonzero(d_rp <= tolerance_mm)
+    within = np.count_nonzero(d_pr <= tolerance) + np.count_nonzero(d_rp <= tolerance)
     return {
         "nsd": within / (d_pr.size + d_rp.size),
         "hd95": float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))),
@@ -125,19 +147,28 @@ def surface_metrics(pred_image, ref_image, tolerance_mm: float) -> dict[str, flo
     }
 
 
-def label_metrics(pred_labels, ref_labels, label: int, tolerance_mm: float,
-                  case: str = "") -> LabelMetrics:
-    """All metrics of ``label`` in two label images (SimpleITK, same grid, integer pixels)."""
+def label_metrics(pred_labels, ref_labels, label: int, tolerance: float, case: str = "", *,
+                  distance_unit: str = "mm", kind: str | None = None) -> LabelMetrics:
+    """All metrics of ``label`` in two label images (SimpleITK, same grid, integer pixels).
+
+    ``tolerance`` and the distances are in ``distance_unit``, the unit of the images' spacing;
+    ``kind`` defaults to ``volume`` for 3-D images, ``slice`` for 2-D ones in mm, else ``image``.
+    """
+    if distance_unit not in DISTANCE_UNITS:
+        raise ValueError(f"distance_unit must be one of {tuple(DISTANCE_UNITS)}")
+    if kind is None:
+        kind = ("volume" if ref_labels.GetDimension() == 3
+                else "slice" if distance_unit == "mm" else "image")
     import SimpleITK as sitk
 
     pred = sitk.GetArrayViewFromImage(pred_labels) == label
     ref = sitk.GetArrayViewFromImage(ref_labels) == label
     overlap = overlap_metrics(pred, ref)
     crop_p, crop_r = _cropped_pair(pred, ref, ref_labels)
-    surface = surface_metrics(crop_p, crop_r, tolerance_mm)
+    surface = surface_metrics(crop_p, crop_r, tolerance)
     return LabelMetrics(case=case, label=int(label), pred_voxels=int(pred.sum()),
-                        ref_voxels=int(ref.sum()), tolerance_mm=float(tolerance_mm),
-                        **overlap, **surface)
+                        ref_voxels=int(ref.sum()), nsd_tolerance=float(tolerance),
+                        distance_unit=distance_unit, kind=kind, **overlap, **surface)
 
 
 def _border(binary):

@@ -26,7 +26,8 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..geometry import Volume
 from .segments import (TERMINOLOGY_PRESETS, Segment, as_labelmap, complete_provenance,
-                       make_provenance, segments_for, write_export_sidecar)
+                       make_provenance, segment_options, segments_for, segments_for_labels,
+                       write_export_sidecar)
 
 FORMATS = ("seg.nrrd", "nifti", "nrrd", "png", "coco", "dicom-seg")
 _SUFFIXES = {"seg.nrrd": (".seg.nrrd",), "nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",),
@@ -146,4 +147,5 @@ def export_labelmap(labels: "Volume | np.ndarray | Sequence[np.ndarray]",
 
 
 __all__ = ["FORMATS", "TERMINOLOGY_PRESETS", "ExportResult", "Segment", "check_format",
-           "export_labelmap", "make_provenance", "output_path", "segments_for"]
+           "export_labelmap", "make_provenance", "output_path", "segment_options",
+           "segments_for", "segments_for_labels", "export_sidecar_path", "write_export_sidecar"]

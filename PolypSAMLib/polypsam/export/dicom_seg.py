@@ -4,7 +4,8 @@ The SEG references the source series and every source instance (frames are mappe
 source slices in physical space, so a labelmap on any flipped/permuted index order of the same
 grid is accepted); segments carry coded category/type (SNOMED CT), the algorithm (PolypSAM,
 semi-automatic, artificial intelligence) and a display colour. Provenance goes into the
-content description, series description and the algorithm parameters.
+content description, series description and the algorithm parameters. Frames are stored only
+for (slice, segment) pairs that hold the segment: empty frames are omitted.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def write_dicom_seg(volume: Volume, path: Path, segments: Sequence[Segment],
         software_versions=__version__, device_serial_number="none",
         content_description=summary, content_label="POLYPSAM",
         content_creator_name="PolypSAM^", series_description=summary,
-        omit_empty_frames=False)
+        omit_empty_frames=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(str(path))
     return path

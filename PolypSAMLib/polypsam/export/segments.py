@@ -105,6 +105,16 @@ def segments_for(volume: Volume, names=None, colours=None, terminology=None) -> 
     (default), ``polyp``, ``mass``, ``tissue``) for all segments, or a mapping label -> preset
     name or ``((scheme, value, meaning), (scheme, value, meaning))`` (category, type).
     """
+    present = {int(v) for v in np.unique(volume.array) if v != 0}
+    return segments_for_labels(present, names, colours, terminology)
+
+
+def segments_for_labels(labels, names=None, colours=None, terminology=None) -> list[Segment]:
+    """:func:`segments_for` for a set of label values (plus any label given a name).
+
+    A segment without a name is named after its preset and label (``polyp_1``, ``lesion_2``),
+    or ``Segment_N`` when its terminology is given as codes.
+    """
     name_map = _by_label(names, "names")
     colour_map = _by_label(colours, "colours")
     if terminology is None or isinstance(terminology, str):
@@ -112,20 +122,36 @@ def segments_for(volume: Volume, names=None, colours=None, terminology=None) -> 
         default_term = terminology or "lesion"
     else:
         term_map, default_term = _by_label(terminology, "terminology"), "lesion"
-    present = {int(v) for v in np.unique(volume.array) if v != 0}
     segments = []
-    for label in sorted(present | set(name_map)):
+    for label in sorted({int(v) for v in labels} | set(name_map)):
         term = term_map.get(label, default_term)
+        default_name = f"Segment_{label}"
         if isinstance(term, str):
             if term not in TERMINOLOGY_PRESETS:
                 raise InvalidInputError(f"unknown terminology {term!r}; choose one of"
                                         f" {', '.join(TERMINOLOGY_PRESETS)} or give codes")
+            default_name = f"{term}_{label}"
             term = TERMINOLOGY_PRESETS[term]
         category, type_ = (tuple(str(x) for x in c) for c in term)  # type: ignore[union-attr]
         colour = colour_map.get(label, PALETTE[(label - 1) % len(PALETTE)])
-        segments.append(Segment(label, str(name_map.get(label, f"Segment_{label}")),
+        segments.append(Segment(label, str(name_map.get(label, default_name)),
                                 _normalise_color(colour), category, type_))
     return segments
+
+
+def segment_options(segments: Sequence[Mapping]) -> tuple[dict, dict, dict]:
+    """``(names, colours, terminology)`` by label from a sidecar's ``segments`` list, to give
+    a later export the same segments."""
+    names, colours, terms = {}, {}, {}
+    for s in segments:
+        try:
+            label = int(s["label"])
+            names[label] = str(s["name"])
+            colours[label] = tuple(int(v) for v in s["color"])
+            terms[label] = (tuple(s["category"]), tuple(s["type"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"a sidecar segment is incomplete ({s!r}): {exc}") from exc
+    return names, colours, terms
 
 
 def make_provenance(engine_info=None, *, prompts: Mapping | None = None,
@@ -183,6 +209,11 @@ def _jsonable(value):
 def write_export_sidecar(path: Path, provenance: Mapping, segments: Sequence[Segment],
                          **extra) -> Path:
     """An export's provenance sidecar: JSON with the provenance and the segments (name, colour, terminology)."""
+    import os
+
     doc = {"provenance": dict(provenance), "segments": [s.as_dict() for s in segments], **extra}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
     return path

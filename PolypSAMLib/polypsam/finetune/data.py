@@ -10,6 +10,11 @@ Three layouts are read:
 * for volumes, every slice ``array[k]`` whose labelmap holds the lesion becomes a sample,
   converted to RGB through a CT window (:mod:`polypsam.preprocess`).
 
+One intensity mapping applies to every scalar sample (CT/MR slices, grey frames): the one given,
+else the ``abdomen`` window when the data holds volumes, else percentiles 0.5-99.5; RGB frames
+are used as they are. :attr:`Dataset.intensity` is that mapping (``None`` when every sample is
+RGB): the fine-tuning sidecar records it, and inference with the checkpoint applies it.
+
 Mask images are read as ``polypsam evaluate`` reads them
 (:func:`polypsam.evaluation.masks.load_mask`): colour and JPEG masks, and grey masks reaching half
 their range, are binarised at half the range (Kvasir-SEG ships RGB JPEGs with compression noise,
@@ -31,7 +36,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..geometry import Box
 from ..io import IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix, natural_key
-from ..preprocess import Intensity, to_model_rgb
+from ..preprocess import CT_WINDOWS, Intensity, Percentile, to_model_rgb
 
 MASK_FOLDERS = ("masks", "labels")
 DEFAULT_MIN_AREA = 5e-4  # components smaller than this fraction of the image are noise
@@ -48,6 +53,8 @@ class Sample:
     boxes: tuple[Box, ...]
     digest: str  # content of image and mask (for the data fingerprint)
     load_rgb: Callable[[], np.ndarray] = field(repr=False)  # model-ready H x W x 3 float [0, 1]
+    mask_name: str = ""  # the mask file, relative like ``group``
+    scalar: bool = False  # a scalar image (mapped by the dataset's intensity), not RGB
 
     @property
     def height(self) -> int:
@@ -64,6 +71,7 @@ class Dataset:
 
     samples: list[Sample]
     splits: Optional[list[str]] = None  # per sample "train"/"val" when the data fixes it
+    intensity: Intensity | None = None  # applied to the scalar samples; None: all are RGB
 
 
 def components_and_boxes(mask: np.ndarray, min_area: float = DEFAULT_MIN_AREA):
@@ -97,7 +105,10 @@ def load_dataset(
     label: int | None = None,
     min_area: float = DEFAULT_MIN_AREA,
 ) -> Dataset:
-    """Read a folder (``images/`` + ``masks/``) or a manifest CSV into samples (checked)."""
+    """Read a folder (``images/`` + ``masks/``) or a manifest CSV into samples (checked).
+
+    ``intensity`` maps scalar images (default: see the module); RGB frames are used as they are.
+    """
     source = Path(source).expanduser()
     if source.is_file() and source.suffix.lower() == ".csv":
         pairs, splits = _pairs_from_csv(source)
@@ -108,20 +119,29 @@ def load_dataset(
             f"training data {source} not found: give a folder with images/ and masks/ or a"
             " manifest CSV with columns image,mask"
         )
+    def is_volume(path: Path) -> bool:
+        return full_suffix(path) in VOLUME_SUFFIXES or path.is_dir()
+
+    if intensity is None:
+        intensity = (CT_WINDOWS["abdomen"] if any(is_volume(i) for i, _ in pairs)
+                     else Percentile())
     samples: list[Sample] = []
     sample_splits: list[str] = []
     for i, (image_path, mask_path) in enumerate(pairs):
-        rel = _relative(image_path, source)
-        if full_suffix(image_path) in VOLUME_SUFFIXES or image_path.is_dir():
+        rel, mask_rel = _relative(image_path, source), _relative(mask_path, source)
+        if is_volume(image_path):
             found = _volume_samples(image_path, mask_path, rel, intensity, label, min_area)
         else:
-            found = [_image_sample(image_path, mask_path, rel, label, min_area)]
+            found = [_image_sample(image_path, mask_path, rel, intensity, label, min_area)]
+        for sample in found:
+            sample.mask_name = mask_rel
         samples.extend(found)
         if splits is not None:
             sample_splits.extend([splits[i]] * len(found))
     if not samples:
         raise InvalidInputError(f"no samples with a lesion found in {source}")
-    return Dataset(samples, sample_splits if splits is not None else None)
+    return Dataset(samples, sample_splits if splits is not None else None,
+                   intensity if any(s.scalar for s in samples) else None)
 
 
 def _relative(path: Path, source: Path) -> str:
@@ -224,8 +244,11 @@ def read_mask(path: Path, label: int | None = None) -> np.ndarray:
     return labels == label if label is not None else labels != 0
 
 
-def _image_sample(image_path: Path, mask_path: Path, name: str, label: int | None,
-                  min_area: float) -> Sample:
+_SCALAR_MODES = ("L", "I", "I;16", "I;16B", "F", "1")  # read as one channel by io.read_image
+
+
+def _image_sample(image_path: Path, mask_path: Path, name: str, intensity: Intensity,
+                  label: int | None, min_area: float) -> Sample:
     from PIL import Image, UnidentifiedImageError
 
     from ..io import read_image
@@ -233,6 +256,7 @@ def _image_sample(image_path: Path, mask_path: Path, name: str, label: int | Non
     try:
         with Image.open(image_path) as img:  # header only: the pixels load when training needs them
             width, height = img.size
+            scalar = img.mode in _SCALAR_MODES
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidInputError(f"cannot read image {image_path}: {exc}") from exc
     mask = read_mask(mask_path, label)
@@ -247,22 +271,21 @@ def _image_sample(image_path: Path, mask_path: Path, name: str, label: int | Non
             f"mask {mask_path.name} is empty (no foreground above half its range)"
             if not mask.any() else f"mask {mask_path.name} holds only specks below the minimum area"
         )
-    digest = hashlib.sha256(
-        (_file_digest(image_path) + _file_digest(mask_path)).encode()).hexdigest()
+    digest = hashlib.sha256((_file_digest(image_path) + _file_digest(mask_path)
+                             + (repr(intensity) if scalar else "")).encode()).hexdigest()
 
     def load_rgb() -> np.ndarray:
         image = read_image(image_path)
         if image.shape[:2] != (height, width):
             raise InvalidInputError(f"image {image_path} changed while training")
-        return to_model_rgb(image)
+        return to_model_rgb(image, intensity)
 
-    return Sample(name, name, mask, components, tuple(boxes), digest, load_rgb)
+    return Sample(name, name, mask, components, tuple(boxes), digest, load_rgb, scalar=scalar)
 
 
-def _volume_samples(image_path: Path, mask_path: Path, name: str, intensity: Intensity | None,
+def _volume_samples(image_path: Path, mask_path: Path, name: str, intensity: Intensity,
                     label: int | None, min_area: float) -> list[Sample]:
     from ..io import read_volume
-    from ..preprocess import CT_WINDOWS
 
     volume = read_volume(image_path)
     labels = read_volume(mask_path)
@@ -271,7 +294,7 @@ def _volume_samples(image_path: Path, mask_path: Path, name: str, intensity: Int
             f"volume {image_path.name} has shape {volume.shape} (K, J, I) but its labelmap"
             f" {mask_path.name} has {labels.shape}"
         )
-    window = intensity if intensity is not None else CT_WINDOWS["abdomen"]
+    window = intensity
     lesion = labels.array == label if label is not None else labels.array != 0
     samples = []
     for k in np.flatnonzero(lesion.reshape(lesion.shape[0], -1).any(axis=1)):
@@ -283,7 +306,7 @@ def _volume_samples(image_path: Path, mask_path: Path, name: str, intensity: Int
         digest = hashlib.sha256(pixels.tobytes() + np.packbits(mask).tobytes()
                                 + repr((pixels.dtype.str, pixels.shape, window)).encode()).hexdigest()
         samples.append(Sample(f"{name}#k{int(k)}", name, mask, components, tuple(boxes), digest,
-                              lambda pixels=pixels: to_model_rgb(pixels, window)))
+                              lambda pixels=pixels: to_model_rgb(pixels, window), scalar=True))
     if not samples:
         what = f"label {label}" if label is not None else "a lesion (non-zero label)"
         raise InvalidInputError(

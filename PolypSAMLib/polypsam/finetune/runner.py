@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 from .. import __version__
 from ..checkpoints import checkpoint_sidecar_path, write_checkpoint_sidecar
 from ..errors import InvalidInputError
+from ..preprocess import intensity_text
 from .data import fingerprint, load_dataset, split_samples
 from .embedding_cache import EmbeddingCache, default_root
 from .sidecar import plot_metrics, write_metrics_csv
@@ -26,12 +28,73 @@ def _bar(total: int, desc: str, unit: str, enabled: bool, leave: bool = True):
 
 
 def _load_data(cfg: FinetuneConfig):
+    """``(train, val, intensity, split)``: the samples, the intensity mapping of their scalar
+    images (``None``: all RGB) and how the validation set was chosen."""
     from ..preprocess import parse_intensity
 
     intensity = parse_intensity(cfg.window) if cfg.window else None
     dataset = load_dataset(cfg.data, intensity=intensity, label=cfg.label)
-    val = load_dataset(cfg.val, intensity=intensity, label=cfg.label) if cfg.val else None
-    return split_samples(dataset, cfg.val_split, cfg.seed, val)
+    val = (load_dataset(cfg.val, intensity=intensity or dataset.intensity, label=cfg.label)
+           if cfg.val else None)
+    train_set, val_set = split_samples(dataset, cfg.val_split, cfg.seed, val)
+    if val is not None:
+        split = {"method": "separate validation data (--val)", "val_source": str(cfg.val)}
+    elif dataset.splits is not None:
+        split = {"method": "the manifest's split column"}
+    else:
+        split = {"method": "seeded random split of the files (a volume's slices stay together)",
+                 "seed": cfg.seed, "val_fraction": cfg.val_split}
+    used = intensity or dataset.intensity or (val.intensity if val is not None else None)
+    if not any(s.scalar for s in (*train_set, *val_set)):
+        used = None
+    return train_set, val_set, used, split
+
+
+def _files(samples) -> list[dict]:
+    """The image and mask files of ``samples`` (relative paths), each file once, in order."""
+    seen: dict[str, dict] = {}
+    for s in samples:
+        seen.setdefault(s.group, {"image": s.group, "mask": s.mask_name})
+    return list(seen.values())
+
+
+def intensity_record(intensity, window: str | None) -> dict | None:
+    """The sidecar's ``intensity``: the mapping of scalar inputs in training (read back by the
+    engine factory, which applies it at inference unless a call gives another)."""
+    from ..preprocess import describe_intensity, intensity_text
+
+    if intensity is None:
+        return None
+    return {"mapping": intensity_text(intensity), "description": describe_intensity(intensity),
+            "given_as": window or "default", "applies_to": "scalar images (CT/MR slices, grey"
+            " frames); RGB frames are used as they are"}
+
+
+def _outputs(output: Path) -> list[Path]:
+    """What a run writes for ``output`` (checkpoint, sidecar, metrics, state) that exists now."""
+    from ..checkpoints import checkpoint_sidecar_path
+    from .sidecar import metrics_csv_path, metrics_png_path
+    from .state import state_dir
+
+    return [p for p in (output, checkpoint_sidecar_path(output), metrics_csv_path(output),
+                        metrics_png_path(output), state_dir(output)) if p.exists()]
+
+
+def check_output(cfg: FinetuneConfig, output: Path, base_path: Path) -> list[Path]:
+    """Refuse to overwrite an earlier run's checkpoint or saved state without ``--resume`` or
+    ``--overwrite``; returns what ``--overwrite`` will delete."""
+    if cfg.resume and cfg.overwrite:
+        raise InvalidInputError("--resume continues the saved run, --overwrite deletes it:"
+                                " give one of them")
+    if output.resolve() == Path(base_path).resolve():
+        raise InvalidInputError(f"-o {output} is the base checkpoint: write elsewhere")
+    existing = [] if cfg.resume else _outputs(output)
+    if existing and not cfg.overwrite:
+        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in existing)
+        raise InvalidInputError(
+            f"{output} already holds a fine-tuning run ({names}): continue it with --resume, or"
+            " start again with --overwrite (which deletes them)")
+    return existing
 
 
 def _resolve_base(cfg: FinetuneConfig):
@@ -49,8 +112,9 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
 
     cfg.check()
     output = Path(cfg.output).expanduser()
-    train_set, val_set = _load_data(cfg)
+    train_set, val_set, intensity, split = _load_data(cfg)
     base = _resolve_base(cfg)
+    stale = check_output(cfg, output, base.path)
     train_fp, val_fp = fingerprint(train_set), fingerprint(val_set)
     identity = run_identity(cfg, base.sha256, base.config, base.image_size, train_fp, val_fp)
     info = load_state_info(output) if cfg.resume else None
@@ -67,6 +131,8 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
         )
     device = select_device(None if cfg.device in ("", "auto") else cfg.device)
     model = build_model(base.config, base.path, device, image_size=base.image_size)
+    for path in stale:  # --overwrite, once everything is checked: no mix of two runs
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     model.eval()  # the inference path; see polypsam.finetune.train
     trainable = trainable_names(model, cfg.train)
 
@@ -103,9 +169,14 @@ def run(cfg: FinetuneConfig, *, progress: bool = True,
         "polypsam_version": __version__, "torch_version": torch.__version__,
         "config": base.config, "image_size": base.image_size,
         "base_checkpoint": {"name": base.model, "path": str(base.path), "sha256": base.sha256},
+        "intensity": intensity_record(intensity, cfg.window),
         "data": {"source": str(cfg.data), "val_source": cfg.val, "train_samples": len(train_set),
                  "val_samples": len(val_set), "train_fingerprint": train_fp,
-                 "val_fingerprint": val_fp, "window": cfg.window, "label": cfg.label},
+                 "val_fingerprint": val_fp,
+                 "window": None if intensity is None else intensity_text(intensity),
+                 "label": cfg.label, "split": split,
+                 # image and mask paths relative to source (validation: to val_source)
+                 "train_files": _files(train_set), "val_files": _files(val_set)},
         "hyperparameters": {
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": "AdamW",
             "lr": cfg.lr, "weight_decay": cfg.weight_decay, "loss": "dice+bce",

@@ -61,6 +61,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False  # delete an earlier run's checkpoint and state at OUTPUT first
     window: Optional[str] = None
     label: Optional[int] = None
     cache_dir: Optional[str] = None
@@ -409,7 +410,8 @@ def run_identity(cfg: FinetuneConfig, base_sha256: str, config: str, image_size:
                  train_fp: str, val_fp: str) -> dict:
     """What a resumed run must share with the run it continues (all but epochs and device)."""
     keep = asdict(cfg)
-    for name in ("epochs", "device", "resume", "cache_dir", "allow_download", "output"):
+    for name in ("epochs", "device", "resume", "overwrite", "cache_dir", "allow_download",
+                 "output"):
         keep.pop(name)
     return {**keep, "base_sha256": base_sha256, "config": config, "image_size": image_size,
             "train_fingerprint": train_fp, "val_fingerprint": val_fp}

@@ -26,7 +26,7 @@ from ..engine import (
 from ..errors import CancelledError, InvalidInputError
 from ..geometry import Box
 from ..prefetch import CACHED, CANCELLED, DONE, FAILED, Prefetch
-from ..preprocess import Intensity, to_model_rgb
+from ..preprocess import Intensity, intensity_text, to_model_rgb
 from .image import ImageEmbedding, embed_image, model_input, predict
 from .model import build_model, select_device
 from .lookahead import resolve_encoder_batch
@@ -46,8 +46,11 @@ class SAM2Engine:
         embedding_cache_size: int = 4,
         precision: str = "auto",
         encoder_batch: int = 0,
+        intensity: Intensity | None = None,
     ) -> None:
         self._checkpoint = checkpoint
+        # the checkpoint's fine-tuning intensity: used when a call gives none
+        self._default_intensity = intensity
         self._device = select_device(device)
         self._precision = resolve_precision(precision, self._device)
         # frames encoded together ahead of memory attention while tracking (0: per device)
@@ -90,6 +93,8 @@ class SAM2Engine:
             device=str(self._device),
             polypsam_version=__version__,
             precision=self._precision.name,
+            trained_intensity=(intensity_text(self._default_intensity)
+                               if self._default_intensity is not None else ""),
         )
 
     @property
@@ -108,6 +113,8 @@ class SAM2Engine:
     ) -> list[MaskResult]:
         import torch
 
+        if intensity is None:
+            intensity = self._default_intensity
         with self._lock, torch.inference_mode(), self._precision.autocast():
             if self._model is None:
                 raise InvalidInputError("the engine was closed")
@@ -186,6 +193,8 @@ class SAM2Engine:
         """
         import torch
 
+        if intensity is None:
+            intensity = self._default_intensity
         with self._lock, torch.inference_mode(), self._precision.autocast():
             if self._model is None:
                 raise InvalidInputError("the engine was closed")
@@ -252,6 +261,8 @@ class SAM2Engine:
     ) -> Iterator[FrameMasks]:
         from .video import track_frames
 
+        if intensity is None:
+            intensity = self._default_intensity
         with self._lock:
             yield from track_frames(
                 self._model,

@@ -288,6 +288,7 @@ def create_app(engine, config: ServerConfig | None = None):
                 "config": info.config, "checkpoint": Path(info.checkpoint).name,
                 "checkpoint_sha256": info.checkpoint_sha256, "image_size": info.image_size,
                 "device": info.device, "precision": info.precision,
+                "trained_intensity": info.trained_intensity,
                 "codecs": wire.available_codecs(),
                 "dtypes": list(wire.ALLOWED_DTYPES), "limits": config.limits(),
                 "token_required": bool(config.token)}

@@ -96,7 +96,8 @@ class ServerEngine:
             checkpoint_sha256=str(c.get("checkpoint_sha256", "")),
             image_size=int(c.get("image_size", 0)), device=f"{c.get('device', '')} @ {self.url}",
             polypsam_version=str(c.get("polypsam_version", "")),
-            precision=str(c.get("precision", "")))
+            precision=str(c.get("precision", "")),
+            trained_intensity=str(c.get("trained_intensity", "")))
 
     def segment_2d(self, image: np.ndarray, prompts: "Sequence[Prompt | Box] | Prompt | Box", *,
                    intensity: Intensity | None = None, multimask: bool = False) -> list[MaskResult]:
