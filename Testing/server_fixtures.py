@@ -49,6 +49,7 @@ class ServerProcess:
                "--image-size", "256", *extra]
         if token:
             cmd += ["--token", token]
+        self.log = log
         self._log = open(log or os.devnull, "w")
         self.proc = subprocess.Popen(cmd, env=child_env(), stdout=self._log, stderr=self._log)
         self._wait_ready()
@@ -89,6 +90,11 @@ class ServerProcess:
 
     def health(self) -> dict:
         return self.request("GET", "/v1/health", timeout=5.0)[1]
+
+    def log_text(self) -> str:
+        """What the server printed so far (stdout and stderr; empty without a log file)."""
+        self._log.flush()
+        return self.log.read_text() if self.log is not None else ""
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

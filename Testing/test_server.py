@@ -257,6 +257,20 @@ def test_bad_input_answers_4xx_and_server_keeps_serving(server):
     assert server.request("DELETE", f"/v1/sessions/{sid}")[1] == {"deleted": True}
 
 
+def test_shape_overflowing_64_bits_is_invalid_input_without_a_traceback(server):
+    """4294967296 x 4294967296 wraps to 0 in int64; 99999999999999999999 does not fit one."""
+    sid = _session(server)
+    img = _volume()[2]
+    for shape in ([4294967296, 4294967296], [99999999999999999999], [2**62, 2**62, 4, 4]):
+        status, body = _upload(server, sid, img, shape=shape)
+        assert status == 400, (shape, body)
+        assert body["error"]["code"] == "invalid_input"
+        assert "exceeds the server's limit" in body["error"]["message"]
+    assert _upload(server, sid, img)[0] == 201  # still serving
+    assert "Traceback" not in server.log_text()
+    server.request("DELETE", f"/v1/sessions/{sid}")
+
+
 def test_too_many_concurrent_jobs_is_429_then_cancel_frees(server):
     from polypsam.server import wire
 
