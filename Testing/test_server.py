@@ -385,6 +385,69 @@ def test_cli_propagate_with_server(server, engine, tmp_path):
     assert settings.describe() == f"server: {server.url}" and TOKEN not in repr(settings)
 
 
+def test_cli_closes_its_session_on_success_error_and_ctrl_c(tiny_checkpoint, tmp_path,
+                                                            monkeypatch):
+    """Back-to-back CLI runs against a server holding 2 sessions: each run deletes its session
+    (no 429 "holds 2 active sessions"), also when it fails and when Ctrl-C stops it."""
+    import signal
+
+    from PIL import Image
+
+    from polypsam import io
+    from polypsam.cli import main
+    from polypsam.geometry import Volume
+
+    srv = ServerProcess(tiny_checkpoint, token=TOKEN, log=tmp_path / "server.log",
+                        extra=("--max-sessions", "2", "--max-upload-mb", "1"))
+    monkeypatch.setenv("POLYPSAM_TOKEN", TOKEN)
+    try:
+        from polypsam.server.client import ServerEngine
+
+        with ServerEngine(srv.url, TOKEN) as client:  # the client is a context manager
+            client.segment_2d(synthetic_rgb(32, 32), [(4, 4, 20, 20)])
+            assert srv.health()["sessions"] == 1
+        assert srv.health()["sessions"] == 0
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        for i in range(40):
+            Image.fromarray(synthetic_rgb(48, 64, seed=i)).save(frames / f"f{i:02d}.png")
+        ct = tmp_path / "ct.nrrd"
+        io.write_volume(Volume(_volume(nk=5, nj=32, ni=40)), ct)
+        remote = ["--server", srv.url]
+        runs = [["segment", str(frames / "f00.png"), "--box", "10", "8", "40", "30"],
+                ["propagate", str(ct), "--box", "10", "8", "30", "24", "--slices", "1", "3"],
+                ["track", str(frames), "--frame", "0", "--box", "10", "8", "40", "30"]] * 2
+        for n, run in enumerate(runs):
+            out = tmp_path / f"out{n}" / ("labels.nrrd" if run[0] == "propagate" else "mask.png")
+            out = out.parent if run[0] == "track" else out
+            assert main([*run, "-o", str(out), *remote]) == 0, n
+            assert srv.health()["sessions"] == 0, (n, run[0])
+        # an error after the session opened: the server refuses an upload over 1 MiB (413)
+        noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / "big.png")
+        assert main(["segment", str(tmp_path / "big.png"), "--box", "1", "1", "50", "50",
+                     "-o", str(tmp_path / "big_mask.png"), *remote]) == 2
+        assert srv.health()["sessions"] == 0
+        # Ctrl-C while tracking: the run stops with PolypSAM's line and deletes its session
+        out = tmp_path / "interrupted"
+        env = {**child_env(), "POLYPSAM_TOKEN": TOKEN}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "polypsam.cli", "track", str(frames), "--frame", "0",
+             "--box", "10", "8", "40", "30", "-o", str(out), *remote],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while srv.health()["frames_done"] == 0 or srv.health()["sessions"] == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1].startswith("polypsam: interrupted"), stderr
+        assert srv.health()["sessions"] == 0
+    finally:
+        srv.stop()
+
+
 # -- the Slicer-side path without torch -------------------------------------------------------------
 NO_TORCH = r"""
 import importlib.abc, sys, json

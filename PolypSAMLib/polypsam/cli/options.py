@@ -160,10 +160,19 @@ def engine_settings_from_args(args: argparse.Namespace):
 
 
 def engine_from_args(args: argparse.Namespace):
-    """Build the engine described by the model options (through the one engine factory)."""
+    """Build the engine described by the model options (through the one engine factory).
+
+    It is closed when the command ends, however it ends (``args.resources``, an ExitStack set
+    by :func:`polypsam.cli.main`): a server run deletes its session instead of holding it for
+    the server's idle timeout.
+    """
     from ..engines import create_engine
 
-    return create_engine(engine_settings_from_args(args), allow_download=not args.no_download)
+    engine = create_engine(engine_settings_from_args(args), allow_download=not args.no_download)
+    resources = getattr(args, "resources", None)
+    if resources is not None:
+        resources.callback(engine.close)
+    return engine
 
 
 def intensity_from_args(args: argparse.Namespace):
