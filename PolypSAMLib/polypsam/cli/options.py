@@ -32,8 +32,55 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server", default=None, metavar="URL",
                        help="run on a PolypSAM server ('polypsam serve') at URL, e.g."
                             " http://127.0.0.1:8765; the model options are then the server's")
-    group.add_argument("--token", default=None,
-                       help="the server's token (default: $POLYPSAM_TOKEN)")
+    add_token_options(group, "the server's token")
+
+
+TOKEN_VARIABLE = "POLYPSAM_TOKEN"
+
+
+def add_token_options(group, what: str) -> None:
+    """``--token-file PATH`` and ``--token T`` (visible to every user in the process list)."""
+    group.add_argument("--token-file", type=Path, default=None, metavar="PATH",
+                       help=f"file holding {what}, readable by you only (chmod 600);"
+                            f" without it or --token: ${TOKEN_VARIABLE}")
+    group.add_argument("--token", default=None, metavar="TOKEN",
+                       help=f"{what} on the command line: every user of this machine can read it"
+                            f" in the process list; prefer ${TOKEN_VARIABLE} or --token-file")
+
+
+def token_from_args(args: argparse.Namespace, prog: str = "polypsam") -> str:
+    """The token of ``--token``, ``--token-file`` or ``$POLYPSAM_TOKEN`` (first given wins);
+    ``""`` when none. ``--token`` works but warns: it shows in the process list."""
+    import os
+
+    if args.token is not None:
+        print(f"{prog}: warning: --token is visible to every user of this machine in the process"
+              f" list; put the token in ${TOKEN_VARIABLE} or a file given with --token-file",
+              file=sys.stderr)
+        return args.token
+    if args.token_file is not None:
+        return read_token_file(args.token_file)
+    return os.environ.get(TOKEN_VARIABLE, "")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``; refused when others may read the file or it is empty."""
+    import os
+    import stat
+
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise InvalidInputError(f"token file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read token file {path}: {exc}") from exc
+    if os.name == "posix" and mode & 0o077:
+        raise InvalidInputError(f"token file {path} can be read by other users (mode {mode:04o}):"
+                                f" run chmod 600 {path}")
+    if not token:
+        raise InvalidInputError(f"token file {path} is empty")
+    return token
 
 
 def add_precision_option(group) -> None:
@@ -148,13 +195,10 @@ def prompt_points(prompts) -> list[tuple[float, float, bool]]:
 
 def engine_settings_from_args(args: argparse.Namespace):
     """The :class:`~polypsam.engines.EngineSettings` described by the model options."""
-    import os
-
     from ..engines import EngineSettings, settings_for
 
     if getattr(args, "server", None):
-        token = args.token if args.token is not None else os.environ.get("POLYPSAM_TOKEN", "")
-        return EngineSettings(kind="server", server_url=args.server, token=token)
+        return EngineSettings(kind="server", server_url=args.server, token=token_from_args(args))
     return settings_for(args.checkpoint, args.config, device=args.device,
                         image_size=args.image_size, precision=getattr(args, "precision", "auto"))
 
