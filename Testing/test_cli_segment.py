@@ -148,3 +148,20 @@ def test_cli_volume_needs_slice_and_volume_output(shared_data, tmp_path):
     proc = run_cli("segment", source, "--slice", 3, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.png",
                    check_ok=False)
     assert proc.returncode == 2 and ".nrrd" in proc.stderr
+
+
+def test_cli_missing_input_says_file_not_found(tmp_path):
+    """A typo in a frame's name is a missing file, not a missing volume."""
+    typo = tmp_path / "images" / "1000.png"
+    for command in (["segment", typo, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.png"],
+                    ["propagate", tmp_path / "ct.nii.gz", "--box", 1, 1, 9, 9, "--slices", 0, 1,
+                     "-o", tmp_path / "m.nrrd"],
+                    ["track", tmp_path / "clip.mp4", "--frame", 0, "--box", 1, 1, 9, 9,
+                     "-o", tmp_path / "masks"]):
+        proc = run_cli(*command, check_ok=False)
+        assert proc.returncode == 2, proc.stderr
+        missing = command[1]
+        assert proc.stderr.strip().splitlines() == [
+            f"polypsam: error: file {'or folder ' if command[0] == 'track' else ''}not found:"
+            f" {missing}"]
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "m.png").exists()

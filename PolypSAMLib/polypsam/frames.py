@@ -113,4 +113,4 @@ def read_frames(source: str | Path):
         raise InvalidInputError(
             f"{path} is neither a folder of frames nor a video ({', '.join(VIDEO_SUFFIXES)})"
         )
-    raise InvalidInputError(f"frames not found: {path}")
+    raise InvalidInputError(f"file or folder not found: {path}")

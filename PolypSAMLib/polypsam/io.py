@@ -70,7 +70,7 @@ def read_volume(path: str | Path) -> Volume:
         except RuntimeError as exc:
             raise InvalidInputError(f"cannot read volume {path}: {_first_line(exc)}") from exc
     else:
-        raise InvalidInputError(f"volume not found: {path}")
+        raise InvalidInputError(f"file not found: {path}")
     return volume_from_sitk(image, str(path))
 
 
