@@ -99,7 +99,7 @@ def test_bad_output_and_missing_inputs(shared_data, use_engine, tmp_path, capsys
 
 
 def test_track_reads_an_mp4_video(shared_data, manifest, tmp_path, tiny_checkpoint):
-    """A video file is decoded frame by frame (PyAV through imageio) and tracked end to end."""
+    """A video file is decoded frame by frame (PyAV) and tracked end to end."""
     from polypsam.frames import read_frames
 
     info = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
