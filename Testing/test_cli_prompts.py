@@ -172,3 +172,22 @@ def test_track_clicks_on_frames(use_engine, tmp_path, capsys):
     assert cli.main(["track", str(folder), "--frame", "1", "--point", "17", "25",
                      "--frame-point", "7", "19", "27", "-o", str(out)]) == 2
     assert "click frame 7 lies outside the frames 0..3" in capsys.readouterr().err
+
+
+def test_segment_outputs_appear_together_or_not_at_all(use_engine, frame_png, tmp_path, capsys):
+    """-o, the candidates and the overlay are staged and moved together: when one cannot be put
+    in place (a folder named like the overlay), none of them is written."""
+    (tmp_path / "o.png").mkdir()
+    out = tmp_path / "m.png"
+    rc = cli.main(["segment", str(frame_png), "--point", "44", "40", "--candidates", "-o", str(out),
+                   "--overlay", str(tmp_path / "o.png")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"polypsam: error: cannot write {tmp_path / 'o.png'}: a folder of that name is in the way"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.png", "o.png"]
+    rc = cli.main(["segment", str(frame_png), "--point", "44", "40", "--candidates", "-o", str(out),
+                   "--overlay", str(tmp_path / "overlay.png")])
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "frame.png", "m.png", "m_candidate1.png", "m_candidate2.png", "m_candidate3.png", "o.png",
+        "overlay.png"]

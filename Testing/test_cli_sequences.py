@@ -155,4 +155,58 @@ def test_ctrl_c_stops_cleanly_with_exit_130(shared_data, monkeypatch, tmp_path, 
     rc = cli.main(["track", str(frames_dir), "--frame", "2", "--box", "1", "1", "9", "9",
                    "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc == 130 and len(err.splitlines()) == 1 and "1 of 4 frame masks written" in err
+    assert rc == 130 and len(err.splitlines()) == 1
+    assert err == f"polypsam: interrupted after 1 of 4 frames; nothing was written to {tmp_path / 'o'}"
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".polypsam-partial-*"))
+
+
+class FailingEngine(InterruptingEngine):
+    """Tracks two frames, then fails as a server that went away would."""
+
+    def track(self, frames, prompts, *, start_frame, reverse=False, max_frames=None,
+              intensity=None, cancel=None):
+        from polypsam.errors import ServerError
+
+        for i in range(start_frame, start_frame + 2):
+            yield FrameMasks(i, {1: np.ones(frames[i].shape[:2], bool)}, {1: 1.0})
+        raise ServerError("the server closed the connection during tracking")
+
+
+def _frames(folder, count=6):
+    from polypsam.io import write_png
+
+    folder.mkdir()
+    for i in range(count):
+        write_png(np.full((20, 30, 3), 30 * i, np.uint8), folder / f"f{i}.png")
+    return folder
+
+
+def test_failed_track_leaves_no_partial_output(monkeypatch, tmp_path, capsys):
+    """The masks are written in a temporary folder renamed on success: a run that fails at frame 3
+    leaves neither -o nor the temporary folder (it used to leave 2 of 6 masks, silently)."""
+    monkeypatch.setattr(cli_options, "engine_from_args", lambda args: FailingEngine())
+    frames = _frames(tmp_path / "frames")
+    out = tmp_path / "results" / "masks"
+    rc = cli.main(["track", str(frames), "--frame", "0", "--box", "1", "1", "9", "9", "-o", str(out),
+                   "--overlay", "--export", "coco"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "polypsam: error: the server closed the connection during tracking")
+    assert not (tmp_path / "results").exists(), sorted(tmp_path.rglob("*"))
+
+
+def test_track_into_an_existing_folder_replaces_its_masks_on_success(use_engine, tmp_path):
+    frames = _frames(tmp_path / "frames", 3)
+    out = tmp_path / "masks"
+    (out / "overlay").mkdir(parents=True)
+    (out / "f1.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    rc = cli.main(["track", str(frames), "--frame", "1", "--box", "5", "5", "20", "15", "-o", str(out),
+                   "--overlay"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f1.png", "f2.png", "notes.txt",
+                                                     "overlay"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "f1.png").read_bytes() != b"old"
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == ["f0.png", "f1.png", "f2.png"]
+    assert not list(tmp_path.glob(".polypsam-partial-*"))

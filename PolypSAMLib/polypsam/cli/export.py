@@ -70,8 +70,9 @@ def check_export_args(args: argparse.Namespace, source: Path | None = None) -> N
 
 
 def export_from_args(args: argparse.Namespace, labels, *, engine=None, prompts=None,
-                     frame_names=None, reference_dicom=None, source=None):
-    """Run the ``--export`` of a segment/propagate/track command (no-op without it)."""
+                     frame_names=None, reference_dicom=None, source=None, stage=None):
+    """Run the ``--export`` of a segment/propagate/track command (no-op without it); with a
+    ``stage`` (:class:`~polypsam.io.OutputStage`) it is written there, moved with the others."""
     from ..export import export_labelmap, make_provenance
 
     if not getattr(args, "export", None):
@@ -79,10 +80,12 @@ def export_from_args(args: argparse.Namespace, labels, *, engine=None, prompts=N
     out = args.export_output or default_export_path(args.output, args.export)
     prov = make_provenance(engine.info if engine is not None else None, prompts=prompts,
                            source=source, command=args.command)
-    result = export_labelmap(labels, out, args.export, provenance=prov,
+    result = export_labelmap(labels, out if stage is None else stage.path(out), args.export,
+                             provenance=prov,
                              reference_dicom=reference_dicom if args.export == "dicom-seg" else None,
                              frame_names=frame_names)
-    print(f"exported {args.export} to {result.path} (provenance: {result.sidecar.name})")
+    where = result.path if stage is None else stage.final(result.path)
+    print(f"exported {args.export} to {where} (provenance: {result.sidecar.name})")
     return result
 
 

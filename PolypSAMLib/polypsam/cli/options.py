@@ -219,6 +219,19 @@ def engine_from_args(args: argparse.Namespace):
     return engine
 
 
+def output_stage(args: argparse.Namespace):
+    """An :class:`~polypsam.io.OutputStage` for the command's outputs: write each to
+    ``stage.path(target)``, then ``stage.commit()``; if the command fails or is interrupted
+    first, the staged files are removed when it ends (``args.resources``)."""
+    from ..io import OutputStage
+
+    stage = OutputStage()
+    resources = getattr(args, "resources", None)
+    if resources is not None:
+        resources.callback(stage.discard)
+    return stage
+
+
 def intensity_from_args(args: argparse.Namespace):
     from ..preprocess import parse_intensity
 

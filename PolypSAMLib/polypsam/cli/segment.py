@@ -90,16 +90,22 @@ def run_segment(args: argparse.Namespace) -> int:
             io.write_volume(volume.with_array(full_labels(labels)), path)
 
     labels = labelmap_from_masks(results)
-    write(labels, args.output)
+    stage = options.output_stage(args)  # every output appears together, or none
+    write(labels, stage.path(args.output))
     if args.overlay is not None:
         io.write_png(draw_overlay(image, labels, intensity, boxes=[r.box for r in results],
-                                  points=options.prompt_points(prompts)), args.overlay)
+                                  points=options.prompt_points(prompts)), stage.path(args.overlay))
     export_from_args(args, labels if volume is None else volume.with_array(full_labels(labels)),
                      engine=engine, prompts={"boxes": [p.box for p in prompts if p.box is not None],
                                              "prompts": [p.to_dict() for p in prompts],
                                              "slice": args.slice_k},
                      source=args.image, frame_names=[args.image.stem] if volume is None else None,
-                     reference_dicom=args.image if args.image.is_dir() else None)
+                     reference_dicom=args.image if args.image.is_dir() else None, stage=stage)
+    if args.candidates:
+        (result,) = results
+        for index, cand in enumerate(result.candidates, 1):
+            write(cand.astype(np.uint8), stage.path(candidate_path(args.output, index)))
+    stage.commit()
     for label, result in enumerate(results, start=1):
         what = result.prompt.describe() if result.prompt is not None else ""
         print(f"label {label}: {what} score {result.score:.3f} pixels {int(result.mask.sum())}")
@@ -107,7 +113,6 @@ def run_segment(args: argparse.Namespace) -> int:
         (result,) = results
         for index, (cand, score) in enumerate(zip(result.candidates, result.candidate_scores), 1):
             path = candidate_path(args.output, index)
-            write(cand.astype(np.uint8), path)
             best = " (best, in -o)" if index - 1 == result.best else ""
             print(f"candidate {index}: score {score:.3f} pixels {int(cand.sum())}{best} -> {path}")
     print(f"wrote {args.output}")

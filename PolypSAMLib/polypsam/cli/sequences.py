@@ -117,13 +117,15 @@ def run_propagate(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         bar.close()
-    io.write_volume(result.labelmap, args.output)
+    stage = options.output_stage(args)  # the labelmap and its export appear together, or none
+    io.write_volume(result.labelmap, stage.path(args.output))
     export_from_args(args, result.labelmap, engine=engine, source=args.volume,
                      prompts={"boxes": [p.box for p in prompts if p.box is not None],
                               "prompts": [p.to_dict() for p in prompts],
                               "refinements": [r.to_dict() for r in refinements],
                               "key_slice": result.key_slice, "slices": list(result.slices)},
-                     reference_dicom=args.volume if args.volume.is_dir() else None)
+                     reference_dicom=args.volume if args.volume.is_dir() else None, stage=stage)
+    stage.commit()
     lab = result.labelmap.array
     for label, score in sorted(result.scores.items()):
         voxels = int((lab == label).sum())
@@ -156,7 +158,9 @@ def run_track(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"-o {args.output} exists and is not a folder")
     names = list(getattr(frames, "names", None) or [f"{i:04d}" for i in range(n)])
     engine = options.engine_from_args(args)
-    args.output.mkdir(parents=True, exist_ok=True)
+    stage = options.output_stage(args)  # masks go to a temporary folder, renamed when all are done
+    staged = stage.path(args.output)
+    staged.mkdir(exist_ok=True)
     overlay_dir = args.output / "overlay"
     bar = options.progress_bar(n, "frame", "track")
     written = 0
@@ -165,7 +169,7 @@ def run_track(args: argparse.Namespace) -> int:
         for frame, labels, _scores in iter_track(
             engine, frames, args.frame, prompts, refinements=refinements, intensity=intensity,
         ):
-            io.write_png(labels, args.output / f"{names[frame]}.png")
+            io.write_png(labels, staged / f"{names[frame]}.png")
             if kept is not None:
                 kept[frame] = labels
             if args.overlay:
@@ -174,18 +178,17 @@ def run_track(args: argparse.Namespace) -> int:
                     np.asarray(frames[frame]), labels, intensity,
                     boxes=boxes if frame == args.frame else (),
                     points=options.prompt_points(prompts if frame == args.frame else here),
-                ), overlay_dir / f"{names[frame]}.png")
+                ), staged / "overlay" / f"{names[frame]}.png")
             written += 1
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
-        print(f"polypsam: interrupted; {written} of {n} frame masks written to {args.output}",
-              file=sys.stderr)
+        stage.discard()
+        print(f"polypsam: interrupted after {written} of {n} frames; nothing was written to"
+              f" {args.output}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         bar.close()
-    print(f"wrote {written} masks to {args.output}" + (f" and overlays to {overlay_dir}"
-                                                         if args.overlay else ""))
     if kept:
         blank = np.zeros_like(next(iter(kept.values())))
         export_from_args(args, np.stack([kept.get(i, blank) for i in range(n)]), engine=engine,
@@ -193,5 +196,8 @@ def run_track(args: argparse.Namespace) -> int:
                                   "prompts": [p.to_dict() for p in prompts],
                                   "refinements": [r.to_dict() for r in refinements],
                                   "key_frame": args.frame}, source=args.frames,
-                         frame_names=names)
+                         frame_names=names, stage=stage)
+    stage.commit()
+    print(f"wrote {written} masks to {args.output}" + (f" and overlays to {overlay_dir}"
+                                                         if args.overlay else ""))
     return 0
