@@ -250,7 +250,7 @@ VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 
 def progress_bar(total: int, unit: str, desc: str):
-    from tqdm import tqdm
+    """A bar on a terminal; in a log (no terminal) a line every 10 % or 30 s, on stderr."""
+    from ..progress import progress_bar as bar
 
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                disable=None)
+    return bar(total, desc, unit)
