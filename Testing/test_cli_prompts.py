@@ -36,10 +36,13 @@ def test_segment_clicks_with_a_box_equal_the_library(use_engine, frame_png, tmp_
     np.testing.assert_array_equal(io.read_image(out), expected.mask.astype(np.uint8))
     printed = capsys.readouterr().out
     assert "label 1: box (20, 15, 80, 65) + 1 include / 1 exclude points" in printed
-    from polypsam.overlay import NEGATIVE_POINT, POSITIVE_POINT
+    from polypsam.overlay import EXCLUDE_CLICK, INCLUDE_CLICK, PALETTE
 
-    picture = io.read_image(overlay)
-    assert tuple(picture[40, 44]) == POSITIVE_POINT and tuple(picture[70, 90]) == NEGATIVE_POINT
+    picture = io.read_image(overlay)  # 110 x 80: enlarged 4 times, each pixel a 4 x 4 block
+    assert picture.shape[1] == 440 and picture.shape[0] > 320  # the legend is below
+    assert tuple(picture[40 * 4 + 2, 44 * 4 + 2]) == INCLUDE_CLICK
+    assert tuple(picture[70 * 4 + 2, 90 * 4 + 2]) == EXCLUDE_CLICK
+    assert INCLUDE_CLICK not in {tuple(c) for c in PALETTE}  # never a contour's colour
 
 
 def test_segment_candidates_one_file_each_and_scores(use_engine, frame_png, tmp_path, capsys):

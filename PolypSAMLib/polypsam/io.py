@@ -49,15 +49,20 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InvalidInputError(f"cannot read image {path}: {exc}") from exc
 
 
-def write_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write a 2-D uint8/uint16 array or an RGB uint8 array as PNG."""
-    from PIL import Image
+def write_png(array: np.ndarray, path: str | Path, text: dict[str, str] | None = None) -> Path:
+    """Write a 2-D uint8/uint16 array or an RGB uint8 array as PNG (``text``: tEXt chunks)."""
+    from PIL import Image, PngImagePlugin
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim == 2 and array.dtype not in (np.uint8, np.uint16):
         array = array.astype(np.uint16 if array.max(initial=0) > 255 else np.uint8)
-    Image.fromarray(array).save(path)
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    Image.fromarray(array).save(path, pnginfo=info)
     return path
 
 

@@ -83,9 +83,22 @@ def format_summary(rows: Iterable[LabelMetrics | Mapping]) -> str:
     return "\n".join(lines)
 
 
+BOX_PLOT_KEY = ("box: quartiles and median; whiskers: 1.5 x IQR; circles: outliers;"
+                " green triangle: mean; n: values in the box (infinite distances left out)")
+
+
 def box_plot(rows: Iterable[LabelMetrics | Mapping], path: str | Path,
              metrics: Sequence[str] = METRICS) -> Path:
     """A PNG with one box plot per metric (one box per label; infinite distances left out)."""
+    fig = box_plot_figure(rows, metrics)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def box_plot_figure(rows: Iterable[LabelMetrics | Mapping], metrics: Sequence[str] = METRICS):
+    """The figure of :func:`box_plot`: each box's n under its label, and what the marks are."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -102,13 +115,12 @@ def box_plot(rows: Iterable[LabelMetrics | Mapping], path: str | Path,
             v = np.array([float(r[metric]) for r in rows if r["label"] == label], float)
             data.append(v[np.isfinite(v)])
         ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(labels) + 1), [str(lab) for lab in labels])
+        ax.set_xticks(range(1, len(labels) + 1),
+                      [f"{lab}\nn={len(d)}" for lab, d in zip(labels, data)])
         ax.set_title(metric + (" (mm)" if metric.startswith("hd") else ""))
         ax.set_xlabel("label")
         if not metric.startswith("hd"):
             ax.set_ylim(-0.02, 1.02)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    fig.text(0.5, 0.01, BOX_PLOT_KEY, ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
