@@ -103,7 +103,8 @@ def test_segment_dicom_series_slice(shared_data, model_args, tmp_path):
         (["--box", "-5", "0", "10", "10"], "outside the image"),
         (["--box", "50", "50", "10", "60"], "inverted"),
         (["--box", "10", "10", "10", "60"], "zero width"),
-        (["--box", "1", "1", "9", "9", "--slice", "2"], "--slice applies to volumes"),
+        (["--box", "1", "1", "9", "9", "--key-slice", "2"], "--key-slice applies to volumes"),
+        (["--box", "1", "1", "9", "9", "--slice", "2"], "--key-slice applies to volumes"),
         (["--box", "1", "1", "9", "9", "--device", "quantum"], "unknown device"),
         (["--box", "1", "1", "9", "9", "--window", "liverish"], "intensity setting"),
     ],
@@ -145,7 +146,7 @@ def test_cli_corrupt_checkpoint(tmp_path):
 def test_cli_volume_needs_slice_and_volume_output(shared_data, tmp_path):
     source = shared_data / "ct/totalsegmentator/example_ct_sm.nii.gz"
     proc = run_cli("segment", source, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.nrrd", check_ok=False)
-    assert proc.returncode == 2 and "--slice K" in proc.stderr
+    assert proc.returncode == 2 and "--key-slice K" in proc.stderr
     proc = run_cli("segment", source, "--slice", 3, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.png",
                    check_ok=False)
     assert proc.returncode == 2 and ".nrrd" in proc.stderr

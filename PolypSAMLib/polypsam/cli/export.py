@@ -45,7 +45,7 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--terminology", default=None,
                    help="segment terminology: lesion (default), polyp, mass or tissue")
     p.add_argument("--coco-encoding", choices=("rle", "polygon"), default="rle",
-                   help="COCO segmentation as RLE (exact, default) or polygons")
+                   help="COCO segmentation as RLE (exact) or polygons (default: %(default)s)")
 
 
 def add_export_options(p: argparse.ArgumentParser) -> None:

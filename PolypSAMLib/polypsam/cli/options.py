@@ -20,7 +20,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                             " or a .pt file in the official SAM2 format (default: %(default)s)")
     group.add_argument("--config", help="SAM2 config: a YAML path or a config shipped with sam2"
                                         " (required for a custom .pt)")
-    group.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    group.add_argument("--device", default="auto",
+                       help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)")
     group.add_argument("--image-size", type=int, default=None,
                        help="model input size (default: the checkpoint's, 1024; 512 for MedSAM2)")
     add_precision_option(group)
@@ -94,8 +95,8 @@ def add_precision_option(group) -> None:
 def add_box_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--box", nargs=4, type=float, action="append", required=required,
                         metavar=("X0", "Y0", "X1", "Y1"),
-                        help="box in pixel coordinates (x = column/I, y = row/J, inclusive);"
-                             " repeat for several objects, labelled 1..N")
+                        help="box in pixel coordinates (x = column, y = row: a volume's I and J"
+                             " axes; inclusive); repeat for several objects, labelled 1..N")
 
 
 def add_prompt_options(parser: argparse.ArgumentParser, where: str, mask_help: str) -> None:
@@ -115,8 +116,9 @@ def add_prompt_options(parser: argparse.ArgumentParser, where: str, mask_help: s
 
 
 def add_click_refinement_options(parser: argparse.ArgumentParser, unit: str) -> None:
-    """``--{unit}-point N X Y`` / ``--{unit}-negative-point N X Y``: clicks on other slices/frames."""
-    letter = "K" if unit == "slice" else "I"
+    """``--slice-point K X Y`` / ``--frame-point FRAME X Y`` (and ``-negative-``): clicks on other
+    slices/frames (K: the volume's slice axis; a frame is FRAME, never I, the column axis)."""
+    letter = "K" if unit == "slice" else "FRAME"
     group = parser.add_argument_group(
         f"clicks on other {unit}s",
         f"Clicks on {unit} {letter} (not the prompted one) for the single object: each becomes a"
@@ -188,9 +190,39 @@ def read_mask_prompt(path: Path, shape: tuple[int, int], slice_k: int | None = N
     return mask
 
 
+OVERLAY_BESIDE = "<beside -o>"  # --overlay given without a path
+
+
+def add_overlay_option(parser: argparse.ArgumentParser, what: str, default: str) -> None:
+    """``--overlay [PATH]``, the same on every command: alone it writes to ``default``."""
+    parser.add_argument("--overlay", nargs="?", const=OVERLAY_BESIDE, default=None,
+                        metavar="PATH",
+                        help=f"also write {what} for a person to look at: the image with each"
+                             " label's contour, the prompts and a legend (small images enlarged);"
+                             f" alone: {default}")
+
+
+def overlay_path(args: argparse.Namespace, beside: Path) -> Path | None:
+    """Where ``--overlay`` writes: its PATH, ``beside`` when given alone, ``None`` without it."""
+    if args.overlay is None:
+        return None
+    return beside if args.overlay == OVERLAY_BESIDE else Path(args.overlay)
+
+
+def sibling(output: Path, tail: str) -> Path:
+    """``mask.png`` + ``_overlay.png`` → ``mask_overlay.png`` (``.nii.gz`` counted whole)."""
+    from ..io import full_suffix
+
+    suffix = full_suffix(output)
+    stem = output.name[: len(output.name) - len(suffix)] if suffix else output.name
+    return output.with_name(stem + tail)
+
+
 def prompt_points(prompts) -> list[tuple[float, float, bool]]:
     """Every prompt's clicks as ``(x, y, include)`` for :func:`polypsam.overlay.draw_overlay`."""
-    return [(x, y, label == 1) for p in prompts for (x, y), label in zip(p.points, p.labels)]
+    from ..overlay import prompt_marks
+
+    return prompt_marks(prompts)[1]
 
 
 def engine_settings_from_args(args: argparse.Namespace):

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default="sam2.1_hiera_tiny",
                    help="registry name or a .pt in the official SAM2 format (default: %(default)s)")
     p.add_argument("--config", help="SAM2 config (required for a custom .pt)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="model input size")
     add_precision_option(p)
     p.add_argument("--no-download", action="store_true", help="never download weights")
