@@ -67,11 +67,11 @@ def test_propagate_and_track_print_progress_lines_in_a_log(tiny_checkpoint, tmp_
              "--image-size", TEST_IMAGE_SIZE]
     rng = np.random.default_rng(0)
     ct = tmp_path / "ct.nrrd"
-    pio.write_volume(Volume(rng.normal(0, 30, (12, 40, 48)).astype(np.int16)), ct)
-    proc = _cli("propagate", ct, "--box", "10", "10", "30", "30", "--slices", "0", "11",
+    pio.write_volume(Volume(rng.normal(0, 30, (10, 40, 48)).astype(np.int16)), ct)
+    proc = _cli("propagate", ct, "--box", "10", "10", "30", "30", "--slices", "0", "9",
                 "-o", tmp_path / "l.nrrd", *model)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("propagate: ")]
-    assert len(lines) == 10 and lines[-1].startswith("propagate: 12/12 slices (100%)"), proc.stderr
+    assert [ln.split(" (")[0] for ln in lines] == [f"propagate: {k}/10 slices" for k in range(1, 11)]
     assert "\r" not in proc.stderr  # no bar redrawn in a log
     frames = tmp_path / "frames"
     frames.mkdir()

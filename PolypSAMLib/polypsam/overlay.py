@@ -74,7 +74,8 @@ def _marker_offsets(include: bool, arm: int) -> list[tuple[int, int]]:
     steps = range(-arm, arm + 1)
     if include:  # "+"
         return [(d, t) for d in steps for t in (0, 1)] + [(t, d) for d in steps for t in (0, 1)]
-    return [(d + t, d) for d in steps for t in (0, 1)] + [(d + t, -d) for d in steps for t in (0, 1)]
+    return ([(d + t, d) for d in steps for t in (0, 1)]
+            + [(d + t, -d) for d in steps for t in (0, 1)])
 
 
 def _draw_click(rgb: np.ndarray, cx: int, cy: int, include: bool, arm: int = 6) -> None:
@@ -163,7 +164,8 @@ def _with_legend(rgb: np.ndarray, labels: list[int], has_boxes: bool, clicks: se
     rows: list[list[tuple[str, str, object, int]]] = [[]]
     x = pad
     for text, kind, value in items:
-        size = int(measure.textlength(text, font=font)) + (swatch + 4 if kind in ("swatch", "click") else 0)
+        size = int(measure.textlength(text, font=font))
+        size += swatch + 4 if kind in ("swatch", "click") else 0
         if rows[-1] and (x + size > width - pad or kind == "note"):
             rows.append([])
             x = pad

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                    help="model input size (default: the base checkpoint's)")
     p.add_argument("--epochs", type=int, default=200, help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=int, default=4, help="images per step (default: 4)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--min-lr", type=float, default=1e-5,
                    help="the learning rate halves on a validation-Dice plateau down to this"
                         " (default: %(default)s)")

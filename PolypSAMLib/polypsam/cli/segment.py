@@ -20,9 +20,9 @@ from ..errors import InvalidInputError
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="segment one image or one volume slice from boxes or clicks",
-        description="Segment a PNG/JPEG frame, or slice K (--key-slice) of a NIfTI/NRRD/DICOM volume, with one"
-                    " mask per box (labels 1..N), or one object from clicks (--point,"
-                    " --negative-point) and/or a mask prompt, with or without one box.")
+        description="Segment a PNG/JPEG frame, or slice K (--key-slice) of a NIfTI/NRRD/DICOM"
+                    " volume, with one mask per box (labels 1..N), or one object from clicks"
+                    " (--point, --negative-point) and/or a mask prompt, with or without one box.")
     p.add_argument("image", type=Path, help="PNG/JPEG frame, volume file or DICOM folder")
     options.add_box_option(p, required=False)
     options.add_prompt_options(

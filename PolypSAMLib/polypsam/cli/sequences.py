@@ -2,9 +2,10 @@
 
 ``polypsam propagate VOLUME --box X0 Y0 X1 Y1 --slices K0 K1 [--key-slice K] -o OUT.nrrd``
 segments the key slice and propagates through the slice range (NIfTI/NRRD/DICOM folder in,
-NRRD/NIfTI labelmap out, on the input's grid). ``polypsam track FRAMES --frame F --box ... -o DIR``
-tracks through a folder of frames or a video, writing one PNG label mask per frame named like
-the frame (plus optional overlays). Both show a progress bar; Ctrl-C stops cleanly with exit 130.
+NRRD/NIfTI labelmap out, on the input's grid). ``polypsam track FRAMES --frame FRAME --box ...
+-o DIR`` tracks through a folder of frames or a video, writing one PNG label mask per frame named
+like the frame (plus optional overlays). Both show progress; Ctrl-C stops cleanly with exit 130,
+and neither leaves a partial output.
 
 Clicks: ``--point X Y`` / ``--negative-point X Y`` are on the key slice (``--key-slice``) or the
 prompted frame (``--frame``) and go with the single ``--box`` (or make the object alone);
@@ -62,9 +63,9 @@ def register(subparsers) -> None:
 
     t = subparsers.add_parser(
         "track", help="track boxes or clicked objects through a folder of frames or a video, both ways",
-        description="Segment frame FRAME from box or click prompts and track the objects backward and forward"
-                    " through the sequence. Writes one PNG label mask per frame (labels 1..N),"
-                    " named like the frames.")
+        description="Segment frame FRAME from box or click prompts and track the objects backward"
+                    " and forward through the sequence. Writes one PNG label mask per frame"
+                    " (labels 1..N), named like the frames.")
     t.add_argument("frames", type=Path, help="folder of PNG/JPEG frames or a video file")
     t.add_argument("--frame", type=int, required=True, metavar="FRAME",
                    help="index of the frame the boxes and --point clicks are on (0-based, natural"
@@ -72,8 +73,8 @@ def register(subparsers) -> None:
     options.add_box_option(t, required=False)
     options.add_prompt_options(
         t, "frame FRAME",
-        "mask prompt on frame FRAME: a PNG of the frame size (non-zero = inside); alone it seeds the"
-        " tracking as it is")
+        "mask prompt on frame FRAME: a PNG of the frame size (non-zero = inside); alone it seeds"
+        " the tracking as it is")
     options.add_click_refinement_options(t, "frame")
     t.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     options.add_overlay_option(t, "one PNG overlay per frame, named like the masks",
