@@ -47,10 +47,13 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "polypsam.cli", "serve", "--port", str(self.port),
                "--checkpoint", str(checkpoint), "--config", TINY_CONFIG, "--device", "cpu",
                "--image-size", "256", *extra]
-        if token:
-            cmd += ["--token", token]
+        env = child_env()
+        env.pop("POLYPSAM_TOKEN", None)
+        if token:  # as documented: in the environment, not on the command line
+            env["POLYPSAM_TOKEN"] = token
+        self.log = log
         self._log = open(log or os.devnull, "w")
-        self.proc = subprocess.Popen(cmd, env=child_env(), stdout=self._log, stderr=self._log)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=self._log)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -89,6 +92,11 @@ class ServerProcess:
 
     def health(self) -> dict:
         return self.request("GET", "/v1/health", timeout=5.0)[1]
+
+    def log_text(self) -> str:
+        """What the server printed so far (stdout and stderr; empty without a log file)."""
+        self._log.flush()
+        return self.log.read_text() if self.log is not None else ""
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

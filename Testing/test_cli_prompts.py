@@ -36,10 +36,13 @@ def test_segment_clicks_with_a_box_equal_the_library(use_engine, frame_png, tmp_
     np.testing.assert_array_equal(io.read_image(out), expected.mask.astype(np.uint8))
     printed = capsys.readouterr().out
     assert "label 1: box (20, 15, 80, 65) + 1 include / 1 exclude points" in printed
-    from polypsam.overlay import NEGATIVE_POINT, POSITIVE_POINT
+    from polypsam.overlay import EXCLUDE_CLICK, INCLUDE_CLICK, PALETTE
 
-    picture = io.read_image(overlay)
-    assert tuple(picture[40, 44]) == POSITIVE_POINT and tuple(picture[70, 90]) == NEGATIVE_POINT
+    picture = io.read_image(overlay)  # 110 x 80: enlarged 4 times, each pixel a 4 x 4 block
+    assert picture.shape[1] == 440 and picture.shape[0] > 320  # the legend is below
+    assert tuple(picture[40 * 4 + 2, 44 * 4 + 2]) == INCLUDE_CLICK
+    assert tuple(picture[70 * 4 + 2, 90 * 4 + 2]) == EXCLUDE_CLICK
+    assert INCLUDE_CLICK not in {tuple(c) for c in PALETTE}  # never a contour's colour
 
 
 def test_segment_candidates_one_file_each_and_scores(use_engine, frame_png, tmp_path, capsys):
@@ -172,3 +175,22 @@ def test_track_clicks_on_frames(use_engine, tmp_path, capsys):
     assert cli.main(["track", str(folder), "--frame", "1", "--point", "17", "25",
                      "--frame-point", "7", "19", "27", "-o", str(out)]) == 2
     assert "click frame 7 lies outside the frames 0..3" in capsys.readouterr().err
+
+
+def test_segment_outputs_appear_together_or_not_at_all(use_engine, frame_png, tmp_path, capsys):
+    """-o, the candidates and the overlay are staged and moved together: when one cannot be put
+    in place (a folder named like the overlay), none of them is written."""
+    (tmp_path / "o.png").mkdir()
+    out = tmp_path / "m.png"
+    rc = cli.main(["segment", str(frame_png), "--point", "44", "40", "--candidates", "-o", str(out),
+                   "--overlay", str(tmp_path / "o.png")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"polypsam: error: cannot write {tmp_path / 'o.png'}: a folder of that name is in the way"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.png", "o.png"]
+    rc = cli.main(["segment", str(frame_png), "--point", "44", "40", "--candidates", "-o", str(out),
+                   "--overlay", str(tmp_path / "overlay.png")])
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "frame.png", "m.png", "m_candidate1.png", "m_candidate2.png", "m_candidate3.png", "o.png",
+        "overlay.png"]

@@ -45,7 +45,8 @@ def test_segment_colonoscopy_frame_with_two_boxes(shared_data, manifest, model_a
     assert set(np.unique(labels)) <= {0, 1, 2}
     picture = np.asarray(Image.open(overlay))
     source = np.asarray(Image.open(shared_data / entry["image"]).convert("RGB"))
-    assert picture.shape == (height, width, 3)
+    assert picture.shape[1:] == (width, 3) and picture.shape[0] > height  # the legend below
+    picture = picture[:height]  # 384 x 288 is not enlarged
     changed = np.any(picture != source, axis=2)
     # the box prompts are drawn as 1-pixel outlines, in their label's colour
     outline = np.zeros_like(changed)
@@ -102,7 +103,8 @@ def test_segment_dicom_series_slice(shared_data, model_args, tmp_path):
         (["--box", "-5", "0", "10", "10"], "outside the image"),
         (["--box", "50", "50", "10", "60"], "inverted"),
         (["--box", "10", "10", "10", "60"], "zero width"),
-        (["--box", "1", "1", "9", "9", "--slice", "2"], "--slice applies to volumes"),
+        (["--box", "1", "1", "9", "9", "--key-slice", "2"], "--key-slice applies to volumes"),
+        (["--box", "1", "1", "9", "9", "--slice", "2"], "--key-slice applies to volumes"),
         (["--box", "1", "1", "9", "9", "--device", "quantum"], "unknown device"),
         (["--box", "1", "1", "9", "9", "--window", "liverish"], "intensity setting"),
     ],
@@ -144,7 +146,7 @@ def test_cli_corrupt_checkpoint(tmp_path):
 def test_cli_volume_needs_slice_and_volume_output(shared_data, tmp_path):
     source = shared_data / "ct/totalsegmentator/example_ct_sm.nii.gz"
     proc = run_cli("segment", source, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.nrrd", check_ok=False)
-    assert proc.returncode == 2 and "--slice K" in proc.stderr
+    assert proc.returncode == 2 and "--key-slice K" in proc.stderr
     proc = run_cli("segment", source, "--slice", 3, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.png",
                    check_ok=False)
     assert proc.returncode == 2 and ".nrrd" in proc.stderr
@@ -187,3 +189,18 @@ def test_two_boxes_print_the_pixels_written_and_help_states_the_overlap_rule(
     help_text = " ".join(capsys.readouterr().out.split())
     assert "the pixel goes to the object with the higher score" in help_text
     assert "on a tie, the lower label" in help_text
+def test_cli_missing_input_says_file_not_found(tmp_path):
+    """A typo in a frame's name is a missing file, not a missing volume."""
+    typo = tmp_path / "images" / "1000.png"
+    for command in (["segment", typo, "--box", 1, 1, 9, 9, "-o", tmp_path / "m.png"],
+                    ["propagate", tmp_path / "ct.nii.gz", "--box", 1, 1, 9, 9, "--slices", 0, 1,
+                     "-o", tmp_path / "m.nrrd"],
+                    ["track", tmp_path / "clip.mp4", "--frame", 0, "--box", 1, 1, 9, 9,
+                     "-o", tmp_path / "masks"]):
+        proc = run_cli(*command, check_ok=False)
+        assert proc.returncode == 2, proc.stderr
+        missing = command[1]
+        assert proc.stderr.strip().splitlines() == [
+            f"polypsam: error: file {'or folder ' if command[0] == 'track' else ''}not found:"
+            f" {missing}"]
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "m.png").exists()

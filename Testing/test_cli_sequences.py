@@ -64,7 +64,8 @@ def test_track_folder_writes_masks_named_like_frames(shared_data, manifest, use_
 
     mask = read_image(out / "031.png")
     assert mask.shape == (288, 384) and set(np.unique(mask)) <= {0, 1}
-    assert read_image(out / "overlay" / "031.png").shape == (288, 384, 3)
+    overlay = read_image(out / "overlay" / "031.png")
+    assert overlay.shape[1:] == (384, 3) and overlay.shape[0] > 288  # frame, then the legend
 
 
 @pytest.mark.parametrize(
@@ -99,7 +100,7 @@ def test_bad_output_and_missing_inputs(shared_data, use_engine, tmp_path, capsys
 
 
 def test_track_reads_an_mp4_video(shared_data, manifest, tmp_path, tiny_checkpoint):
-    """A video file is decoded frame by frame (PyAV through imageio) and tracked end to end."""
+    """A video file is decoded frame by frame (PyAV) and tracked end to end."""
     from polypsam.frames import read_frames
 
     info = manifest["video"] if isinstance(manifest["video"], dict) else manifest["video"][0]
@@ -119,6 +120,16 @@ def test_track_reads_an_mp4_video(shared_data, manifest, tmp_path, tiny_checkpoi
     assert rc == 0
     written = sorted(p.name for p in out.glob("*.png"))
     assert written == [f"{i:04d}.png" for i in range(25)]
+
+
+def _polypsam_lines(stderr: str) -> str:
+    """PolypSAM's own lines (errors, warnings); every other line is a progress line of a log."""
+    import re
+
+    lines = stderr.strip().splitlines()
+    others = [ln for ln in lines if not ln.startswith("polypsam:")]
+    assert all(re.match(r"(propagate|track): \d+/\d+ (slices|frames) \(", ln) for ln in others), others
+    return "\n".join(ln for ln in lines if ln.startswith("polypsam:"))
 
 
 class InterruptingEngine:
@@ -143,7 +154,7 @@ def test_ctrl_c_stops_cleanly_with_exit_130(shared_data, monkeypatch, tmp_path, 
     out = tmp_path / "seg.nii.gz"
     rc = cli.main(["propagate", str(shared_data / CT), "--box", "30", "30", "70", "60",
                    "--slices", "10", "14", "-o", str(out)])
-    err = capsys.readouterr().err.strip()
+    err = _polypsam_lines(capsys.readouterr().err)
     assert rc == 130 and len(err.splitlines()) == 1 and "interrupted" in err
     assert not out.exists()
     frames_dir = tmp_path / "frames"
@@ -154,5 +165,59 @@ def test_ctrl_c_stops_cleanly_with_exit_130(shared_data, monkeypatch, tmp_path, 
         write_png(np.full((20, 30, 3), 60 * i, np.uint8), frames_dir / f"f{i}.png")
     rc = cli.main(["track", str(frames_dir), "--frame", "2", "--box", "1", "1", "9", "9",
                    "-o", str(tmp_path / "o")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 130 and len(err.splitlines()) == 1 and "1 of 4 frame masks written" in err
+    err = _polypsam_lines(capsys.readouterr().err)
+    assert rc == 130 and len(err.splitlines()) == 1
+    assert err == f"polypsam: interrupted after 1 of 4 frames; nothing was written to {tmp_path / 'o'}"
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".polypsam-partial-*"))
+
+
+class FailingEngine(InterruptingEngine):
+    """Tracks two frames, then fails as a server that went away would."""
+
+    def track(self, frames, prompts, *, start_frame, reverse=False, max_frames=None,
+              intensity=None, cancel=None):
+        from polypsam.errors import ServerError
+
+        for i in range(start_frame, start_frame + 2):
+            yield FrameMasks(i, {1: np.ones(frames[i].shape[:2], bool)}, {1: 1.0})
+        raise ServerError("the server closed the connection during tracking")
+
+
+def _frames(folder, count=6):
+    from polypsam.io import write_png
+
+    folder.mkdir()
+    for i in range(count):
+        write_png(np.full((20, 30, 3), 30 * i, np.uint8), folder / f"f{i}.png")
+    return folder
+
+
+def test_failed_track_leaves_no_partial_output(monkeypatch, tmp_path, capsys):
+    """The masks are written in a temporary folder renamed on success: a run that fails at frame 3
+    leaves neither -o nor the temporary folder (it used to leave 2 of 6 masks, silently)."""
+    monkeypatch.setattr(cli_options, "engine_from_args", lambda args: FailingEngine())
+    frames = _frames(tmp_path / "frames")
+    out = tmp_path / "results" / "masks"
+    rc = cli.main(["track", str(frames), "--frame", "0", "--box", "1", "1", "9", "9", "-o", str(out),
+                   "--overlay", "--export", "coco"])
+    assert rc == 2
+    assert _polypsam_lines(capsys.readouterr().err) == (
+        "polypsam: error: the server closed the connection during tracking")
+    assert not (tmp_path / "results").exists(), sorted(tmp_path.rglob("*"))
+
+
+def test_track_into_an_existing_folder_replaces_its_masks_on_success(use_engine, tmp_path):
+    frames = _frames(tmp_path / "frames", 3)
+    out = tmp_path / "masks"
+    (out / "overlay").mkdir(parents=True)
+    (out / "f1.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    rc = cli.main(["track", str(frames), "--frame", "1", "--box", "5", "5", "20", "15", "-o", str(out),
+                   "--overlay"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f1.png", "f2.png", "notes.txt",
+                                                     "overlay"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "f1.png").read_bytes() != b"old"
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == ["f0.png", "f1.png", "f2.png"]
+    assert not list(tmp_path.glob(".polypsam-partial-*"))

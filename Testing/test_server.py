@@ -257,6 +257,20 @@ def test_bad_input_answers_4xx_and_server_keeps_serving(server):
     assert server.request("DELETE", f"/v1/sessions/{sid}")[1] == {"deleted": True}
 
 
+def test_shape_overflowing_64_bits_is_invalid_input_without_a_traceback(server):
+    """4294967296 x 4294967296 wraps to 0 in int64; 99999999999999999999 does not fit one."""
+    sid = _session(server)
+    img = _volume()[2]
+    for shape in ([4294967296, 4294967296], [99999999999999999999], [2**62, 2**62, 4, 4]):
+        status, body = _upload(server, sid, img, shape=shape)
+        assert status == 400, (shape, body)
+        assert body["error"]["code"] == "invalid_input"
+        assert "exceeds the server's limit" in body["error"]["message"]
+    assert _upload(server, sid, img)[0] == 201  # still serving
+    assert "Traceback" not in server.log_text()
+    server.request("DELETE", f"/v1/sessions/{sid}")
+
+
 def test_too_many_concurrent_jobs_is_429_then_cancel_frees(server):
     from polypsam.server import wire
 
@@ -339,7 +353,7 @@ def test_client_errors_are_clear(server, monkeypatch):
         assert time.monotonic() - t0 < 5
 
 
-def test_cli_segment_with_server(server, engine, tmp_path):
+def test_cli_segment_with_server(server, engine, tmp_path, capsys):
     from polypsam import io
     from polypsam.cli import main
 
@@ -349,6 +363,7 @@ def test_cli_segment_with_server(server, engine, tmp_path):
     out = tmp_path / "mask.png"
     assert main(["segment", str(src), "--box", "20", "15", "50", "45", "-o", str(out),
                  "--server", server.url, "--token", TOKEN]) == 0
+    assert "--token is visible to every user" in capsys.readouterr().err
     expected = engine.segment_2d(io.read_image(src), [(20, 15, 50, 45)])[0].mask
     assert np.array_equal(io.read_image(out) > 0, expected)
 
@@ -363,12 +378,78 @@ def test_cli_propagate_with_server(server, engine, tmp_path):
     vol = _volume(nk=5, nj=32, ni=40)
     src, out = tmp_path / "ct.nrrd", tmp_path / "lab.nrrd"
     io.write_volume(Volume(vol), src)
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    secret.chmod(0o600)
     assert main(["propagate", str(src), "--box", "10", "8", "30", "24", "--slices", "1", "3",
-                 "-o", str(out), "--server", server.url, "--token", TOKEN]) == 0
+                 "-o", str(out), "--server", server.url, "--token-file", str(secret)]) == 0
     expected = propagate(engine, io.read_volume(src), [(10, 8, 30, 24)], (1, 3)).labelmap.array
     assert np.array_equal(io.read_volume(out).array, expected)
     settings = EngineSettings(kind="server", server_url=server.url, token=TOKEN)
     assert settings.describe() == f"server: {server.url}" and TOKEN not in repr(settings)
+
+
+def test_cli_closes_its_session_on_success_error_and_ctrl_c(tiny_checkpoint, tmp_path,
+                                                            monkeypatch):
+    """Back-to-back CLI runs against a server holding 2 sessions: each run deletes its session
+    (no 429 "holds 2 active sessions"), also when it fails and when Ctrl-C stops it."""
+    import signal
+
+    from PIL import Image
+
+    from polypsam import io
+    from polypsam.cli import main
+    from polypsam.geometry import Volume
+
+    srv = ServerProcess(tiny_checkpoint, token=TOKEN, log=tmp_path / "server.log",
+                        extra=("--max-sessions", "2", "--max-upload-mb", "1"))
+    monkeypatch.setenv("POLYPSAM_TOKEN", TOKEN)
+    try:
+        from polypsam.server.client import ServerEngine
+
+        with ServerEngine(srv.url, TOKEN) as client:  # the client is a context manager
+            client.segment_2d(synthetic_rgb(32, 32), [(4, 4, 20, 20)])
+            assert srv.health()["sessions"] == 1
+        assert srv.health()["sessions"] == 0
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        for i in range(40):
+            Image.fromarray(synthetic_rgb(48, 64, seed=i)).save(frames / f"f{i:02d}.png")
+        ct = tmp_path / "ct.nrrd"
+        io.write_volume(Volume(_volume(nk=5, nj=32, ni=40)), ct)
+        remote = ["--server", srv.url]
+        runs = [["segment", str(frames / "f00.png"), "--box", "10", "8", "40", "30"],
+                ["propagate", str(ct), "--box", "10", "8", "30", "24", "--slices", "1", "3"],
+                ["track", str(frames), "--frame", "0", "--box", "10", "8", "40", "30"]] * 2
+        for n, run in enumerate(runs):
+            out = tmp_path / f"out{n}" / ("labels.nrrd" if run[0] == "propagate" else "mask.png")
+            out = out.parent if run[0] == "track" else out
+            assert main([*run, "-o", str(out), *remote]) == 0, n
+            assert srv.health()["sessions"] == 0, (n, run[0])
+        # an error after the session opened: the server refuses an upload over 1 MiB (413)
+        noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / "big.png")
+        assert main(["segment", str(tmp_path / "big.png"), "--box", "1", "1", "50", "50",
+                     "-o", str(tmp_path / "big_mask.png"), *remote]) == 2
+        assert srv.health()["sessions"] == 0
+        # Ctrl-C while tracking: the run stops with PolypSAM's line and deletes its session
+        out = tmp_path / "interrupted"
+        env = {**child_env(), "POLYPSAM_TOKEN": TOKEN}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "polypsam.cli", "track", str(frames), "--frame", "0",
+             "--box", "10", "8", "40", "30", "-o", str(out), *remote],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while srv.health()["frames_done"] == 0 or srv.health()["sessions"] == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1].startswith("polypsam: interrupted"), stderr
+        assert srv.health()["sessions"] == 0
+    finally:
+        srv.stop()
 
 
 # -- the Slicer-side path without torch -------------------------------------------------------------
@@ -544,3 +625,70 @@ def test_token_is_generated_once_with_user_only_permissions(tmp_path, monkeypatc
     assert stored_token() == (token, path, False)
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+def _serve(args: list[str], env_extra: dict, stdout=subprocess.PIPE, timeout: float = 120):
+    """``polypsam serve ARGS`` that stops before binding (a missing checkpoint): (rc, stderr)."""
+    env = {key: value for key, value in child_env().items() if key != "POLYPSAM_TOKEN"}
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-m", "polypsam.cli", "serve", *args,
+                           "--checkpoint", "missing.pt", "--config", "configs/sam2.1/sam2.1_hiera_t.yaml"],
+                          env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    return proc.returncode, proc.stderr
+
+
+def test_generated_token_goes_only_to_a_terminal(tmp_path):
+    """A redirected log gets the token file's path, never the token; a terminal gets the token."""
+    import os
+    import pty
+
+    env = {"POLYPSAM_CONFIG_DIR": str(tmp_path / "cfg")}
+    stored = tmp_path / "cfg" / "server-token"
+    with open(tmp_path / "serve.log", "w") as log:  # nohup polypsam serve ... > serve.log
+        rc, stderr = _serve(["--host", "0.0.0.0"], env, stdout=log)
+    assert rc == 2 and "checkpoint" in stderr  # it stopped at the model, before binding
+    token = stored.read_text().strip()
+    assert len(token) >= 32 and (stored.stat().st_mode & 0o777) == 0o600
+    logged = (tmp_path / "serve.log").read_text()
+    assert token not in logged and str(stored) in logged and "not a terminal" in logged
+    stored.unlink()
+    leader, follower = pty.openpty()  # a real terminal on stdout
+    try:
+        rc, _ = _serve(["--host", "0.0.0.0"], env, stdout=follower)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert rc == 2 and stored.read_text().strip() in shown.decode()
+
+
+def test_token_from_environment_or_user_only_file_and_argv_warns(tiny_checkpoint, tmp_path):
+    """$POLYPSAM_TOKEN (the fixtures' way) and --token-file (0600) work; a file others can read
+    is refused with one line; --token works but warns that the process list shows it."""
+    secret = tmp_path / "token"
+    secret.write_text("file-token-0123456789\n")
+    secret.chmod(0o644)
+    rc, stderr = _serve(["--token-file", str(secret)], {})
+    assert rc == 2 and stderr.strip() == (f"polypsam: error: token file {secret} can be read by"
+                                          f" other users (mode 0644): run chmod 600 {secret}")
+    rc, stderr = _serve(["--token", "argv-token-0123456789"], {})
+    assert rc == 2 and "--token is visible to every user" in stderr
+    assert "POLYPSAM_TOKEN" in stderr and "--token-file" in stderr
+    secret.chmod(0o600)
+    srv = ServerProcess(tiny_checkpoint, extra=("--token-file", str(secret)),
+                        log=tmp_path / "server.log")
+    try:
+        assert srv.request("GET", "/v1/capabilities")[0] == 401
+        status, caps = srv.request("GET", "/v1/capabilities", token="file-token-0123456789")
+        assert status == 200 and caps["token_required"]
+        assert "warning" not in srv.log_text()
+    finally:
+        srv.stop()

@@ -3,7 +3,9 @@
 Uses SAM2.1 tiny from the user cache (downloaded with SHA256 pinning when the internet is
 reachable). Where the weights cannot be had (an offline machine), it says so and, unless
 ``--no-fallback`` is given, runs the same pipeline on a random-weight SAM2.1 tiny checkpoint so
-the installation can be checked end to end; those masks are meaningless and the run says so.
+the installation can be checked end to end; those masks are meaningless and the run says so,
+on the terminal and on the overlay itself (``--random-weights`` chooses them without trying to
+download).
 """
 
 from __future__ import annotations
@@ -36,13 +38,19 @@ def sample_frame(out: Path) -> tuple[Path, list[int]]:
     return path, [120, 90, 240, 210]
 
 
-def model_arguments(allow_fallback: bool, out: Path) -> list[str]:
+RANDOM_NOTE = "RANDOM WEIGHTS: a pipeline check only; these masks mean nothing"
+
+
+def model_arguments(allow_fallback: bool, out: Path,
+                    random_weights: bool = False) -> tuple[list[str], bool]:
+    """``(the CLI's model options, whether the weights are random)``."""
     from polypsam.checkpoints import resolve_checkpoint
     from polypsam.errors import CheckpointError
 
     try:
-        resolve_checkpoint("sam2.1_hiera_tiny", download=True)
-        return ["--checkpoint", "sam2.1_hiera_tiny"]
+        if not random_weights:
+            resolve_checkpoint("sam2.1_hiera_tiny", download=True)
+            return ["--checkpoint", "sam2.1_hiera_tiny"], False
     except CheckpointError as exc:
         print(f"[demo] real weights unavailable: {exc}", file=sys.stderr)
         if not allow_fallback:
@@ -53,8 +61,9 @@ def model_arguments(allow_fallback: bool, out: Path) -> list[str]:
     if not path.is_file():
         save_checkpoint(build_model("configs/sam2.1/sam2.1_hiera_t.yaml", None, "cpu"), path)
     print("[demo] WARNING: running on RANDOM weights to check the pipeline; masks are meaningless."
-          " Place sam2.1_hiera_tiny.pt at the path above for real results.", file=sys.stderr)
-    return ["--checkpoint", str(path), "--config", "configs/sam2.1/sam2.1_hiera_t.yaml"]
+          + ("" if random_weights else
+             " Place sam2.1_hiera_tiny.pt at the path above for real results."), file=sys.stderr)
+    return ["--checkpoint", str(path), "--config", "configs/sam2.1/sam2.1_hiera_t.yaml"], True
 
 
 def main() -> int:
@@ -62,19 +71,37 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "out")
     parser.add_argument("--no-fallback", action="store_true",
                         help="fail instead of using random weights when real ones are missing")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="use random weights without trying to download (a pipeline check)")
     args = parser.parse_args()
+    if args.random_weights and args.no_fallback:
+        parser.error("--random-weights and --no-fallback exclude each other")
     args.out.mkdir(parents=True, exist_ok=True)
     from polypsam.cli import main as cli_main
 
     image, box = sample_frame(args.out)
-    argv = ["segment", str(image), "--box", *map(str, box), "-o", str(args.out / "demo_mask.png"),
-            "--overlay", str(args.out / "demo_overlay.png"),
-            *model_arguments(not args.no_fallback, args.out)]
+    mask, overlay = args.out / "demo_mask.png", args.out / "demo_overlay.png"
+    model, random = model_arguments(not args.no_fallback, args.out, args.random_weights)
+    argv = ["segment", str(image), "--box", *map(str, box), "-o", str(mask),
+            "--overlay", str(overlay), *model]
     print("[demo] polypsam " + " ".join(argv))
     code = cli_main(argv)
+    if code == 0 and random:  # the overlay says so too
+        mark_random(image, mask, box, overlay)
     if code == 0:
-        print(f"[demo] look at {args.out / 'demo_overlay.png'}")
+        print(f"[demo] look at {overlay}")
     return code
+
+
+def mark_random(image: Path, mask: Path, box: list[int], overlay: Path) -> None:
+    """Draw the overlay again with the legend saying the weights are random (also in its text)."""
+    from polypsam import io
+    from polypsam.geometry import Box
+    from polypsam.overlay import draw_overlay
+
+    picture = draw_overlay(io.read_image(image), io.read_image(mask), boxes=[Box(*box)],
+                           note=RANDOM_NOTE)
+    io.write_png(picture, overlay, text={"polypsam:note": RANDOM_NOTE})
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def main() -> int:
     mask = labels.array == args.label
     k = int(np.argmax(mask.sum(axis=(1, 2))))  # the slice where the segment is largest
     box = box_of_mask(mask[k])
-    picture = draw_overlay(ct.array[k], mask[k].astype(np.uint8), CT_WINDOWS["abdomen"], boxes=[box])
+    picture = draw_overlay(ct.array[k], mask[k].astype(np.uint8), CT_WINDOWS["abdomen"], boxes=[box],
+                           legend=False, min_side=0)  # no legend or enlarging: flipped and scaled below
     # LPS-stored slice shown as Slicer's axial view shows it (patient's right on the left).
     picture = picture[::-1, ::-1]
     image = Image.fromarray(picture).resize(

@@ -95,6 +95,7 @@ def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str], Optiona
     """
     from .checkpoints import REGISTRY, read_checkpoint_sidecar
 
+    settings = _model_path_as_checkpoint(settings)
     if settings.checkpoint:
         path = Path(settings.checkpoint).expanduser()
         sidecar = read_checkpoint_sidecar(path) if not (settings.config and settings.image_size) else {}
@@ -104,8 +105,25 @@ def _resolve_args(settings: EngineSettings) -> tuple[str, Optional[str], Optiona
         return str(path), config or None, size or None
     if settings.model not in REGISTRY:
         names = ", ".join(REGISTRY)
-        raise InvalidInputError(f"unknown model {settings.model!r}: use one of {names}")
+        raise InvalidInputError(f"unknown model {settings.model!r}: use one of {names}, or give a"
+                                " checkpoint file as checkpoint='path/to/file.pt'")
     return settings.model, settings.config or None, settings.image_size or None
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def _model_path_as_checkpoint(settings: EngineSettings) -> EngineSettings:
+    """``model="x.pt"`` (a file, not a registry name) means ``checkpoint="x.pt"``."""
+    from dataclasses import replace
+
+    from .checkpoints import REGISTRY
+
+    name = settings.model
+    if settings.checkpoint or name in REGISTRY or not (
+            Path(name).suffix.lower() in CHECKPOINT_SUFFIXES or Path(name).expanduser().is_file()):
+        return settings
+    return replace(settings, model="", checkpoint=name)
 
 
 def weights_to_download(settings: EngineSettings):

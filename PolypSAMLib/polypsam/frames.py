@@ -2,12 +2,14 @@
 
 Both are :class:`~polypsam.engine.FrameSource` objects (``len`` + indexing) that decode one frame
 when it is asked for, so a long sequence never sits in memory. Frame folders are sorted naturally
-(``frame2`` before ``frame10``). Videos (mp4, avi, ...) need the optional ``imageio`` package
-with its ffmpeg plugin (``pip install imageio imageio-ffmpeg``).
+(``frame2`` before ``frame10``). Videos (mp4, avi, ...) need the optional package PyAV
+(``pip install av``, FFmpeg included); a truncated or corrupt video is refused when opened.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -35,33 +37,60 @@ class FolderFrames:
 
 
 class VideoFrames:
-    """Frames of a video file, decoded on demand with imageio (optional dependency)."""
+    """Frames of a video file (PyAV), checked when opened, then decoded when asked for.
+
+    Opening decodes every frame once: a truncated or corrupt file (a cut download, a recording
+    that stopped) is refused before any work starts with "video truncated or corrupt: FILE",
+    rather than failing at the frame where the data ends. Then frame ``i`` is decoded on demand:
+    consecutive reads continue the decoder; any other seeks to the keyframe before it. The last
+    few frames decoded are kept (reverse tracking reads backwards).
+    """
+
+    CACHE_BYTES = 64 << 20
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            import imageio.v3 as iio
-        except ImportError as exc:
-            raise InvalidInputError(
-                f"reading the video {self.path.name} needs the optional packages imageio and"
-                " imageio-ffmpeg (pip install imageio imageio-ffmpeg); or give a folder of"
-                " PNG/JPEG frames instead"
-            ) from exc
-        self._iio = iio
-        try:
-            props = iio.improps(self.path, plugin="pyav") if _has_pyav() else None
-            count = props.shape[0] if props is not None else None
-        except Exception:  # plugin differences: count frames below
-            count = None
-        if count is None or count <= 0:
-            try:
-                count = sum(1 for _ in iio.imiter(self.path))
-            except Exception as exc:
-                raise InvalidInputError(f"cannot read video {self.path}: {exc}") from exc
-        self._count = int(count)
-        self.fps = _frame_rate(iio, self.path)
+        self._av = _import_av(self.path)
+        self._lock = threading.Lock()
+        self._container = None
+        self._decoded = None  # the decoder's frame iterator
+        self._next = -1  # index of the frame the decoder gives next (-1: unknown)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._pts, self.fps = self._check()
+        self._count = len(self._pts)
+        self._index_of = {pts: i for i, pts in enumerate(self._pts)}
+        self._seekable = (None not in self._pts and len(self._index_of) == self._count
+                          and all(a < b for a, b in zip(self._pts, self._pts[1:])))
         width = max(4, len(str(max(self._count - 1, 0))))
         self.names = [f"{i:0{width}d}" for i in range(self._count)]
+
+    def _check(self) -> tuple[list, float | None]:
+        """Decode every frame once: ``(presentation times, frames per second or None)``."""
+        av = self._av
+        previous = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture(local=False) as logs:
+                with av.open(str(self.path)) as container:
+                    if not container.streams.video:
+                        raise InvalidInputError(f"{self.path} holds no video stream")
+                    stream = container.streams.video[0]
+                    stream.thread_type = "AUTO"
+                    announced = int(stream.frames or 0)
+                    pts, corrupt = [], False
+                    for frame in container.decode(stream):
+                        pts.append(frame.pts)
+                        corrupt |= bool(getattr(frame, "is_corrupt", False))
+                    rate = stream.average_rate
+        except (av.error.FFmpegError, EOFError) as exc:
+            raise InvalidInputError(f"video truncated or corrupt: {self.path}") from exc
+        finally:
+            av.logging.set_level(previous)
+        errors = [message for level, _name, message in logs if level <= av.logging.ERROR]
+        if corrupt or errors or not pts or len(pts) < announced:
+            raise InvalidInputError(f"video truncated or corrupt: {self.path}")
+        fps = float(rate) if rate else 0.0
+        return pts, (fps if fps > 0 else None)
 
     def __len__(self) -> int:
         return self._count
@@ -70,32 +99,59 @@ class VideoFrames:
         index = int(index)
         if not 0 <= index < self._count:
             raise IndexError(index)
-        try:
-            frame = self._iio.imread(self.path, index=index)
-        except Exception as exc:
-            raise InvalidInputError(f"cannot read frame {index} of {self.path}: {exc}") from exc
-        frame = np.asarray(frame)
-        if frame.ndim == 3 and frame.shape[2] == 4:
-            frame = frame[:, :, :3]
-        return frame.astype(np.uint8, copy=False)
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+            if self._decoded is None or index != self._next:
+                self._seek(index)
+            for frame in self._decoded:
+                i = self._index_of.get(frame.pts, -1) if self._seekable else self._next
+                if i < 0:
+                    continue
+                self._next = i + 1
+                rgb = frame.to_ndarray(format="rgb24")
+                self._remember(i, rgb)
+                if i == index:
+                    return rgb
+            self._decoded = None
+            raise InvalidInputError(f"video truncated or corrupt: {self.path} (frame {index})")
+
+    def _seek(self, index: int) -> None:
+        """Position the decoder at the keyframe at or before ``index`` (or at the start)."""
+        if self._container is None or not self._seekable:
+            self.close()
+            self._container = self._av.open(str(self.path))
+            self._container.streams.video[0].thread_type = "AUTO"
+            self._next = 0
+        stream = self._container.streams.video[0]
+        if self._seekable:
+            self._container.seek(self._pts[index], stream=stream, backward=True, any_frame=False)
+            self._next = -1
+        self._decoded = self._container.decode(stream)
+
+    def _remember(self, index: int, rgb: np.ndarray) -> None:
+        self._cache[index] = rgb
+        self._cache.move_to_end(index)
+        while len(self._cache) > max(1, self.CACHE_BYTES // max(1, rgb.nbytes)):
+            self._cache.popitem(last=False)
+
+    def close(self) -> None:
+        """Close the file (it is opened again when a frame is asked for)."""
+        if self._container is not None:
+            self._container.close()
+        self._container = self._decoded = None
 
 
-def _frame_rate(iio, path: Path) -> float | None:
-    """Frames per second from the file's metadata, or ``None`` when it does not say."""
+def _import_av(path: Path):
     try:
-        meta = iio.immeta(path, plugin="pyav") if _has_pyav() else iio.immeta(path)
-        fps = float(meta.get("fps") or 0)
-    except Exception:  # metadata is optional: frames are still numbered
-        return None
-    return fps if fps > 0 else None
-
-
-def _has_pyav() -> bool:
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        import av
+        import av.logging
+    except ImportError as exc:
+        raise InvalidInputError(
+            f"reading the video {path.name} needs the package PyAV (pip install av); or give a"
+            " folder of PNG/JPEG frames instead") from exc
+    return av
 
 
 def read_frames(source: str | Path):
@@ -113,4 +169,4 @@ def read_frames(source: str | Path):
         raise InvalidInputError(
             f"{path} is neither a folder of frames nor a video ({', '.join(VIDEO_SUFFIXES)})"
         )
-    raise InvalidInputError(f"frames not found: {path}")
+    raise InvalidInputError(f"file or folder not found: {path}")

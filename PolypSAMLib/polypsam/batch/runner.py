@@ -54,6 +54,7 @@ class BatchPlan:
     window: str = ""  # default intensity (the CLI's --window); a row's own window wins
     labelmap_suffix: str = ".nii.gz"
     threads: int = 0  # torch threads of every model call; 0: this process's count (run_batch)
+    overlay: bool = False  # also overlay.png (a frame or slice) or overlay/ (slices, frames)
 
     def case_dir(self, case: Case) -> Path:
         return self.outdir / case.case_id
@@ -83,6 +84,8 @@ def fingerprint(case: Case, plan: BatchPlan) -> str:
     data = {"format": FORMAT, "case": case.describe(), "settings": asdict(plan.settings),
             "window": case.window or plan.window, "labelmap_suffix": plan.labelmap_suffix,
             "threads": plan.threads}
+    if plan.overlay:  # only then, so that earlier outputs stay finished
+        data["overlay"] = True
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -259,9 +262,12 @@ def _segment_image(case, plan, provider, folder, timings, record):
     results = engine.segment_2d(image, prompts, intensity=intensity)
     timings["compute_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    io.write_png(labelmap_from_masks(results), folder / "mask.png")
+    labels = labelmap_from_masks(results)
+    io.write_png(labels, folder / "mask.png")
+    outputs = ["mask.png"] + _overlays(plan, folder, image[None], labels[None], range(1), intensity,
+                                       0, prompts)
     timings["write_s"] = time.perf_counter() - t
-    return ["mask.png"], {"scores": {str(i): r.score for i, r in enumerate(results, start=1)}}
+    return outputs, {"scores": {str(i): r.score for i, r in enumerate(results, start=1)}}
 
 
 def _volume(case, plan, provider, folder, timings, record):
@@ -293,6 +299,7 @@ def _volume(case, plan, provider, folder, timings, record):
         extra = {"scores": {str(i): r.score for i, r in enumerate(results, start=1)},
                  "key_slice": k}
         labelmap = volume.with_array(labels)
+        shown, key, refinements = range(k, k + 1), k, []
     else:
         k0, k1 = check_slice_range(case.slices, nk, "slices")
         if case.key_slice is not None:
@@ -305,12 +312,15 @@ def _volume(case, plan, provider, folder, timings, record):
                            refinements=refinements, intensity=intensity)
         timings["compute_s"] = time.perf_counter() - t
         labelmap = result.labelmap
+        shown, key = range(result.slices[0], result.slices[1] + 1), result.key_slice
         extra = {"scores": {str(k): v for k, v in result.scores.items()},
                  "key_slice": result.key_slice, "slices_written": list(result.slices)}
     t = time.perf_counter()
     io.write_volume(labelmap, folder / name)
+    outputs = [name] + _overlays(plan, folder, volume.array, labelmap.array, shown, intensity, key,
+                                 prompts, refinements)
     timings["write_s"] = time.perf_counter() - t
-    return [name], extra
+    return outputs, extra
 
 
 def _track(case, plan, provider, folder, timings, record):
@@ -336,5 +346,30 @@ def _track(case, plan, provider, folder, timings, record):
                                              refinements=refinements, intensity=intensity):
         written.append(str(io.write_png(labels, folder / "masks" / f"{names[frame]}.png")
                            .relative_to(folder)))
+        if plan.overlay:
+            from ..overlay import draw_overlay, prompt_marks
+
+            here = prompts if frame == index else [r for r in refinements if r.frame == frame]
+            boxes, points = prompt_marks(here)
+            io.write_png(draw_overlay(np.asarray(frames[frame]), labels, intensity, points=points,
+                                      boxes=boxes if frame == index else ()),
+                         folder / "overlay" / f"{names[frame]}.png")
     timings["compute_s"] = time.perf_counter() - t
-    return ["masks"], {"frames_written": len(written), "frame": index}
+    return ["masks"] + ["overlay"] * plan.overlay, {"frames_written": len(written), "frame": index}
+
+
+def _overlays(plan, folder, array, labels, shown, intensity, key, prompts, refinements=()):
+    """With ``plan.overlay``: ``overlay.png`` for one slice/frame, else ``overlay/slice_K.png``."""
+    if not plan.overlay:
+        return []
+    from .. import io
+    from ..overlay import slice_overlay_name, slice_overlays
+
+    pictures = slice_overlays(array, labels, shown, intensity, key=key, prompts=prompts,
+                              refinements=refinements)
+    if len(shown) == 1:
+        io.write_png(next(pictures)[1], folder / "overlay.png")
+        return ["overlay.png"]
+    for k, picture in pictures:
+        io.write_png(picture, folder / "overlay" / slice_overlay_name(k))
+    return ["overlay"]

@@ -212,31 +212,91 @@ def _run_on_dask(cases: list[Case], plan: BatchPlan, workers: int, scheduler: st
 
             raise InvalidInputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     else:
-        with _own_thread_settings():
+        with _own_thread_settings(), _ctrl_c_ignored():  # the workers inherit it ignored
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None,
-                                   silence_logs=logging.WARNING)
-        client = Client(cluster)
-    try:
-        futures = client.map(run_case_here, cases, plan=plan, pure=False)
-        case_of = {f.key: c for f, c in zip(futures, cases)}
+                                   silence_logs=logging.ERROR)
+            client = Client(cluster)
+        _workers_ignore_ctrl_c(client)  # and so do workers started again later
+    with _quiet_dask_on_ctrl_c():  # also while the cluster closes after a Ctrl-C
         try:
-            for future in as_completed(futures):
-                case = case_of[future.key]
-                try:
-                    result = future.result()
-                except Exception as exc:  # the worker died (KilledWorker) or the task broke
-                    result = CaseResult(case.case_id, "failed", str(case.input), case.task,
-                                        error=f"{type(exc).__name__}: {exc}",
-                                        record={"manifest_row": case.row})
-                done(result)
-        except BaseException:
-            client.cancel(futures)
-            raise
+            futures = client.map(run_case_here, cases, plan=plan, pure=False)
+            case_of = {f.key: c for f, c in zip(futures, cases)}
+            try:
+                for future in as_completed(futures):
+                    case = case_of[future.key]
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # the worker died (KilledWorker) or the task broke
+                        result = CaseResult(case.case_id, "failed", str(case.input), case.task,
+                                            error=f"{type(exc).__name__}: {exc}",
+                                            record={"manifest_row": case.row})
+                    done(result)
+            except BaseException:
+                client.cancel(futures)
+                raise
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """Ctrl-C reaches every process of the terminal's group: local workers must ignore it (else
+    each prints a KeyboardInterrupt traceback) and this process stops them. Processes started
+    while it is ignored here ignore it for life; a Ctrl-C during those seconds is lost."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        signal.signal(signal.SIGINT, previous)
+
+
+def _workers_ignore_ctrl_c(client) -> None:
+    """Workers that start later (a worker restarted after a crash) ignore Ctrl-C as well."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreCtrlC(WorkerPlugin):
+        def setup(self, worker) -> None:
+            import signal
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    client.register_plugin(IgnoreCtrlC(), name="polypsam-ignore-ctrl-c")
+
+
+@contextlib.contextmanager
+def _quiet_dask_on_ctrl_c():
+    """On Ctrl-C, silence Dask's and tornado's loggers before the interrupt unwinds: cancelling
+    and closing the cluster then prints nothing, and PolypSAM's line is the only one."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
+    levels = [log.level for log in loggers]
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupted(_signum, _frame):
+        for log in loggers:
+            log.setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 # -- summaries --------------------------------------------------------------------------------

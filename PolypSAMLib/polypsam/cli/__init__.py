@@ -5,11 +5,14 @@ finds them (``segment`` and ``sequences`` first, then by name), so adding a comm
 module. Modules import heavy packages (torch, dask...) inside their handlers, not at the top.
 
 Every user error ends as one readable line on stderr and a non-zero exit status; no traceback.
+Engines a handler opens (:func:`options.engine_from_args`) are closed however it ends: success,
+error or Ctrl-C; for a ``--server`` run that deletes its server session.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
@@ -43,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        # engines opened by the handler are closed on every exit (a server session is deleted)
+        with contextlib.ExitStack() as args.resources:
+            return int(args.handler(args) or 0)
     except CancelledError as exc:
         print(f"polypsam: stopped: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

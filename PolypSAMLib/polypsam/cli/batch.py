@@ -16,7 +16,7 @@ manifest columns (CSV with a header row; input and boxes or points are required)
              folder of frames or video; relative to the manifest's folder
   task       segment | propagate | track, or empty (frame: segment; volume: propagate,
              or segment if it has one slice; frames/video: track)
-  boxes      X0 Y0 X1 Y1 pixels (inclusive; x = column/I, y = row/J), several separated
+  boxes      X0 Y0 X1 Y1 pixels (inclusive; x = column, y = row), several separated
              by ';' -> labels 1..N, e.g. "40 155 263 279; 300 20 370 80"
   points     include clicks "X Y; X Y" on the key slice/frame for ONE object (as --point):
              with the single box, or alone as one object; several boxes with points is an
@@ -24,19 +24,21 @@ manifest columns (CSV with a header row; input and boxes or points are required)
   negative_points   exclude clicks "X Y; X Y" (as --negative-point)
   slice_points, slice_negative_points   propagate: clicks "K X Y; K X Y" on other slices
              (as --slice-point K X Y)
-  frame_points, frame_negative_points   track: clicks "I X Y; I X Y" on other frames
-             (as --frame-point I X Y)
-  key_slice  volume: slice K the boxes and points are on (propagate: default middle of
-             slices; segment: required unless the volume has one slice)
+  frame_points, frame_negative_points   track: clicks "FRAME X Y; FRAME X Y" on other
+             frames (as --frame-point FRAME X Y)
+  key_slice  volume: slice K the boxes and points are on, as --key-slice (propagate:
+             default middle of slices; segment: required unless the volume has one slice)
   slices     propagate: slice range "K0 K1" (inclusive; default all slices)
-  frame      track: index of the frame the boxes and points are on (0-based; default 0)
+  frame      track: index of the frame the boxes and points are on (0-based; default 0;
+             as --frame)
   reference  optional reference mask (image, labelmap or folder of masks) for --evaluate
   window     optional intensity for this row, as --window
 
   other columns (notes, patient id...) are kept as they are, in summary.csv and case.json
 
 outputs: OUTDIR/CASE_ID/ mask.png | labelmap.nii.gz (input's geometry) | masks/FRAME.png,
-plus case.json (status, prompts, provenance, timings; written last, marks the case done);
+with --overlay also overlay.png | overlay/slice_K.png | overlay/FRAME.png, plus case.json
+(status, prompts, provenance, timings; written last, marks the case done);
 OUTDIR/summary.csv (every row with its status: ok, skipped = finished earlier, failed,
 invalid = the row could not be read, not run = interrupted first), failures.csv, batch.log
 (always: start, every case, end); with --evaluate metrics.csv and metrics.png.
@@ -52,6 +54,8 @@ example:
 """
 
 EXIT_FAILED_CASES = 1
+LABELMAP_SUFFIXES = {"nifti": ".nii.gz", "nrrd": ".nrrd"}  # --labelmap-format, as export's --to
+LABELMAP_ALIASES = {"nii.gz": "nifti"}
 
 
 def register(subparsers) -> None:
@@ -67,7 +71,8 @@ def register(subparsers) -> None:
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--workers", type=int, default=0, metavar="N",
                        help="run N worker processes on this machine (Dask LocalCluster; each"
-                            " loads the model once); default: one case after another here")
+                            " loads the model once) (default: %(default)s: one case after another"
+                            " in this process)")
     scale.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="address of an existing Dask scheduler (tcp://host:8786); inputs and"
                             " OUTDIR must be at the same paths on every worker")
@@ -76,8 +81,14 @@ def register(subparsers) -> None:
                         " (default: this process's torch thread count). Results can differ by a"
                         " pixel between thread counts; the same T gives the same outputs whether"
                         " a case runs here or on a worker. Recorded in case.json")
-    p.add_argument("--labelmap-format", choices=("nii.gz", "nrrd"), default="nii.gz",
-                   help="file format of volume labelmaps (default: %(default)s)")
+    p.add_argument("--labelmap-format", choices=tuple(LABELMAP_SUFFIXES), default="nifti",
+                   type=lambda text: LABELMAP_ALIASES.get(text, text),
+                   help="file format of volume labelmaps, named as export's --to (nii.gz is the"
+                        " older spelling of nifti) (default: %(default)s)")
+    p.add_argument("--overlay", action="store_true",
+                   help="also write overlays for a person to look at in each case folder:"
+                        " overlay.png (a frame or one slice) or overlay/ (one PNG per slice or"
+                        " frame), as --overlay of segment, propagate and track")
     p.add_argument("--evaluate", action="store_true",
                    help="at the end, compare cases that have a reference mask: OUTDIR/metrics.csv"
                         " and OUTDIR/metrics.png")
@@ -105,7 +116,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     plan = BatchPlan(outdir=args.output.resolve(),
                      settings=options.engine_settings_from_args(args),
                      allow_download=not args.no_download, window=args.window or "",
-                     labelmap_suffix="." + args.labelmap_format, threads=args.threads)
+                     labelmap_suffix=LABELMAP_SUFFIXES[args.labelmap_format],
+                     overlay=args.overlay, threads=args.threads)
     plan = default_threads(plan)
     say_trained_intensity(plan)
     cores = os.cpu_count() or 1

@@ -54,7 +54,7 @@ def add_segment_options(p) -> None:
                         " frames and videos, lesion for volumes; export: the segments recorded"
                         " beside LABELMAP, if any)")
     p.add_argument("--coco-encoding", choices=("rle", "polygon"), default="rle",
-                   help="COCO segmentation as RLE (exact, default) or polygons")
+                   help="COCO segmentation as RLE (exact) or polygons (default: %(default)s)")
 
 
 def add_export_options(p: argparse.ArgumentParser) -> None:
@@ -125,20 +125,23 @@ def labels_in(array) -> set[int]:
 
 
 def export_from_args(args: argparse.Namespace, labels, *, provenance: dict, frames: bool,
-                     frame_names=None, reference_dicom=None):
-    """Run the ``--export`` of a segment/propagate/track command (no-op without it)."""
+                     frame_names=None, reference_dicom=None, stage=None):
+    """Run the ``--export`` of a segment/propagate/track command (no-op without it); with a
+    ``stage`` (:class:`~polypsam.io.OutputStage`) it is written there, moved with the others."""
     from ..export import export_labelmap
 
     if not getattr(args, "export", None):
         return None
     out = args.export_output or default_export_path(args.output, args.export)
-    result = export_labelmap(labels, out, args.export, provenance=provenance,
+    result = export_labelmap(labels, out if stage is None else stage.path(out), args.export,
+                             provenance=provenance,
                              reference_dicom=reference_dicom if args.export == "dicom-seg" else None,
                              frame_names=frame_names, names=args.names,
                              colours=_colours(args.colours),
                              terminology=args.terminology or default_terminology(frames),
                              coco_encoding=args.coco_encoding)
-    print(f"exported {args.export} to {result.path} (provenance: {result.sidecar.name})")
+    where = result.path if stage is None else stage.final(result.path)
+    print(f"exported {args.export} to {where} (provenance: {result.sidecar.name})")
     return result
 
 

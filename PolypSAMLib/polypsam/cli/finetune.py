@@ -22,18 +22,22 @@ def register(subparsers) -> None:
                    help="folder with images/ and masks/ (Kvasir-SEG/CVC-ClinicDB layout; volumes"
                         " with labelmaps work too) or a manifest CSV with columns image,mask[,split]")
     p.add_argument("-o", "--output", type=Path, required=True, help="best checkpoint, .pt")
-    p.add_argument("--base", default="sam2.1_hiera_tiny",
-                   help="checkpoint to start from: registry name or .pt file (default: %(default)s)")
-    p.add_argument("--config", help="SAM2 config of a custom --base (else from its sidecar)")
+    p.add_argument("--checkpoint", "--base", dest="base", default="sam2.1_hiera_tiny",
+                   help="checkpoint to start from: registry name or .pt file, as --checkpoint of"
+                        " the other commands; --base is the older spelling (default: %(default)s)")
+    p.add_argument("--config", help="SAM2 config of a custom --checkpoint (else from its sidecar)")
     p.add_argument("--image-size", type=int, default=None,
                    help="model input size (default: the base checkpoint's)")
     p.add_argument("--epochs", type=int, default=200, help="passes over the training data (default: 200)")
     p.add_argument("--batch-size", type=int, default=4, help="images per step (default: 4)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--min-lr", type=float, default=1e-5,
-                   help="the learning rate halves on a validation-Dice plateau down to this")
+                   help="the learning rate halves on a validation-Dice plateau down to this"
+                        " (default: %(default)s)")
     p.add_argument("--patience", type=int, default=10,
-                   help="epochs without a better validation Dice before the LR halves")
+                   help="epochs without a better validation Dice before the LR halves"
+                        " (default: %(default)s)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val-split", type=float, default=0.2,
                        help="fraction of images (of volumes, for CT) held out (default: 0.2)")
@@ -46,7 +50,7 @@ def register(subparsers) -> None:
                         " and masks together (runs the encoder every step)")
     p.add_argument("--box-jitter", type=float, default=0.0,
                    help="move training boxes by Gaussian noise of this fraction of their side,"
-                        " as in SAM's training (e.g. 0.1; default: off)")
+                        " as in SAM's training, e.g. 0.1 (default: %(default)s: off)")
     p.add_argument("--window", default=None,
                    help="intensity of scalar images (CT volumes, grey frames): abdomen |"
                         " soft_tissue | lung | bone | brain, LEVEL,WIDTH or"
@@ -55,8 +59,11 @@ def register(subparsers) -> None:
                         " checkpoint applies it unless --window")
     p.add_argument("--label", type=int, default=None,
                    help="labelmap value of the lesion in volumes (default: any non-zero)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, batch order, jitter and augmentation")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, batch order, jitter and augmentation"
+                        " (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last finished epoch (state in OUT.pt.state/)")
     p.add_argument("--overwrite", action="store_true",

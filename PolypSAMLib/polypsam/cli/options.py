@@ -20,7 +20,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                             " or a .pt file in the official SAM2 format (default: %(default)s)")
     group.add_argument("--config", help="SAM2 config: a YAML path or a config shipped with sam2"
                                         " (required for a custom .pt)")
-    group.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    group.add_argument("--device", default="auto",
+                       help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)")
     group.add_argument("--image-size", type=int, default=None,
                        help="model input size (default: the checkpoint's, 1024; 512 for MedSAM2)")
     add_precision_option(group)
@@ -32,8 +33,55 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server", default=None, metavar="URL",
                        help="run on a PolypSAM server ('polypsam serve') at URL, e.g."
                             " http://127.0.0.1:8765; the model options are then the server's")
-    group.add_argument("--token", default=None,
-                       help="the server's token (default: $POLYPSAM_TOKEN)")
+    add_token_options(group, "the server's token")
+
+
+TOKEN_VARIABLE = "POLYPSAM_TOKEN"
+
+
+def add_token_options(group, what: str) -> None:
+    """``--token-file PATH`` and ``--token T`` (visible to every user in the process list)."""
+    group.add_argument("--token-file", type=Path, default=None, metavar="PATH",
+                       help=f"file holding {what}, readable by you only (chmod 600);"
+                            f" without it or --token: ${TOKEN_VARIABLE}")
+    group.add_argument("--token", default=None, metavar="TOKEN",
+                       help=f"{what} on the command line: every user of this machine can read it"
+                            f" in the process list; prefer ${TOKEN_VARIABLE} or --token-file")
+
+
+def token_from_args(args: argparse.Namespace, prog: str = "polypsam") -> str:
+    """The token of ``--token``, ``--token-file`` or ``$POLYPSAM_TOKEN`` (first given wins);
+    ``""`` when none. ``--token`` works but warns: it shows in the process list."""
+    import os
+
+    if args.token is not None:
+        print(f"{prog}: warning: --token is visible to every user of this machine in the process"
+              f" list; put the token in ${TOKEN_VARIABLE} or a file given with --token-file",
+              file=sys.stderr)
+        return args.token
+    if args.token_file is not None:
+        return read_token_file(args.token_file)
+    return os.environ.get(TOKEN_VARIABLE, "")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``; refused when others may read the file or it is empty."""
+    import os
+    import stat
+
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise InvalidInputError(f"token file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read token file {path}: {exc}") from exc
+    if os.name == "posix" and mode & 0o077:
+        raise InvalidInputError(f"token file {path} can be read by other users (mode {mode:04o}):"
+                                f" run chmod 600 {path}")
+    if not token:
+        raise InvalidInputError(f"token file {path} is empty")
+    return token
 
 
 def add_precision_option(group) -> None:
@@ -47,8 +95,8 @@ def add_precision_option(group) -> None:
 def add_box_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--box", nargs=4, type=float, action="append", required=required,
                         metavar=("X0", "Y0", "X1", "Y1"),
-                        help="box in pixel coordinates (x = column/I, y = row/J, inclusive);"
-                             " repeat for several objects, labelled 1..N")
+                        help="box in pixel coordinates (x = column, y = row: a volume's I and J"
+                             " axes; inclusive); repeat for several objects, labelled 1..N")
 
 
 def add_prompt_options(parser: argparse.ArgumentParser, where: str, mask_help: str) -> None:
@@ -68,8 +116,9 @@ def add_prompt_options(parser: argparse.ArgumentParser, where: str, mask_help: s
 
 
 def add_click_refinement_options(parser: argparse.ArgumentParser, unit: str) -> None:
-    """``--{unit}-point N X Y`` / ``--{unit}-negative-point N X Y``: clicks on other slices/frames."""
-    letter = "K" if unit == "slice" else "I"
+    """``--slice-point K X Y`` / ``--frame-point FRAME X Y`` (and ``-negative-``): clicks on other
+    slices/frames (K: the volume's slice axis; a frame is FRAME, never I, the column axis)."""
+    letter = "K" if unit == "slice" else "FRAME"
     group = parser.add_argument_group(
         f"clicks on other {unit}s",
         f"Clicks on {unit} {letter} (not the prompted one) for the single object: each becomes a"
@@ -141,29 +190,78 @@ def read_mask_prompt(path: Path, shape: tuple[int, int], slice_k: int | None = N
     return mask
 
 
+OVERLAY_BESIDE = "<beside -o>"  # --overlay given without a path
+
+
+def add_overlay_option(parser: argparse.ArgumentParser, what: str, default: str) -> None:
+    """``--overlay [PATH]``, the same on every command: alone it writes to ``default``."""
+    parser.add_argument("--overlay", nargs="?", const=OVERLAY_BESIDE, default=None,
+                        metavar="PATH",
+                        help=f"also write {what} for a person to look at: the image with each"
+                             " label's contour, the prompts and a legend (small images enlarged);"
+                             f" alone: {default}")
+
+
+def overlay_path(args: argparse.Namespace, beside: Path) -> Path | None:
+    """Where ``--overlay`` writes: its PATH, ``beside`` when given alone, ``None`` without it."""
+    if args.overlay is None:
+        return None
+    return beside if args.overlay == OVERLAY_BESIDE else Path(args.overlay)
+
+
+def sibling(output: Path, tail: str) -> Path:
+    """``mask.png`` + ``_overlay.png`` → ``mask_overlay.png`` (``.nii.gz`` counted whole)."""
+    from ..io import full_suffix
+
+    suffix = full_suffix(output)
+    stem = output.name[: len(output.name) - len(suffix)] if suffix else output.name
+    return output.with_name(stem + tail)
+
+
 def prompt_points(prompts) -> list[tuple[float, float, bool]]:
     """Every prompt's clicks as ``(x, y, include)`` for :func:`polypsam.overlay.draw_overlay`."""
-    return [(x, y, label == 1) for p in prompts for (x, y), label in zip(p.points, p.labels)]
+    from ..overlay import prompt_marks
+
+    return prompt_marks(prompts)[1]
 
 
 def engine_settings_from_args(args: argparse.Namespace):
     """The :class:`~polypsam.engines.EngineSettings` described by the model options."""
-    import os
-
     from ..engines import EngineSettings, settings_for
 
     if getattr(args, "server", None):
-        token = args.token if args.token is not None else os.environ.get("POLYPSAM_TOKEN", "")
-        return EngineSettings(kind="server", server_url=args.server, token=token)
+        return EngineSettings(kind="server", server_url=args.server, token=token_from_args(args))
     return settings_for(args.checkpoint, args.config, device=args.device,
                         image_size=args.image_size, precision=getattr(args, "precision", "auto"))
 
 
 def engine_from_args(args: argparse.Namespace):
-    """Build the engine described by the model options (through the one engine factory)."""
+    """Build the engine described by the model options (through the one engine factory).
+
+    It is closed when the command ends, however it ends (``args.resources``, an ExitStack set
+    by :func:`polypsam.cli.main`): a server run deletes its session instead of holding it for
+    the server's idle timeout.
+    """
     from ..engines import create_engine
 
-    return create_engine(engine_settings_from_args(args), allow_download=not args.no_download)
+    engine = create_engine(engine_settings_from_args(args), allow_download=not args.no_download)
+    resources = getattr(args, "resources", None)
+    if resources is not None:
+        resources.callback(engine.close)
+    return engine
+
+
+def output_stage(args: argparse.Namespace):
+    """An :class:`~polypsam.io.OutputStage` for the command's outputs: write each to
+    ``stage.path(target)``, then ``stage.commit()``; if the command fails or is interrupted
+    first, the staged files are removed when it ends (``args.resources``)."""
+    from ..io import OutputStage
+
+    stage = OutputStage()
+    resources = getattr(args, "resources", None)
+    if resources is not None:
+        resources.callback(stage.discard)
+    return stage
 
 
 def intensity_from_args(args: argparse.Namespace):
@@ -206,7 +304,7 @@ VOLUME_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 
 def progress_bar(total: int, unit: str, desc: str):
-    from tqdm import tqdm
+    """A bar on a terminal; in a log (no terminal) a line every 10 % or 30 s, on stderr."""
+    from ..progress import progress_bar as bar
 
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                disable=None)
+    return bar(total, desc, unit)

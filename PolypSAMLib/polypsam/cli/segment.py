@@ -28,24 +28,26 @@ OVERLAP_RULE = ("Overlaps: one labelmap holds one label per pixel, so where the 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="segment one image or one volume slice from boxes or clicks",
-        description="Segment a PNG/JPEG frame, or slice K of a NIfTI/NRRD/DICOM volume, with one"
-                    " mask per box (labels 1..N), or one object from clicks (--point,"
-                    " --negative-point) and/or a mask prompt, with or without one box. "
+        description="Segment a PNG/JPEG frame, or slice K (--key-slice) of a NIfTI/NRRD/DICOM"
+                    " volume, with one mask per box (labels 1..N), or one object from clicks"
+                    " (--point, --negative-point) and/or a mask prompt, with or without one box. "
                     + OVERLAP_RULE + " The pixel counts printed are those written.")
     p.add_argument("image", type=Path, help="PNG/JPEG frame, volume file or DICOM folder")
     options.add_box_option(p, required=False)
     options.add_prompt_options(
-        p, "the image (or --slice K)",
+        p, "the image (or --key-slice K)",
         "mask prompt (non-zero = inside): a PNG of the image's size, or for a volume a labelmap"
         " on its grid (slice K is used); SAM2 refines it with the other prompts")
     p.add_argument("--candidates", action="store_true",
                    help="keep SAM2's three candidate masks: -o gets the best, OUT_candidate1..3"
                         " (same suffix) one each; scores are printed (one object only)")
-    p.add_argument("--slice", type=int, default=None, dest="slice_k",
-                   help="slice K of a volume (boxes in that slice's pixel coordinates)")
+    p.add_argument("--key-slice", "--slice", type=int, default=None, dest="slice_k", metavar="K",
+                   help="slice K of a volume, the one segmented (boxes and clicks in its pixel"
+                        " coordinates; as propagate's --key-slice and the manifest's key_slice;"
+                        " --slice is the older spelling)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="mask PNG for a frame; .nrrd/.nii.gz labelmap for a volume slice")
-    p.add_argument("--overlay", type=Path, default=None, help="PNG with the mask contours drawn")
+    options.add_overlay_option(p, "a PNG overlay", "OUT_overlay.png beside -o")
     options.add_engine_options(p)
     add_export_options(p)
     p.set_defaults(handler=run_segment)
@@ -60,7 +62,7 @@ def run_segment(args: argparse.Namespace) -> int:
     check_export_args(args, args.image)
     if io.is_image_file(args.image):
         if args.slice_k is not None:
-            raise InvalidInputError("--slice applies to volumes, not to PNG/JPEG frames")
+            raise InvalidInputError("--key-slice applies to volumes, not to PNG/JPEG frames")
         image = io.read_image(args.image)
         volume = None
     else:
@@ -68,10 +70,11 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.slice_k is None:
             if volume.shape[0] != 1:
                 raise InvalidInputError(
-                    f"{args.image} has {volume.shape[0]} slices: choose one with --slice K"
+                    f"{args.image} has {volume.shape[0]} slices: choose one with --key-slice K"
                 )
             args.slice_k = 0
-        check_index(args.slice_k, volume.shape[0], f"--slice {args.slice_k}", "the volume's slices")
+        check_index(args.slice_k, volume.shape[0], f"--key-slice {args.slice_k}",
+                    "the volume's slices")
         options.check_suffix(args.output, options.VOLUME_SUFFIXES,
                              "a volume input gives a volume labelmap: -o")
         image = volume.array[args.slice_k]
@@ -82,8 +85,9 @@ def run_segment(args: argparse.Namespace) -> int:
     prompts = options.prompts_from_args(args, width, height, mask)
     if args.candidates and len(prompts) > 1:
         raise InvalidInputError("--candidates keeps the three masks of one object: give one prompt")
-    if args.overlay is not None:
-        options.check_suffix(args.overlay, (".png",), "--overlay")
+    overlay = options.overlay_path(args, options.sibling(args.output, "_overlay.png"))
+    if overlay is not None:
+        options.check_suffix(overlay, (".png",), "--overlay")
     engine = options.engine_from_args(args)
     intensity, intensity_record = options.run_intensity(args, engine, scalar=image.ndim == 2)
     results = engine.segment_2d(image, prompts, intensity=intensity, multimask=args.candidates)
@@ -106,17 +110,26 @@ def run_segment(args: argparse.Namespace) -> int:
         "prompts": [p.to_dict() for p in prompts], "slice": args.slice_k},
         scores={str(n): r.score for n, r in enumerate(results, start=1)},
         intensity=intensity_record)
-    write(labels, args.output)
-    write_run_sidecar(args, args.output, prov, labels_in(labels), frames=frames)
-    if args.overlay is not None:
+    stage = options.output_stage(args)  # every output appears together, or none
+    write(labels, stage.path(args.output))
+    write_run_sidecar(args, stage.path(args.output), prov, labels_in(labels), frames=frames)
+    if overlay is not None:
         io.write_png(draw_overlay(image, labels, intensity, boxes=[r.box for r in results],
-                                  points=options.prompt_points(prompts)), args.overlay)
-        write_run_sidecar(args, args.overlay, prov, labels_in(labels), frames=frames,
+                                  points=options.prompt_points(prompts)), stage.path(overlay))
+        write_run_sidecar(args, stage.path(overlay), prov, labels_in(labels), frames=frames,
                           picture="mask contours and prompts drawn on the input, for viewing")
     export_from_args(args, labels if frames else volume.with_array(full_labels(labels)),
                      provenance=prov, frames=frames,
                      frame_names=[args.image.stem] if frames else None,
-                     reference_dicom=args.image if args.image.is_dir() else None)
+                     reference_dicom=args.image if args.image.is_dir() else None, stage=stage)
+    if args.candidates:
+        (result,) = results
+        for index, (cand, score) in enumerate(zip(result.candidates, result.candidate_scores), 1):
+            path = stage.path(candidate_path(args.output, index))
+            write(cand.astype(np.uint8), path)
+            write_run_sidecar(args, path, {**prov, "candidate": index, "candidate_score": score},
+                              {1} if cand.any() else set(), frames=frames)
+    stage.commit()
     for label, result in enumerate(results, start=1):
         what = result.prompt.describe() if result.prompt is not None else ""
         written, own = int((labels == label).sum()), int(result.mask.sum())
@@ -127,12 +140,9 @@ def run_segment(args: argparse.Namespace) -> int:
         (result,) = results
         for index, (cand, score) in enumerate(zip(result.candidates, result.candidate_scores), 1):
             path = candidate_path(args.output, index)
-            write(cand.astype(np.uint8), path)
-            write_run_sidecar(args, path, {**prov, "candidate": index, "candidate_score": score},
-                              {1} if cand.any() else set(), frames=frames)
             best = " (best, in -o)" if index - 1 == result.best else ""
             print(f"candidate {index}: score {score:.3f} pixels {int(cand.sum())}{best} -> {path}")
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" and {overlay}" if overlay is not None else ""))
     return 0
 
 

@@ -1,8 +1,11 @@
 """``polypsam serve``: the engine protocol over HTTP for clients without torch (Slicer on a laptop).
 
-Binds 127.0.0.1 by default (no token needed there unless ``--token`` is given). Any other address
-requires a token: ``--token`` or, if none, one generated once, printed once and stored with
-user-only permissions (0600) in the user config folder; later runs reuse the stored one.
+Binds 127.0.0.1 by default (no token needed there unless one is given). The token comes from
+``$POLYPSAM_TOKEN`` or a file readable by the user only (``--token-file``), never from the command
+line by default: ``--token T`` still works but warns, as every user can read it in the process
+list. Any other address requires a token: if none is given, one is generated once and stored with
+user-only permissions (0600) in the user config folder; later runs reuse the stored one. A
+generated token is printed only to a terminal: a redirected log gets the file's path instead.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import argparse
 import ipaddress
 import os
 import secrets
+import sys
 from pathlib import Path
+from typing import TextIO
 
+from . import options
 from .options import add_precision_option
 
 
@@ -31,22 +37,30 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default="sam2.1_hiera_tiny",
                    help="registry name or a .pt in the official SAM2 format (default: %(default)s)")
     p.add_argument("--config", help="SAM2 config (required for a custom .pt)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="model input size")
     add_precision_option(p)
-    p.add_argument("--token", default=None,
-                   help="token clients must send (default on a non-loopback bind: generated and"
-                        " stored in the user config folder; none on 127.0.0.1)")
     p.add_argument("--no-download", action="store_true", help="never download weights")
+    token = p.add_argument_group(
+        "token", "The token clients must send: $POLYPSAM_TOKEN, --token-file or --token. Without"
+                 " one, a non-loopback bind uses a token generated once and stored (mode 0600)"
+                 " in the user config folder; 127.0.0.1 needs none.")
+    options.add_token_options(token, "the token clients must send")
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-upload-mb", type=int, default=256, help="largest request body")
+    limits.add_argument("--max-upload-mb", type=int, default=256,
+                        help="largest request body in MiB (default: %(default)s)")
     limits.add_argument("--memory-mb", type=int, default=4096,
-                        help="memory for uploaded arrays of all sessions (LRU beyond it)")
-    limits.add_argument("--max-sessions", type=int, default=16, help="sessions kept (LRU)")
+                        help="memory for uploaded arrays of all sessions in MiB, least recently"
+                             " used dropped beyond it (default: %(default)s)")
+    limits.add_argument("--max-sessions", type=int, default=16,
+                        help="sessions kept at once (default: %(default)s)")
     limits.add_argument("--idle-timeout", type=float, default=3600.0,
-                        help="seconds after which an unused session is dropped")
+                        help="seconds after which an unused session is dropped"
+                             " (default: %(default)s)")
     limits.add_argument("--max-jobs", type=int, default=4,
-                        help="jobs queued or running at once; more are refused with 429")
+                        help="jobs queued or running at once; more are refused with 429"
+                             " (default: %(default)s)")
     p.set_defaults(handler=run_serve)
 
 
@@ -83,17 +97,33 @@ def stored_token(create: bool = True) -> tuple[str, Path, bool]:
     return token, path, True
 
 
+def serve_token(args: argparse.Namespace, out: TextIO) -> str:
+    """The token clients must send (``""``: none), saying on ``out`` where a stored one is.
+
+    A newly generated token is written to ``out`` only when it is a terminal: a redirected log
+    (nohup, a service) gets the token file's path, never the token.
+    """
+    token = options.token_from_args(args, "polypsam serve")
+    if token or is_loopback(args.host):
+        return token
+    token, path, created = stored_token()
+    if created and out.isatty():
+        print(f"polypsam serve: token (shown once; stored in {path}, mode 0600):\n  {token}",
+              file=out)
+    elif created:
+        print(f"polypsam serve: a token was generated and stored in {path} (mode 0600); it is"
+              " not printed because the output is not a terminal", file=out)
+    else:
+        print(f"polypsam serve: clients need the token stored in {path}", file=out)
+    out.flush()
+    return token
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..engines import create_engine, settings_for
     from ..server.app import MiB, ServerConfig, create_app
 
-    token = args.token or ""
-    if not token and not is_loopback(args.host):
-        token, path, created = stored_token()
-        if created:
-            print(f"polypsam serve: token (shown once; stored in {path}, mode 0600):\n  {token}")
-        else:
-            print(f"polypsam serve: clients need the token stored in {path}")
+    token = serve_token(args, sys.stdout)
     config = ServerConfig(
         token=token, max_upload_bytes=args.max_upload_mb * MiB,
         max_array_bytes=args.max_upload_mb * MiB * 4, memory_bytes=args.memory_mb * MiB,

@@ -178,6 +178,15 @@ def format_summary(rows: Iterable[LabelMetrics | Mapping], weighting: str = "vid
     return "\n".join(lines)
 
 
+BOX_PLOT_KEY = ("box: quartiles and median; whiskers: 1.5 x IQR; circles: outliers;"
+                " green triangle: mean; n: values in the box (infinite distances left out)")
+
+
+def box_plot_key(weighting: str = "video") -> str:
+    """The line under the box plot: what its marks are and what one value (n) is."""
+    return f"{BOX_PLOT_KEY}; {WEIGHTINGS[weighting]}"
+
+
 def box_plot(rows: Iterable[LabelMetrics | Mapping], path: str | Path,
              metrics: Sequence[str] = METRICS, weighting: str = "video") -> Path:
     """A PNG of :func:`box_plot_figure`."""
@@ -218,8 +227,6 @@ def box_plot_figure(rows: Iterable[LabelMetrics | Mapping], metrics: Sequence[st
             ax.set_xlabel("label", fontsize=8)
             if metric not in DISTANCE_METRICS:
                 ax.set_ylim(-0.02, 1.02)
-    fig.text(0.5, 0.005, "box: quartiles, line: median, triangle: mean, whiskers: 1.5 IQR;"
-             " n = cases per box (" + WEIGHTINGS[weighting] + "); infinite distances left out",
-             ha="center", va="bottom", fontsize=8)
+    fig.text(0.5, 0.005, box_plot_key(weighting), ha="center", va="bottom", fontsize=8, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

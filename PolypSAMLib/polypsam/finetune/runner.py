@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,10 +20,11 @@ from .train import (FinetuneConfig, FinetuneResult, Trainer, make_optimizer, run
 
 
 def _bar(total: int, desc: str, unit: str, enabled: bool, leave: bool = True):
-    from tqdm import tqdm
+    """A bar on a terminal; in a log, plain lines: one per epoch, none per batch."""
+    from ..progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=not enabled or None, leave=leave)
+    return progress_bar(total, desc, unit, enabled=enabled, leave=leave,
+                        every_update=unit == "epoch")
 
 
 def _load_data(cfg: FinetuneConfig):

@@ -8,6 +8,7 @@ sends only the chunks of frames it visits and reads masks back as an NDJSON stre
 a time, so progress and cancel work per frame. :meth:`ServerEngine.prefetch` uploads and encodes
 the image on screen on the client's background threads, so the caller never waits. A server that restarted or dropped the session
 is not an error: the client opens a new session, uploads what the server lacks and goes on.
+Close it (``close()``, or use it as a context manager) to delete its session on the server.
 """
 
 from __future__ import annotations
@@ -197,7 +198,14 @@ class ServerEngine:
         except PolypSAMError:
             pass
 
+    def __enter__(self) -> "ServerEngine":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Delete this client's server session (its uploads) and close the connection."""
         with self._prefetch_lock:
             background, self._background = self._background, None
             for handle in self._prefetches:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import zlib
 from typing import Any
 
@@ -99,7 +100,8 @@ def check_dtype_shape(dtype: str, shape: list[int] | tuple[int, ...], max_bytes:
         raise InvalidInputError(f"dtype {dtype!r} is not accepted: use one of {', '.join(ALLOWED_DTYPES)}")
     if not 1 <= len(shape) <= MAX_NDIM or any(int(s) < 1 for s in shape):
         raise InvalidInputError(f"shape {list(shape)} is not accepted: 1 to {MAX_NDIM} positive sizes")
-    nbytes = int(np.prod([int(s) for s in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+    # Python integers: a product past 64 bits (4294967296 x 4294967296) must not wrap to 0
+    nbytes = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
     if nbytes > max_bytes:
         raise InvalidInputError(
             f"array of {nbytes} bytes exceeds the server's limit of {max_bytes} bytes per array")
