@@ -160,12 +160,12 @@ def create_engine(settings: EngineSettings, *, allow_download: bool = False):
 def trained_intensity(settings: EngineSettings):
     """The intensity mapping a fine-tuned checkpoint's sidecar records (``None`` for registry
     weights, or a checkpoint trained on RGB only): engines apply it when a call gives none."""
-    from .checkpoints import read_sidecar
+    from .checkpoints import read_checkpoint_sidecar
     from .preprocess import parse_intensity
 
     if settings.kind != "in-process" or not settings.checkpoint:
         return None
-    recorded = read_sidecar(Path(settings.checkpoint).expanduser()).get("intensity")
+    recorded = read_checkpoint_sidecar(Path(settings.checkpoint).expanduser()).get("intensity")
     mapping = recorded.get("mapping") if isinstance(recorded, dict) else None
     return parse_intensity(mapping) if mapping else None
 
