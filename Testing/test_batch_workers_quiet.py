@@ -23,10 +23,11 @@ PROGRESS = re.compile(r"batch: \d+/\d+ cases \(")
 def _batch(manifest, out, checkpoint) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "polypsam.cli", "batch", str(manifest), "-o", str(out),
-         "--workers", "2", "--checkpoint", str(checkpoint), "--config", TINY_CONFIG,
+         "--workers", "2", "--threads", "1", "--checkpoint", str(checkpoint), "--config", TINY_CONFIG,
          "--device", "cpu", "--image-size", str(TEST_IMAGE_SIZE)],
         env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own process group, which the test signals like a terminal
+    # --threads 1: 2 workers x 1 thread fit 2 cores, so no oversubscription note is printed
 
 
 def test_ctrl_c_and_normal_end_print_only_polypsam_lines(tiny_checkpoint, tmp_path):
