@@ -75,7 +75,9 @@ class VideoFrames:
                     if not container.streams.video:
                         raise InvalidInputError(f"{self.path} holds no video stream")
                     stream = container.streams.video[0]
-                    stream.thread_type = "AUTO"
+                    # one thread: FFmpeg's decoder threads would call the Python log callback
+                    # installed here, and freeing the decoder (with the GIL held) waits for them
+                    stream.thread_type = "NONE"
                     announced = int(stream.frames or 0)
                     pts, corrupt = [], False
                     for frame in container.decode(stream):
