@@ -18,7 +18,8 @@ Data flows one way through it, one module per step:
   sequences (:mod:`.sequences`);
 * :mod:`.session` is the one entry point (:func:`start`/:func:`run`) for every button and click
   tool, and :class:`Session` the state the click tools keep between runs;
-* :mod:`.scene` sets the scene up (Add box, click tools' place mode, a new output segmentation);
+* :mod:`.scene` sets the scene up (Add box, the box list, click tools' place mode, a new output
+  segmentation);
   :mod:`.exporting` is the Export button, :mod:`.video_files` Load video, :mod:`.dependencies`
   the first-use installs, :mod:`.scenarios` the module's self-test scenarios.
 
@@ -39,7 +40,7 @@ from .history import (
 from .masking import EditorMasking
 from .nodes import Extent, ijk_to_world
 from .roi import FRAME_ATTRIBUTE, BoxPrompt, VoxelBox, box_prompts, roi_to_voxel_box
-from .scene import new_segmentation, place_box, place_clicks
+from .scene import box_rows, new_segmentation, place_box, place_clicks
 from .segments import (
     TAG_PREFIX, export_segment_labelmap, read_provenance, segment_names, write_mask_to_segment,
 )
@@ -58,7 +59,7 @@ __all__ = [
     "Click", "click_lists", "clicks_from_markups", "add_before_write_hook", "forget_undo_history",
     "redo", "remove_before_write_hook", "save_sequence_state_for_undo", "save_state_for_undo",
     "undo", "undo_history_count", "EditorMasking", "Extent", "ijk_to_world", "FRAME_ATTRIBUTE",
-    "BoxPrompt", "VoxelBox", "box_prompts", "roi_to_voxel_box", "new_segmentation", "place_box",
+    "BoxPrompt", "VoxelBox", "box_prompts", "roi_to_voxel_box", "box_rows", "new_segmentation", "place_box",
     "place_clicks", "TAG_PREFIX", "export_segment_labelmap", "read_provenance", "segment_names",
     "write_mask_to_segment", "write_tracked_masks_to_sequence", "PLANS", "Run", "Session", "run",
     "start", "ACTIONS", "BOX_ACTIONS", "CLICK_ACTIONS", "MODEL_FREE_ACTIONS", "Request", "Result",

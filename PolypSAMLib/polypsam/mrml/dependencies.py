@@ -170,12 +170,18 @@ def normal_cursor(app: Any = None) -> Iterator[None]:
             app.setOverrideCursor(shape)
 
 
+def show_dialog(display: Callable[..., Any], text: str, title: str) -> Any:
+    """``display(text, windowTitle=title)`` (a ``slicer.util`` message display) under the normal
+    cursor (:func:`normal_cursor`); what it returns."""
+    with normal_cursor():
+        return display(text, windowTitle=title)
+
+
 def confirm_dialog(text: str, title: str) -> bool:
-    """Slicer's OK/Cancel dialog, under the normal cursor (:func:`normal_cursor`)."""
+    """Slicer's OK/Cancel dialog under the normal cursor: whether the user pressed OK."""
     import slicer
 
-    with normal_cursor():
-        return bool(slicer.util.confirmOkCancelDisplay(text, windowTitle=title))
+    return bool(show_dialog(slicer.util.confirmOkCancelDisplay, text, title))
 
 
 def _slicer_confirm(text: str) -> bool:
