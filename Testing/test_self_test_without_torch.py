@@ -87,3 +87,27 @@ def test_self_test_reports_the_sam2_scenarios_skipped(env):
     assert result.wasSuccessful(), result.errors + result.failures
     assert [test.id().rsplit(".", 1)[-1] for test, _why in result.skipped] == ["test_sam2_scenarios"]
     testing.runUnitTest([], "PolypSAM")  # Slicer's own runner: raises unless every test passed
+
+
+@in_harness
+def test_install_consent_shows_the_normal_cursor(env):
+    """First use without torch: *Check / install dependencies* asks first; the consent dialog and
+    the warning after Cancel show the normal cursor although the button's run set a wait cursor
+    (Slicer 5.10 and 5.12 show message boxes under it: util.py@v5.10.0:3199; issue 18 §3.12)."""
+    import contextlib
+
+    util = env.slicer.util
+    os.environ.pop("POLYPSAM_INSTALL_CONSENT", None)
+    main_message_box = util._temporaryNormalCursor
+    util._temporaryNormalCursor = contextlib.nullcontext  # messageBox as Slicer 5.10.0 has it
+    try:
+        env.h.dialogs.answer("ctkMessageBox", env.qt.QMessageBox.Cancel, contains="sam2==1.1.0")
+        env.h.dialogs.answer("ctkMessageBox", env.qt.QMessageBox.Ok, contains="installation declined")
+        env.press(env.ui.dependenciesButton)
+    finally:
+        util._temporaryNormalCursor = main_message_box
+    consent, declined = env.h.dialogs.shown[-2:]
+    assert "torch==" in consent.text and consent.cursor is None, consent
+    assert declined.cursor is None, declined
+    assert env.qt.QApplication.overrideCursor() is None, "the wait cursor is gone after the run"
+    assert "declined" in env.ui.engineStatusLabel.text
