@@ -356,10 +356,13 @@ def test_box_list_keeps_its_selection_and_shows_renames(env):
 @in_harness
 def test_input_selector_shows_volume_subclasses_but_not_label_maps(env):
     """A streaming volume (a vtkMRMLVectorVolumeNode subclass the library reads) is offered as
-    input; label maps are not (qMRMLSortFilterProxyModel.cxx@v5.10.0:273-282; issue 18 §3.6)."""
+    input; label maps and diffusion volumes are not (qMRMLSortFilterProxyModel.cxx@v5.10.0:273-282;
+    issue 18 §3.6)."""
     ui, scene = env.ui, env.scene
     assert ui.inputSelector.showChildNodeTypes
-    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    for hidden in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode",
+                   "vtkMRMLDiffusionTensorVolumeNode"):  # no images SAM2 reads
+        scene.AddNewNodeByClass(hidden, hidden)
     scene.AddNewNodeByClass("vtkMRMLStreamingVolumeNode", "stream")
     env.rgb_frame()
     assert env.entries(ui.inputSelector) == ["None", "stream", "frame"]

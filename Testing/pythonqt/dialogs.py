@@ -4,9 +4,9 @@ A modal dialog runs a nested event loop until the user answers; there is no user
 modal call (``QDialog.exec_``, ``ctkMessageBox.exec_``, the static ``QFileDialog``/``QInputDialog``/
 ``QMessageBox`` functions) takes the next answer queued with :meth:`DialogScript.answer` instead,
 and is recorded in :attr:`DialogScript.shown` (kind, title, text, override cursor). A modal call
-with no matching answer is recorded in :attr:`DialogScript.unexpected` and raises :class:`UnexpectedDialog` where
-the dialog would have opened, so a test sees it. The nested event loop itself never runs: what a
-user could do while a modal dialog is open cannot be shown here.
+with no matching answer is recorded in :attr:`DialogScript.unexpected` and raises
+:class:`UnexpectedDialog` where the dialog would have opened, so a test sees it. The nested event
+loop itself never runs: what a user could do while a modal dialog is open cannot be shown here.
 
 Static dialogs return plain values, as PythonQt's generated wrappers do (``QString`` for
 ``QFileDialog.getOpenFileName``, where PyQt5 returns a (path, filter) tuple); ``bool* ok`` takes a
