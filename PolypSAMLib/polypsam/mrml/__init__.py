@@ -18,8 +18,7 @@ Data flows one way through it, one module per step:
   sequences (:mod:`.sequences`);
 * :mod:`.session` is the one entry point (:func:`start`/:func:`run`) for every button and click
   tool, and :class:`Session` the state the click tools keep between runs;
-* :mod:`.scene` sets the scene up (Add box, the box list, click tools' place mode, a new output
-  segmentation);
+* :mod:`.scene` sets the scene up (Add box, click tools' place mode, a new output segmentation);
   :mod:`.exporting` is the Export button, :mod:`.video_files` Load video, :mod:`.dependencies`
   the first-use installs, :mod:`.scenarios` the module's self-test scenarios.
 
