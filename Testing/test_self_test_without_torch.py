@@ -1,7 +1,7 @@
-"""PolypSAM's self-test where torch and sam2 are not installed (desktop Slicer before first use,
-the extensions build factory), as Slicer runs it: Reload and Test and the SelfTests module call
+"""PolypSAM where torch and sam2 are not installed (desktop Slicer before first use, the extensions
+build factory): its self-test as Slicer runs it (Reload and Test and the SelfTests module call
 ``runTest()`` directly and count ``SkipTest`` as a failure; ctest runs ``slicer.testing.runUnitTest``,
-which runs each ``test_*`` alone (issue 18 §3.7).
+which runs each ``test_*`` alone: issue 18 §3.7), and the first-use install's dialogs (§3.3, §3.12).
 
 It runs in the Qt harness (``Testing/pythonqt``) with Slicer's own framework from
 ``../shared/vendor/Slicer``, under ``python -S`` with every distribution of this environment
@@ -111,3 +111,40 @@ def test_install_consent_shows_the_normal_cursor(env):
     assert declined.cursor is None, declined
     assert env.qt.QApplication.overrideCursor() is None, "the wait cursor is gone after the run"
     assert "declined" in env.ui.engineStatusLabel.text
+
+
+@in_harness
+def test_a_failed_install_through_the_pytorch_extension_is_shown(env):
+    """Slicer 5.12+ (Slicer's own ``slicer.packaging`` present) with the PyTorch extension: its
+    installTorch runs light-the-torch with ``slicer.util._executePythonModule``, which shows no
+    dialog (SlicerPyTorch PyTorchUtils.py@e1c85cc:224), so PolypSAM shows the failure (issue 18
+    §3.3: it was taken as already shown by Slicer's installer)."""
+    import subprocess
+    import types
+
+    calls = []
+
+    class PyTorchUtilsLogic:  # PyTorchUtils.py@e1c85cc:194, light-the-torch failing
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None,
+                         torchVersionRequirement=None, torchvisionVersionRequirement=None):
+            calls.append((askConfirmation, torchVersionRequirement, torchvisionVersionRequirement))
+            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch", "install"])
+
+    spec = importlib.util.spec_from_file_location(
+        "slicer.packaging", SLICER_SOURCE / "Base" / "Python" / "slicer" / "packaging.py")
+    packaging = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(packaging)
+    extension = types.ModuleType("PyTorchUtils")
+    extension.PyTorchUtilsLogic = PyTorchUtilsLogic
+    sys.modules.update({"slicer.packaging": packaging, "PyTorchUtils": extension})
+    env.slicer.packaging = packaging
+    os.environ["POLYPSAM_INSTALL_CONSENT"] = "yes"
+    try:
+        env.h.dialogs.answer("ctkMessageBox", env.qt.QMessageBox.Ok, contains="light_the_torch")
+        env.press(env.ui.dependenciesButton)
+    finally:
+        del os.environ["POLYPSAM_INSTALL_CONSENT"], sys.modules["PyTorchUtils"], sys.modules["slicer.packaging"]
+        del env.slicer.packaging
+    env.expect_printed("light_the_torch")  # tryWithErrorDisplay re-raises after its dialog
+    assert calls == [(False, "==2.14.1", "==0.29.1")]
+    assert "Installing dependencies failed" in env.h.dialogs.shown[-1].text
