@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -148,17 +149,59 @@ def test_no_restart_when_torch_was_not_replaced(monkeypatch):
     assert status.ready and not status.restart_needed, status
 
 
-def test_failure_shown_by_slicers_installer_is_not_shown_twice():
+def _slicer_512(monkeypatch, pip_install):
+    """Slicer 5.12+: ``slicer.packaging.pip_install`` (here ``pip_install``) behind PolypSAM's pip."""
+    import types
+
+    import slicer
+
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_install = pip_install
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+
+
+#: What Slicer raises: its progress dialog's path right after errorDisplay (packaging.py@v5.12.0:
+#: 759-764), and every path that shows nothing: testing mode, Slicer 5.10's pip_install and
+#: PyTorchUtils' light-the-torch run (util.py logProcessOutput: the argument list, no dialog).
+SHOWN = subprocess.CalledProcessError(1, "pip install")
+NOT_SHOWN = subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", "sam2==1.1.0"])
+
+
+@pytest.mark.parametrize("failure, shown", [(SHOWN, True), (NOT_SHOWN, False), (OSError("disk full"), False)])
+def test_only_failures_slicers_installer_showed_count_as_reported(monkeypatch, failure, shown):
+    """Slicer 5.12+: a failure its pip_install showed is not shown twice; any other is PolypSAM's
+    to show (issue 18 §3.3)."""
     env = _FakeEnv(ALL - {"sam2"})
 
-    def failing(requirements):
-        raise RuntimeError("pip exited with status 1")
+    def failing(requirements, **kwargs):
+        raise failure
+
+    _slicer_512(monkeypatch, failing)
+    for ensure in (lambda: deps.ensure_dependencies(confirm=lambda text: True, torch_installer=None,
+                                                    find_spec=env.find_spec),
+                   lambda: deps.ensure_optional("coco", confirm=lambda text: True,
+                                                find_spec=lambda name: None)):
+        with pytest.raises(deps.DependencyInstallError) as caught:
+            ensure()
+        assert caught.value.reported is shown and not caught.value.restart_needed
+
+
+def test_pytorch_extension_failure_is_never_taken_as_shown(monkeypatch):
+    """PyTorchUtils' installTorch runs light-the-torch with slicer.util._executePythonModule,
+    which shows no dialog (SlicerPyTorch PyTorchUtils.py@e1c85cc:224): on Slicer 5.12+ too, its
+    failure is PolypSAM's to show."""
+    env = _FakeEnv(ALL - {"torch", "torchvision"})
+    _slicer_512(monkeypatch, lambda requirements, **kwargs: None)
+    ltt = subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch", "install", "torch==2.14.1"])
+
+    def pytorch_utils(torch_requirement, torchvision_requirement):
+        raise ltt
 
     with pytest.raises(deps.DependencyInstallError) as caught:
-        deps.ensure_dependencies(confirm=lambda text: True, pip_install=failing,
-                                 torch_installer=None, find_spec=env.find_spec,
-                                 pip_reports_errors=True)
-    assert caught.value.reported and not caught.value.restart_needed
+        deps.ensure_dependencies(confirm=lambda text: True, torch_installer=pytorch_utils,
+                                 find_spec=env.find_spec)
+    assert not caught.value.reported and caught.value.__cause__ is ltt
 
 
 def test_slicer_packaging_installs_under_polypsams_name(monkeypatch):

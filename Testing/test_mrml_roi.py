@@ -277,3 +277,18 @@ def test_frame_from_vector_node(slicer_scene):
     stack = add_volume(slicer_scene, np.zeros((2, 24, 32, 3), np.uint8), class_name="vtkMRMLVectorVolumeNode")
     with pytest.raises(InvalidInputError, match="expected"):
         mrml.frame_from_vector_node(stack)
+
+
+def test_box_rows_follow_the_rois_names_and_choice(slicer_scene):
+    """The box list's rows: every ROI in scene order with its current name, checked when chosen;
+    other nodes change nothing (the widget rebuilds only when the rows change)."""
+    a = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "A")
+    b = slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "B")
+    before = mrml.box_rows(slicer_scene, [b, None])
+    assert before == [(a.GetID(), "A", False), (b.GetID(), "B", True)]
+    slicer_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "not a box")
+    a.SetCenter(1.0, 2.0, 3.0)
+    assert mrml.box_rows(slicer_scene, [b]) == before
+    a.SetName("renamed")
+    slicer_scene.RemoveNode(b)
+    assert mrml.box_rows(slicer_scene, [b]) == [(a.GetID(), "renamed", False)]

@@ -6,6 +6,7 @@ logic is what they use of it: the library's session and an engine worker thread.
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -40,6 +41,15 @@ def test_self_test_scenario_runs_on_slicer_core(what, logic, module_engine):
     scenario(logic, module_engine, lambda: pumped.append(1))
     if scenario is scenarios.propagate_volume:
         assert pumped, "the scenario served the calling thread while the model worked"
+
+
+def test_propagate_scenario_exports_without_slicerio(logic, module_engine, monkeypatch):
+    """Desktop Slicer has no slicerio: the self-test's ``.seg.nrrd`` export goes through Slicer's
+    own storage node (issue 18 §3.7)."""
+    from polypsam.mrml import scenarios
+
+    monkeypatch.setitem(sys.modules, "slicerio", None)  # import slicerio raises ImportError
+    scenarios.propagate_volume(logic, module_engine, lambda: None)
 
 
 def test_a_failing_check_names_what_failed(logic, module_engine, slicer_scene):

@@ -57,7 +57,7 @@ NOT_NEEDED_BY_THE_MODULE = {
     "zstandard": "optional: the server client falls back to zlib without it",
 }
 #: Importable in Slicer but no pip distributions there.
-SLICER_MODULES = {"slicer", "vtk", "qt", "ctk", "PyTorchUtils"}  # PyTorchUtils: an extension
+SLICER_MODULES = {"slicer", "vtk", "qt", "ctk", "PythonQt", "PyTorchUtils"}  # PyTorchUtils: an extension
 
 
 def installer_requirements() -> tuple[list[str], list[str]]:

@@ -333,6 +333,44 @@ def test_remove_box_and_box_list(env):
 
 
 @in_harness
+def test_box_list_keeps_its_selection_and_shows_renames(env):
+    """Nodes added or removed elsewhere in the scene leave the box list and its selection alone,
+    so Remove box removes the box selected before; a renamed box shows its new name (issue 18
+    §3.9)."""
+    ui = env.ui
+    frame = env.rgb_frame()
+    env.choose(ui.inputSelector, "frame")
+    a = env.add_box((40, 40, 0), (20, 20, 1), frame)
+    b = env.add_box((70, 50, 0), (20, 20, 1), frame)
+    env.select_item(b.GetName())
+    other = env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "not a box")
+    env.scene.RemoveNode(other)
+    assert ui.roiListWidget.currentItem() is not None, "the selection survives other nodes"
+    a.SetName("Renamed box")
+    assert env.list_items() == [("Renamed box", True), (b.GetName(), True)]
+    assert ui.roiListWidget.currentItem().text() == b.GetName(), "a rename keeps the selection"
+    env.press(ui.removeBoxButton)
+    assert env.scene.GetNodeByID(b.GetID()) is None and env.list_items() == [("Renamed box", True)]
+
+
+@in_harness
+def test_input_selector_shows_volume_subclasses_but_not_label_maps(env):
+    """A streaming volume (a vtkMRMLVectorVolumeNode subclass the library reads) is offered as
+    input; label maps and diffusion volumes are not (qMRMLSortFilterProxyModel.cxx@v5.10.0:273-282;
+    issue 18 §3.6)."""
+    ui, scene = env.ui, env.scene
+    assert ui.inputSelector.showChildNodeTypes
+    for hidden in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode",
+                   "vtkMRMLDiffusionTensorVolumeNode"):  # no images SAM2 reads
+        scene.AddNewNodeByClass(hidden, hidden)
+    scene.AddNewNodeByClass("vtkMRMLStreamingVolumeNode", "stream")
+    env.rgb_frame()
+    assert env.entries(ui.inputSelector) == ["None", "stream", "frame"]
+    env.choose(ui.inputSelector, "stream")
+    assert env.parameters().inputVolume.IsA("vtkMRMLStreamingVolumeNode")
+
+
+@in_harness
 def test_track_through_a_4d_volume(env):
     """Track writes one segmentation per time point (two here), synchronised to the browser."""
     ui = env.ui
@@ -409,6 +447,24 @@ def test_export_asks_format_and_path(env):
     env.press(ui.exportButton)
     assert target.is_file() and target.stat().st_size > 0
     assert str(target) in ui.statusLabel.text
+
+
+@in_harness
+def test_export_cancel_on_the_format_cancels(env):
+    """Cancel on the format list asks nothing more and writes nothing (Qt 5's getItem returns the
+    current item on Cancel: only ``ok`` tells; issue 18 §3.8)."""
+    from pythonqt.dialogs import CANCEL
+
+    ui = env.ui
+    frame = env.rgb_frame()
+    env.choose(ui.inputSelector, "frame")
+    env.add_box((50, 48, 0), (44, 44, 1), frame)
+    env.press(ui.segmentButton)
+    status = ui.statusLabel.text
+    env.h.dialogs.answer("QInputDialog.getItem", CANCEL)
+    env.press(ui.exportButton)
+    assert [d.kind for d in env.h.dialogs.shown] == ["QInputDialog.getItem"], "no file dialog after Cancel"
+    assert ui.statusLabel.text == status and env.panel.enabled
 
 
 # ---- clicks and candidates -------------------------------------------------------------------
@@ -526,6 +582,29 @@ def test_declined_weights_download_runs_nothing(env):
     segmentations = env.slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
     assert all(s.GetSegmentation().GetNumberOfSegments() == 0 for s in segmentations)
     assert ui.statusLabel.text == "" and env.panel.enabled
+
+
+@in_harness
+def test_consent_dialogs_show_the_normal_cursor(env):
+    """Slicer 5.10 and 5.12 show message boxes under the wait cursor a run sets
+    (util.py@v5.10.0:3199 ``return mbox.exec_()``; main takes it off: _temporaryNormalCursor):
+    PolypSAM's consent dialogs take it off themselves, and put it back (issue 18 §3.12)."""
+    import contextlib
+
+    ui, util = env.ui, env.slicer.util
+    frame = env.rgb_frame()
+    env.choose(ui.inputSelector, "frame")
+    env.add_box((50, 48, 0), (44, 44, 1), frame)
+    ui.checkpointPathLineEdit.text = ""
+    main_message_box = util._temporaryNormalCursor
+    util._temporaryNormalCursor = contextlib.nullcontext  # messageBox as Slicer 5.10.0 has it
+    try:
+        env.h.dialogs.answer("ctkMessageBox", env.qt.QMessageBox.Cancel, contains="Download the weights")
+        env.press(ui.segmentButton)
+    finally:
+        util._temporaryNormalCursor = main_message_box
+    assert env.h.dialogs.shown[-1].cursor is None, "the consent dialog under a wait cursor"
+    assert env.qt.QApplication.overrideCursor() is None, "and nothing left over after the run"
 
 
 @in_harness

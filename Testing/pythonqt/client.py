@@ -32,8 +32,9 @@ class ScenarioError(RuntimeError):
 
 class Worker:
     def __init__(self, scenario_module: str, checkpoint: str, env: dict[str, str] | None = None,
-                 timeout: float = 300.0) -> None:
-        self._args = [sys.executable, str(WORKER), scenario_module, checkpoint]
+                 timeout: float = 300.0, python: tuple[str, ...] = (sys.executable,)) -> None:
+        """``python``: the interpreter and its options (``python -S``: only ``PYTHONPATH``'s packages)."""
+        self._args = [*python, str(WORKER), scenario_module, checkpoint]
         self._env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", **(env or {})}
         self._timeout = timeout
         self._proc: subprocess.Popen | None = None

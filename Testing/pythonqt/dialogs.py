@@ -3,10 +3,10 @@
 A modal dialog runs a nested event loop until the user answers; there is no user here, so every
 modal call (``QDialog.exec_``, ``ctkMessageBox.exec_``, the static ``QFileDialog``/``QInputDialog``/
 ``QMessageBox`` functions) takes the next answer queued with :meth:`DialogScript.answer` instead,
-and is recorded in :attr:`DialogScript.shown` (kind, title, text). A modal call with no matching
-answer is recorded in :attr:`DialogScript.unexpected` and raises :class:`UnexpectedDialog` where
-the dialog would have opened, so a test sees it. The nested event loop itself never runs: what a
-user could do while a modal dialog is open cannot be shown here.
+and is recorded in :attr:`DialogScript.shown` (kind, title, text, override cursor). A modal call
+with no matching answer is recorded in :attr:`DialogScript.unexpected` and raises
+:class:`UnexpectedDialog` where the dialog would have opened, so a test sees it. The nested event
+loop itself never runs: what a user could do while a modal dialog is open cannot be shown here.
 
 Static dialogs return plain values, as PythonQt's generated wrappers do (``QString`` for
 ``QFileDialog.getOpenFileName``, where PyQt5 returns a (path, filter) tuple); ``bool* ok`` takes a
@@ -35,6 +35,7 @@ class Shown:
     title: str
     text: str
     answer: Any = None
+    cursor: Any = None  # the override cursor's shape while it was shown (None: the normal one)
 
 
 @dataclass
@@ -65,7 +66,8 @@ class DialogScript:
         self.cancel_progress += 1
 
     def take(self, kind: str, title: str, text: str) -> Any:
-        record = Shown(kind, title, text)
+        cursor = QtWidgets.QApplication.overrideCursor()
+        record = Shown(kind, title, text, cursor=None if cursor is None else cursor.shape())
         self.shown.append(record)
         head = self.queue[0] if self.queue else None
         if head is None or head.kind != kind or head.contains not in f"{title}\n{text}":

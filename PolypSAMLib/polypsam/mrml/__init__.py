@@ -39,7 +39,7 @@ from .history import (
 from .masking import EditorMasking
 from .nodes import Extent, ijk_to_world
 from .roi import FRAME_ATTRIBUTE, BoxPrompt, VoxelBox, box_prompts, roi_to_voxel_box
-from .scene import new_segmentation, place_box, place_clicks
+from .scene import box_rows, new_segmentation, place_box, place_clicks
 from .segments import (
     TAG_PREFIX, export_segment_labelmap, read_provenance, segment_names, write_mask_to_segment,
 )
@@ -58,7 +58,7 @@ __all__ = [
     "Click", "click_lists", "clicks_from_markups", "add_before_write_hook", "forget_undo_history",
     "redo", "remove_before_write_hook", "save_sequence_state_for_undo", "save_state_for_undo",
     "undo", "undo_history_count", "EditorMasking", "Extent", "ijk_to_world", "FRAME_ATTRIBUTE",
-    "BoxPrompt", "VoxelBox", "box_prompts", "roi_to_voxel_box", "new_segmentation", "place_box",
+    "BoxPrompt", "VoxelBox", "box_prompts", "roi_to_voxel_box", "box_rows", "new_segmentation", "place_box",
     "place_clicks", "TAG_PREFIX", "export_segment_labelmap", "read_provenance", "segment_names",
     "write_mask_to_segment", "write_tracked_masks_to_sequence", "PLANS", "Run", "Session", "run",
     "start", "ACTIONS", "BOX_ACTIONS", "CLICK_ACTIONS", "MODEL_FREE_ACTIONS", "Request", "Result",

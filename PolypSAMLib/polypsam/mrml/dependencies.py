@@ -39,10 +39,11 @@ import logging
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 TORCH_VERSION = "2.14.1"
 TORCHVISION_VERSION = "0.29.1"
@@ -80,7 +81,8 @@ CONSENT_ENV = "POLYPSAM_INSTALL_CONSENT"
 
 class DependencyInstallError(RuntimeError):
     """Installing a dependency failed; ``restart_needed`` says whether a restart may fix it;
-    ``reported`` that the user has already seen the failure (Slicer's installer showed it)."""
+    ``reported`` that the user has already seen the failure (Slicer's installer showed it:
+    :func:`shown_by_slicer`)."""
 
     def __init__(self, message: str, restart_needed: bool = False, reported: bool = False) -> None:
         super().__init__(message)
@@ -147,21 +149,66 @@ def describe_plan(missing: dict[str, list[str]], use_pytorch_extension: bool) ->
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def normal_cursor(app: Any = None) -> Iterator[None]:
+    """The normal mouse cursor while a dialog waits for the user: every override cursor (the wait
+    cursor ``tryWithErrorDisplay(waitCursor=True)`` sets around a run) is taken off, and put back
+    afterwards. Slicer 5.10 and 5.12 show message boxes under it (util.py@v5.10.0:3199
+    ``return mbox.exec_()``); Slicer main does this itself (``_temporaryNormalCursor``, b9342947)."""
+    if app is None:
+        import slicer
+
+        app = getattr(slicer, "app", None)  # None outside Slicer's application (slicer-core)
+    shapes = []
+    while app is not None and app.overrideCursor() is not None and len(shapes) < 50:  # never hang on a stuck stack
+        shapes.append(app.overrideCursor().shape())
+        app.restoreOverrideCursor()
+    try:
+        yield
+    finally:
+        for shape in reversed(shapes):
+            app.setOverrideCursor(shape)
+
+
+def show_dialog(display: Callable[..., Any], text: str, title: str) -> Any:
+    """``display(text, windowTitle=title)`` (a ``slicer.util`` message display) under the normal
+    cursor (:func:`normal_cursor`); what it returns."""
+    with normal_cursor():
+        return display(text, windowTitle=title)
+
+
+def confirm_dialog(text: str, title: str) -> bool:
+    """Slicer's OK/Cancel dialog under the normal cursor: whether the user pressed OK."""
+    import slicer
+
+    return bool(show_dialog(slicer.util.confirmOkCancelDisplay, text, title))
+
+
 def _slicer_confirm(text: str) -> bool:
     answer = os.environ.get(CONSENT_ENV, "").strip().lower()
     if answer in ("yes", "no"):
         logging.info("PolypSAM: %s=%s answers: %s", CONSENT_ENV, answer, text)
         return answer == "yes"
-    import slicer
+    return confirm_dialog(text, "PolypSAM: install dependencies")
 
-    return bool(slicer.util.confirmOkCancelDisplay(text, windowTitle="PolypSAM: install dependencies"))
+
+def shown_by_slicer(exc: BaseException) -> bool:
+    """Whether Slicer already showed ``exc`` to the user in an error dialog.
+
+    Only Slicer's ``packaging.pip_install`` (5.12+, also behind ``slicer.util.pip_install``) shows
+    one, and only on its progress-dialog path, where it raises ``CalledProcessError(code, "pip
+    install")`` right after ``errorDisplay`` (packaging.py@v5.12.0:759-764, @583e9b37:779-784).
+    Its other paths (testing mode, PythonSlicer, a worker thread), Slicer 5.10's pip_install and
+    PyTorchUtils' ``installTorch`` (``slicer.util._executePythonModule("light_the_torch", ...)``)
+    raise ``CalledProcessError`` with the argument list and show nothing (util.py@v5.10.0:3954)."""
+    return isinstance(exc, subprocess.CalledProcessError) and exc.cmd == "pip install"
 
 
 def slicer_pip_installer() -> tuple[Callable[[str], None], bool]:
     """``(pip_install, reports_errors)`` for this Slicer.
 
     Slicer 5.12+ has ``slicer.packaging.pip_install``, which shows its own progress and error
-    dialogs under PolypSAM's name; PolypSAM then must not show a second error. Older Slicers
+    dialogs under PolypSAM's name (a failure it showed is :func:`shown_by_slicer`). Older Slicers
     have only ``slicer.util.pip_install``, whose failures PolypSAM reports itself.
     """
     try:
@@ -245,15 +292,14 @@ def ensure_dependencies(
     find_spec: Callable[[str], object] = importlib.util.find_spec,
     log: Callable[[str], None] = logging.info,
     python_version: Sequence[int] = tuple(sys.version_info[:3]),
-    pip_reports_errors: Optional[bool] = None,
 ) -> DependencyStatus:
     """Check torch/sam2; with the user's consent install what is missing.
 
     ``torch_installer=True`` looks up the PyTorch extension; ``None``/``False`` forces pip.
     Returns a :class:`DependencyStatus`; raises :class:`DependencyInstallError` when this
     Slicer's Python is too old (before offering anything) or an install fails (with
-    ``restart_needed`` when torch was replaced while loaded, and ``reported`` when
-    ``pip_install`` already showed the failure; default: Slicer's installer does from 5.12).
+    ``restart_needed`` when torch was replaced while loaded, and ``reported`` when Slicer's
+    installer already showed the failure: :func:`shown_by_slicer`).
     A restart is asked for only when torch itself was replaced while loaded, or a package still
     cannot be imported.
     """
@@ -261,8 +307,6 @@ def ensure_dependencies(
     if not any(missing.values()):
         return DependencyStatus(ready=True, message="torch and sam2 are installed")
     check_python(python_version)
-    if pip_reports_errors is None:
-        pip_reports_errors = pip_install is _slicer_pip_install and slicer_pip_installer()[1]
     if torch_installer is True:
         torch_installer = pytorch_extension_installer()
     torch_installer = torch_installer or None
@@ -314,7 +358,7 @@ def ensure_dependencies(
         raise DependencyInstallError(
             f"installing PolypSAM's dependencies failed{done}: {exc}",
             restart_needed=torch_was_loaded and bool(missing["torch"]) and bool(installed),
-            reported=pip_reports_errors,
+            reported=shown_by_slicer(exc),
         ) from exc
 
     importlib.invalidate_caches()
@@ -399,7 +443,6 @@ def ensure_optional(
     find_spec: Callable[[str], object] = importlib.util.find_spec,
     version: Callable[[str], Optional[str]] = _installed_version,
     log: Callable[[str], None] = logging.info,
-    pip_reports_errors: Optional[bool] = None,
 ) -> DependencyStatus:
     """With the user's consent, install the pinned packages ``feature`` still needs.
 
@@ -414,15 +457,13 @@ def ensure_optional(
     if not confirm(describe_optional(support)):
         return DependencyStatus(ready=False, declined=True, message=(
             f"installation declined: {FEATURE_TITLES[feature]} needs {' '.join(support.requirements)}"))
-    if pip_reports_errors is None:
-        pip_reports_errors = pip_install is _slicer_pip_install and slicer_pip_installer()[1]
     log(f"PolypSAM: pip install {' '.join(support.requirements)}")
     try:
         pip_install(" ".join(support.requirements))
     except Exception as exc:  # pip failures come as CalledProcessError and friends
         raise DependencyInstallError(
             f"installing {' '.join(support.requirements)} failed (packages already installed,"
-            f" Slicer's own included, are never changed): {exc}", reported=pip_reports_errors) from exc
+            f" Slicer's own included, are never changed): {exc}", reported=shown_by_slicer(exc)) from exc
     importlib.invalidate_caches()
     if optional_support(feature, find_spec, version).status != "ready":
         return DependencyStatus(ready=False, installed=list(support.requirements),

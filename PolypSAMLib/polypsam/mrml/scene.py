@@ -1,8 +1,9 @@
-"""Scene set-up for the buttons: Add box (an ROI in place mode) and a new output segmentation."""
+"""Scene set-up for the buttons: Add box (an ROI in place mode), the box list's rows and a new
+output segmentation."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import slicer
 
@@ -34,6 +35,16 @@ def place_box(scene: Any, selection_node: Any, interaction_node: Any, name: str 
         _remember_frame_when_placed(roi, browser)
     _start_placing(selection_node, interaction_node, roi, persistent=False)
     return roi
+
+
+def box_rows(scene: Any, chosen: Iterable[Any] = ()) -> list[tuple[str, str, bool]]:
+    """The box list: ``(node ID, name, checked)`` of every ROI of ``scene`` in scene order, checked
+    when it is one of ``chosen`` (the parameter node's ``rois``). The list is rebuilt only when
+    these rows change, so other nodes and moved handles leave it (and its selection) alone."""
+    ids = {node.GetID() for node in chosen if node is not None}
+    rois = [scene.GetNthNodeByClass(i, "vtkMRMLMarkupsROINode")
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode"))]
+    return [(roi.GetID(), roi.GetName(), roi.GetID() in ids) for roi in rois]
 
 
 def _start_placing(selection_node: Any, interaction_node: Any, node: Any, persistent: bool) -> None:
