@@ -128,7 +128,7 @@ def test_propagate_overlay_one_picture_per_slice(shared_data, engine, monkeypatc
                      "-o", str(out), "--overlay"]) == 0
     folder = tmp_path / "lesion_overlay"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "slice_0013.png", "slice_0014.png", "slice_0015.png"]
+        "provenance.json", "slice_0013.png", "slice_0014.png", "slice_0015.png"]
     key = io.read_image(folder / "slice_0014.png")
     assert key.shape[1] == 366  # 122 x 101 slices, enlarged 3 times
 

@@ -191,6 +191,6 @@ def test_segment_outputs_appear_together_or_not_at_all(use_engine, frame_png, tm
     rc = cli.main(["segment", str(frame_png), "--point", "44", "40", "--candidates", "-o", str(out),
                    "--overlay", str(tmp_path / "overlay.png")])
     assert rc == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "frame.png", "m.png", "m_candidate1.png", "m_candidate2.png", "m_candidate3.png", "o.png",
-        "overlay.png"]
+    written = ["m.png", "m_candidate1.png", "m_candidate2.png", "m_candidate3.png", "overlay.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["frame.png", "o.png", *written, *(f"{name}.provenance.json" for name in written)])

@@ -217,7 +217,7 @@ def test_track_into_an_existing_folder_replaces_its_masks_on_success(use_engine,
                    "--overlay"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f1.png", "f2.png", "notes.txt",
-                                                     "overlay"]
+                                                     "overlay", "provenance.json"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "f1.png").read_bytes() != b"old"
     assert sorted(p.name for p in (out / "overlay").iterdir()) == ["f0.png", "f1.png", "f2.png"]
     assert not list(tmp_path.glob(".polypsam-partial-*"))

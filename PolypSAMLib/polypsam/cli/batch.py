@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                             " OUTDIR must be at the same paths on every worker")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="torch threads of every model call, in this process and on every worker"
-                        " (default: this process's torch thread count). Results can differ by a"
+                        " (default: %(default)s = this process's torch thread count). Results can differ by a"
                         " pixel between thread counts; the same T gives the same outputs whether"
                         " a case runs here or on a worker. Recorded in case.json")
     p.add_argument("--labelmap-format", choices=tuple(LABELMAP_SUFFIXES), default="nifti",
