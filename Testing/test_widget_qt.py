@@ -667,3 +667,24 @@ def test_track_on_a_video_with_the_cts_segmentation_advises_a_new_output(env):
     message = env.h.dialogs.shown[-1].text
     assert "another voxel grid" in message, message  # what the prototype saw
     assert "new output segmentation" in message.lower(), message
+
+
+@in_harness
+def test_enter_after_exit_removes_no_observer_twice(env):
+    """Leaving and entering the module (also around a scene close) removes each observation once:
+    VTKObservationMixin warns "does not have observer" on a second removal (harness finding)."""
+    import warnings
+
+    widget = env.module_cpp.widgetRepresentation()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        widget.exit()
+        widget.enter()
+        widget.exit()
+        env.scene.Clear(0)
+        widget.enter()
+        env.scene.Clear(0)
+        widget.exit()
+        widget.enter()
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "observer" in m], messages
