@@ -6,6 +6,8 @@ and :func:`write` owns what every write needs:
 
 * the Segment Editor's masking (editable area, intensity range, overwrite mode) for region writes
   (:mod:`.masking`), checked before any model work by :func:`check_masking`;
+* nodes still in the scene: a node removed (or a scene closed) while the model ran is refused
+  with one clear error and nothing is written (:func:`require_in_scene`);
 * one undo step for the whole run (:mod:`.history`), restored if any write fails;
 * provenance: the run's tags (the engine's provenance) plus each write's own, as segment tags;
 * the writes themselves: region writes into segments (:mod:`.segments`), sequence writes into a
@@ -19,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from . import history
 from .masking import EditorMasking, apply_masking, check_masking_applies
 from .nodes import Extent
@@ -83,6 +86,14 @@ def check_masking(editor_node: Any, rgb: bool) -> EditorMasking:
     return masking
 
 
+def require_in_scene(node: Any, what: str) -> None:
+    """Refuse a node that left its scene (removed, or its scene closed) since the run read it."""
+    if node is not None and node.GetScene() is None:
+        raise InvalidInputError(
+            f"the {what} '{node.GetName()}' was removed from the scene (or the scene was closed)"
+            " while PolypSAM ran: nothing was written")
+
+
 def write(
     segmentation_node: Any,
     writes: Sequence[RegionWrite | SequenceWrite],
@@ -100,6 +111,10 @@ def write(
     """
     if not writes:  # nothing to write: no undo step either
         return Written()
+    require_in_scene(segmentation_node, "output segmentation")
+    require_in_scene(reference, "input")
+    for w in writes:
+        require_in_scene(getattr(w, "browser", None), "sequence browser")
     base = dict(provenance or {})
     sequences = [w for w in writes if isinstance(w, SequenceWrite)]
     if sequences:
