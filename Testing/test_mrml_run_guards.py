@@ -229,7 +229,6 @@ def test_check_inputs_names_what_is_missing_before_anything_happens(slicer_scene
         ("propagate", volume): "no box",
         ("propagate", proxy): "needs a scalar volume",
         ("start-from-segment", volume): "no output segmentation",
-        ("candidate", volume): "no output segmentation",
     }
     for (action, node), message in refused.items():
         rois = [] if (action, node) == ("propagate", volume) else [roi]
@@ -242,6 +241,7 @@ def test_check_inputs_names_what_is_missing_before_anything_happens(slicer_scene
     mrml.check_inputs(mrml.Request("track", browser_node=browser, rois=[roi]))  # output made later
     mrml.check_inputs(mrml.Request("propagate-clicks", input_node=proxy, browser_node=browser))
     mrml.check_inputs(mrml.Request("clicks", input_node=volume))
+    mrml.check_inputs(mrml.Request("candidate", input_node=volume))  # "No candidates" says why
     assert slicer_scene.GetNumberOfNodes() == nodes, "nothing made in the scene"
 
 

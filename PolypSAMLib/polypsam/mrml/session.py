@@ -150,8 +150,9 @@ def check_inputs(request: Request) -> None:
             "vtkMRMLVectorVolumeNode"):
         raise InvalidInputError(f"{action} needs a scalar volume; '{node.GetName()}' is an RGB"
                                 " frame (one slice)")
-    if action in ("candidate", "start-from-segment") and request.segmentation_node is None:
-        raise InvalidInputError("no output segmentation selected")
+    if action == "start-from-segment" and request.segmentation_node is None:
+        raise InvalidInputError("no output segmentation selected: Start from segment needs its"
+                                " segment")
 
 
 def run(request: Request, engine: Any = None, context: Optional[RunContext] = None) -> Result:
