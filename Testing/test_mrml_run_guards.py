@@ -292,3 +292,43 @@ def test_one_output_tracked_from_two_browsers_is_refused(slicer_scene, slicer_co
     with pytest.raises(InvalidInputError, match="already tracked"):
         mrml.write_tracked_masks_to_sequence(second, seg, {0: np.ones((HEIGHT, WIDTH), dtype=bool)})
     assert second.GetSequenceNode(seg) is None
+
+
+# ---- the editable intensity range is the Segment Editor's source volume's ------------------------
+
+
+def test_the_intensity_range_masks_the_segment_editors_source_volume(slicer_scene, engine):
+    """Slicer masks the intensities of the Segment Editor's source volume
+    (vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap at v5.10.0), which may be another
+    volume than PolypSAM's input: its voxels decide, on the same grid; another grid is refused
+    before the model runs."""
+    from polypsam import mrml
+    from polypsam.errors import InvalidInputError
+
+    array = _lesion()
+    volume = add_volume(slicer_scene, array, name="ct")
+    other_values = np.where(np.arange(array.shape[2]) < 22, 100, -500).astype(np.int16)
+    other = add_volume(slicer_scene, np.broadcast_to(other_values, array.shape).copy(), name="other")
+    editor = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "editor")
+    editor.SourceVolumeIntensityMaskOn()
+    editor.SetSourceVolumeIntensityMaskRange(0, 200)
+    editor.SetAndObserveSourceVolumeNode(other)
+    include, _ = mrml.click_lists(slicer_scene, "Polyp")
+    _click(include, volume, 22.0, 20.0, 3.0)
+    plain = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "plain")
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "masked")
+    fields = dict(input_node=volume, segment="Polyp", include=include)
+    run_action("clicks", engine, segmentation_node=plain, **fields)
+    run_action("clicks", engine, segmentation_node=seg, editor_node=editor, **fields)
+    computed = mrml.export_segment_labelmap(plain, volume, ["Polyp"])[3] == 1
+    written = mrml.export_segment_labelmap(seg, volume, ["Polyp"])[3] == 1
+    in_range = (other_values >= 0) & (other_values <= 200)
+    inputs_range = (array[3] >= 0) & (array[3] <= 200)
+    assert not np.array_equal(computed & in_range, computed & inputs_range), "a telling case"
+    np.testing.assert_array_equal(written, computed & in_range)
+
+    elsewhere = add_volume(slicer_scene, array, np.diag([2.0, 2.0, 2.0, 1.0]), name="coarse")
+    editor.SetAndObserveSourceVolumeNode(elsewhere)
+    with pytest.raises(InvalidInputError, match="source volume 'coarse' is not on the grid"):
+        mrml.start(mrml.Request("clicks", segmentation_node=seg, editor_node=editor, **fields),
+                   _Recorder(engine))

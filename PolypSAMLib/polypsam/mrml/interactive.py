@@ -93,7 +93,7 @@ def clicks(request: Request, engine: Any, context: Any) -> Plan:
     for k, (points, labels) in by_slice.items():
         mask = existing[k] if existing is not None and existing[k].any() else None
         prompts[k] = Prompt(box=box_of.get(k), points=points, labels=labels, mask=mask)
-    check_masking(request.editor_node, rgb)
+    check_masking(request.editor_node, rgb, input_node)
     progress, cancel = context.progress, context.cancel
 
     def compute() -> dict:
@@ -157,7 +157,7 @@ def candidate(request: Request, engine: Any, context: Any) -> Plan:
     require_output(request.segmentation_node)
     images, source, rgb = _read_input(request.input_node)
     height, width = images.shape[1:3]
-    check_masking(request.editor_node, rgb)
+    check_masking(request.editor_node, rgb, request.input_node)
 
     def writes(_: Any) -> list[RegionWrite]:
         return [RegionWrite(result.segment, np.asarray(masks[index])[None],
@@ -232,7 +232,7 @@ def propagate_clicks(request: Request, engine: Any, context: Any,
     key_prompt = Prompt(box=key_box, points=points, labels=labels, mask=key_mask)
     refinements = [FramePrompt(k, 1, points=p, labels=lab)
                    for k, (p, lab) in by_slice.items() if k != key]
-    check_masking(request.editor_node, rgb=False)
+    check_masking(request.editor_node, False, input_node)
     previous = request.previous.propagation if request.previous is not None else None
     progress, cancel = context.progress, context.cancel
 

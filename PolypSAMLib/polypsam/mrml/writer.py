@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from . import history
-from .masking import EditorMasking, apply_masking, check_masking_applies
+from .masking import EditorMasking, apply_masking, check_masking_applies, intensity_source
 from .nodes import Extent
 from .segments import write_mask_to_segment
 from .sequences import write_tracked_masks_to_sequence
@@ -78,11 +78,14 @@ class Written:
     sequence: Any = None
 
 
-def check_masking(editor_node: Any, rgb: bool) -> EditorMasking:
+def check_masking(editor_node: Any, rgb: bool, reference: Any = None) -> EditorMasking:
     """The Segment Editor's masking settings of ``editor_node`` (``None``: none), refused where
-    they cannot apply (an intensity range on an RGB frame): called before any model work."""
+    they cannot apply (an intensity range on an RGB frame, or of a source volume on another grid
+    than ``reference``): called before any model work."""
     masking = EditorMasking.from_editor_node(editor_node)
     check_masking_applies(masking, rgb)
+    if not rgb:
+        intensity_source(masking, reference, None)
     return masking
 
 
@@ -106,7 +109,9 @@ def write(
     """Write ``writes`` as one undo step; on any failure the step is restored (nothing changed).
 
     Region writes are on ``reference``'s grid (a volume node) and follow the Segment Editor's
-    masking of ``editor_node``; ``source`` are the reference's voxels (for an intensity range).
+    masking of ``editor_node``; ``source`` are the reference's voxels (an intensity range applies
+    to the Segment Editor's source volume's voxels, which are the reference's unless it is set
+    to another volume on the same grid).
     ``provenance`` is added to every write's own tags. A run writes regions or one sequence.
     """
     if not writes:  # nothing to write: no undo step either
@@ -122,6 +127,7 @@ def write(
             raise ValueError("a run writes one sequence, or regions")
         return _write_sequence(segmentation_node, sequences[0], base)
     masking = check_masking(editor_node, rgb=source is None)
+    source = intensity_source(masking, reference, source)  # the Segment Editor's source volume's
     final: list[RegionWrite] = []
     for w in writes:
         mask, others = apply_masking(segmentation_node, w.segment, w.mask, w.extent, reference,
