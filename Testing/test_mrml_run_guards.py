@@ -332,3 +332,55 @@ def test_the_intensity_range_masks_the_segment_editors_source_volume(slicer_scen
     with pytest.raises(InvalidInputError, match="source volume 'coarse' is not on the grid"):
         mrml.start(mrml.Request("clicks", segmentation_node=seg, editor_node=editor, **fields),
                    _Recorder(engine))
+
+
+# ---- the Segment Editor's Ctrl+Z after Track (suspected: it reverts only the frame shown) --------
+
+
+def test_segment_editor_undo_has_nothing_to_revert_after_track(slicer_scene, slicer_core):
+    """Slicer's own Segment Editor logic (vtkSlicerSegmentEditorLogic, in slicer-core as in
+    Slicer 5.10): after a region write its Ctrl+Z reverts it; after a Track it has nothing to
+    revert, so it cannot revert only the frame shown. The browser shows a frame by a shallow
+    CopyContent, which gives the proxy segmentation the item's vtkSegmentation
+    (vtkMRMLSegmentationNode::CopyContent), and the editor's history drops its states when the
+    edited vtkSegmentation changes (vtkSegmentationHistory::SetSegmentation). PolypSAM's Undo
+    reverts the whole Track (test_mrml_track_clicks)."""
+    import slicer
+
+    from polypsam import mrml
+    from polypsam.mrml.writer import RegionWrite, SequenceWrite, write
+
+    def editing(segmentation):
+        logic = slicer.vtkSlicerSegmentEditorLogic()
+        logic.SetMRMLScene(slicer_scene)
+        logic.SetSegmentEditorNode(slicer_scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+        logic.SetMaximumNumberOfUndoStates(10)  # qMRMLSegmentEditorWidget's default
+        logic.SetSegmentationNode(segmentation)
+        return logic
+
+    volume = add_volume(slicer_scene, _lesion(), name="ct")
+    ct_seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ct seg")
+    logic = editing(ct_seg)
+    logic.SaveStateForUndo()  # what PolypSAM's widget does right before a write
+    mask = np.zeros((1, 40, 48), dtype=bool)
+    mask[0, 15:25, 18:28] = True
+    write(ct_seg, [RegionWrite("Lesion", mask, (0, 47, 0, 39, 3, 3))], reference=volume,
+          source=_lesion())
+    assert logic.CanUndo(), "a region write is one Segment Editor undo step"
+    logic.Undo()
+    assert ct_seg.GetSegmentation().GetNumberOfSegments() == 0
+
+    browser, proxy, _ = _video(slicer_scene, slicer_core)
+    seg = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "video seg")
+    logic = editing(seg)
+    for value in (False, True):  # a first Track, then a second one into the same sequence
+        logic.SaveStateForUndo()
+        shown = seg.GetSegmentation()
+        write(seg, [SequenceWrite(browser, {t: {"Polyp": np.full((HEIGHT, WIDTH), value)}
+                                            for t in range(N_FRAMES)}, ["Polyp"])])
+        slicer_core.logics["sequences"].UpdateProxyNodesFromSequences(browser)
+        assert seg.GetSegmentation() is not shown, "the proxy shows the item's vtkSegmentation"
+        assert not logic.CanUndo(), "nothing for the Segment Editor's Ctrl+Z to revert"
+    stored = [mrml.export_segment_labelmap(browser.GetSequenceNode(seg).GetNthDataNode(t), proxy,
+                                           ["Polyp"]).all() for t in range(N_FRAMES)]
+    assert stored == [True] * N_FRAMES
