@@ -431,6 +431,7 @@ def test_clicks_on_video_frames_then_propagate_clicks_tracks(env):
     env.press(ui.propagateClicksButton)
     assert ui.clickStatusLabel.text.startswith("tracked 'Polyp' from frame 1"), ui.clickStatusLabel.text
     assert browser.GetSequenceNode(env.output()).GetNumberOfDataNodes() == 2
+    assert ("PolypSAM", "Propagate-clicks...") in env.h.dialogs.progress, "tracking clicks too"
 
 
 @in_harness
@@ -506,6 +507,8 @@ def test_click_tools_on_a_ct_volume(env):
     env.press(ui.startFromSegmentButton)
     assert ui.clickStatusLabel.text.startswith("propagated 'Lesion'")
     assert env.segments(seg) == ["Lesion"]
+    shown = [label for _title, label in env.h.dialogs.progress]  # the buttons' progress and Cancel
+    assert {"Clicks...", "Propagate-clicks...", "Start-from-segment..."} <= set(shown), shown
 
 
 @in_harness
