@@ -274,11 +274,12 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateTargetSegments()
 
     def run(self, action: str) -> None:
-        """Every action button and click tool: the engine (first use: installs), then one logic call."""
+        """Every action button and click tool: its inputs, the engine (installs), one logic call."""
         if self._busy or self._parameterNode is None:
             return
         with self._busyPanel(), slicer.util.tryWithErrorDisplay(
                 _("PolypSAM {action} failed.").format(action=action), waitCursor=True):
+            mrml.check_inputs(mrml.Request.from_parameter_node(action, self._parameterNode))
             engine = None if action in mrml.MODEL_FREE_ACTIONS else self._engine()
             if engine is None and action not in mrml.MODEL_FREE_ACTIONS:
                 return
@@ -305,14 +306,13 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._busy = False
 
     def _engine(self):
-        """The engine (installs, output segmentation, download consent); ``None`` if declined."""
-        p = self._parameterNode
-        if p.engine != "server" and not self.logic.ensureDependencies():
-            return None
-        if p.outputSegmentation is None:
+        """The engine (installs, download consent), then a new output if none; ``None`` if declined."""
+        p, token = self._parameterNode, self.ui.serverTokenLineEdit.text
+        ready = p.engine == "server" or self.logic.ensureDependencies()
+        engine = self.logic.engineFor(p.engineSettings(token=token), confirmDownload=True) if ready else None
+        if engine is not None and p.outputSegmentation is None:
             p.outputSegmentation = mrml.new_segmentation(slicer.mrmlScene, p.inputVolume)
-        return self.logic.engineFor(p.engineSettings(token=self.ui.serverTokenLineEdit.text),
-                                    confirmDownload=True)
+        return engine
 
     def onUndo(self) -> None:
         with self._busyPanel(), slicer.util.tryWithErrorDisplay(_("Undo failed."), waitCursor=True):
@@ -352,20 +352,20 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.setEditText(current)
 
     def onPlaceClicks(self, kind: str) -> None:
-        """Include/exclude tool: place points in any slice view; each one re-segments at once."""
-        if self._busy or self._parameterNode is None:
-            return
+        """Include/exclude tool (needs an input): place points in any view; each re-segments at once."""
+        request = self._parameterNode and mrml.Request.from_parameter_node("clicks", self._parameterNode)
+        if self._busy or not request or "clicks" not in mrml.available_actions(request):
+            return slicer.util.showStatusMessage(_("PolypSAM clicks need an input image."), 3000)
         include, exclude = mrml.click_lists(slicer.mrmlScene, self._targetSegment())
         self.removeObservers(self.onClickPlaced)
         for node in (include, exclude):
             self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
         app = slicer.app.applicationLogic()  # a click on a video frame records its frame
-        browser = mrml.Request.from_parameter_node("clicks", self._parameterNode).video_browser
         mrml.place_clicks(app.GetSelectionNode(), app.GetInteractionNode(),
-                          include if kind == "include" else exclude, browser=browser)
+                          include if kind == "include" else exclude, browser=request.video_browser)
 
-    def onClickPlaced(self, caller=None, event=None) -> None:
-        self.run("clicks")  # re-segment the clicked slice (decoder only where it is encoded)
+    def onClickPlaced(self, caller=None, event=None) -> None:  # after the markups event, not in it
+        qt.QTimer.singleShot(0, lambda: self.run("clicks"))  # re-segment the clicked slice
 
     def onExport(self) -> None:  # the formats this Slicer can export; a package installed first
         import PythonQt

@@ -226,8 +226,14 @@ def test_module_declares_template_classes():
     assert '"Segmentation"' in text and "tryWithErrorDisplay" in text
     # The logic never builds SAM2 itself: only the engine factory does.
     assert "SAM2Engine" not in text and "build_sam" not in text
-    # No timers and no installs at import/construction time.
-    assert "QTimer" not in text and "pip_install" not in text
+    # No timers and no installs at import/construction time (a placed click's run is deferred
+    # with a zero timer: in its slot, not at construction).
+    assert "pip_install" not in text
+    module_level = [ast.unparse(n) for n in tree.body if not isinstance(n, ast.ClassDef)]
+    assert not any("QTimer" in source for source in module_level)
+    for class_name, method in (("PolypSAM", "__init__"), ("PolypSAMWidget", "__init__"),
+                               ("PolypSAMWidget", "setup"), ("PolypSAMLogic", "__init__")):
+        assert "QTimer" not in _method_source(class_name, method), (class_name, method)
 
 
 def test_module_folder_holds_nothing_slicer_would_mistake_for_a_module():

@@ -17,7 +17,7 @@ Static dialogs return plain values, as PythonQt's generated wrappers do (``QStri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from PyQt5 import QtWidgets
 
@@ -54,6 +54,7 @@ class DialogScript:
     unexpected: list[Shown] = field(default_factory=list)
     progress: list[Any] = field(default_factory=list)
     cancel_progress: int = 0
+    during_progress: list[Callable[[], None]] = field(default_factory=list)
 
     def answer(self, kind: str, value: Any, contains: str = "") -> None:
         """Queue the answer to the next modal dialog of ``kind`` ("ctkMessageBox", "QDialog",
@@ -64,6 +65,12 @@ class DialogScript:
     def cancel_next_progress(self) -> None:
         """Press Cancel on the next progress dialog as soon as it is shown."""
         self.cancel_progress += 1
+
+    def during_next_progress(self, action: Callable[[], None]) -> None:
+        """Do ``action`` (close the scene, delete a node...) as soon as the next progress dialog
+        is shown: what else could happen while a run is under way (its model work runs on the
+        engine's worker while the module serves events)."""
+        self.during_progress.append(action)
 
     def take(self, kind: str, title: str, text: str) -> Any:
         cursor = QtWidgets.QApplication.overrideCursor()
@@ -83,7 +90,9 @@ class DialogScript:
         """Forget everything; return what was wrong (answers never used, dialogs not answered)."""
         problems = [f"unused answer for {a.kind} ({a.contains!r})" for a in self.queue]
         problems += [f"unanswered {d.kind} {d.title!r}: {d.text[:200]!r}" for d in self.unexpected]
+        problems += [f"unused action during a progress dialog: {a}" for a in self.during_progress]
         self.queue, self.shown, self.unexpected, self.progress = [], [], [], []
+        self.during_progress = []
         self.cancel_progress = 0
         return problems
 
@@ -117,12 +126,16 @@ def run_modal(dialog: QtWidgets.QDialog) -> int:
 
 
 def progress_shown(dialog: QtWidgets.QProgressDialog) -> None:
-    """``QProgressDialog.show()``: recorded; pressed Cancel on if the script asks."""
+    """``QProgressDialog.show()``: recorded; Cancel pressed if the script asks (``canceled()``
+    emitted, as the button does: ``cancel()`` alone would emit nothing); then the script's action
+    during the run, if any."""
     SCRIPT.progress.append((dialog.windowTitle(), dialog.labelText()))
     dialog.show()
-    if SCRIPT.cancel_progress:
-        SCRIPT.cancel_progress -= 1
-        dialog.cancel()
+    if SCRIPT.cancel_progress:  # what its Cancel button does (qprogressdialog.cpp, Qt 5.15: the
+        SCRIPT.cancel_progress -= 1  # button's clicked() emits canceled(), connected to cancel())
+        dialog.canceled.emit()
+    if SCRIPT.during_progress:
+        SCRIPT.during_progress.pop(0)()
 
 
 def static_path(kind: str, caption: str) -> str:

@@ -16,8 +16,9 @@ Data flows one way through it, one module per step:
 * :mod:`.writer` is the one writer: the Segment Editor's masking (:mod:`.masking`), one undo step
   (:mod:`.history`), provenance tags, region writes (:mod:`.segments`) and segmentation
   sequences (:mod:`.sequences`);
-* :mod:`.session` is the one entry point (:func:`start`/:func:`run`) for every button and click
-  tool, and :class:`Session` the state the click tools keep between runs;
+* :mod:`.session` is the one entry point (:func:`check_inputs`, then :func:`start`/:func:`run`)
+  for every button and click tool, and :class:`Session` the state the click tools keep between
+  runs;
 * :mod:`.scene` sets the scene up (Add box, click tools' place mode, a new output segmentation);
   :mod:`.exporting` is the Export button, :mod:`.video_files` Load video, :mod:`.dependencies`
   the first-use installs, :mod:`.scenarios` the module's self-test scenarios.
@@ -44,7 +45,7 @@ from .segments import (
     TAG_PREFIX, export_segment_labelmap, read_provenance, segment_names, write_mask_to_segment,
 )
 from .sequences import write_tracked_masks_to_sequence
-from .session import PLANS, Run, Session, run, start
+from .session import PLANS, Run, Session, check_inputs, run, start
 from .shapes import (
     ACTIONS, BOX_ACTIONS, CLICK_ACTIONS, MODEL_FREE_ACTIONS, Request, Result, RunContext,
     available_actions,
@@ -60,7 +61,8 @@ __all__ = [
     "undo", "undo_history_count", "EditorMasking", "Extent", "ijk_to_world", "FRAME_ATTRIBUTE",
     "BoxPrompt", "VoxelBox", "box_prompts", "roi_to_voxel_box", "box_rows", "new_segmentation", "place_box",
     "place_clicks", "TAG_PREFIX", "export_segment_labelmap", "read_provenance", "segment_names",
-    "write_mask_to_segment", "write_tracked_masks_to_sequence", "PLANS", "Run", "Session", "run",
+    "write_mask_to_segment", "write_tracked_masks_to_sequence", "PLANS", "Run", "Session",
+    "check_inputs", "run",
     "start", "ACTIONS", "BOX_ACTIONS", "CLICK_ACTIONS", "MODEL_FREE_ACTIONS", "Request", "Result",
     "RunContext", "available_actions", "SequenceFrames", "SequenceVolumes",
     "frame_from_vector_node", "frames_from_sequence", "intensity_for", "sequence_holds_volumes",

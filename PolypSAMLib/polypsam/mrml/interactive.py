@@ -1,7 +1,7 @@
 """The click tools as plans: clicks, candidates, and propagations seeded by clicks or a segment.
 
 * :func:`clicks` — the target segment's include/exclude point lists (and the first box) re-segment
-  every clicked slice in 2-D; the segment's current mask goes along as SAM2's mask input. On a
+  every clicked slice in 2-D (on a video, the frame shown from its own clicks only); the segment's current mask goes along as SAM2's mask input. On a
   slice already encoded only SAM2's prompt encoder and mask decoder run. With ``multimask`` the
   result keeps SAM2's three candidates per slice and the best one is written;
 * :func:`candidate` writes another of them (no model work);
@@ -30,6 +30,7 @@ from .segments import find_segment
 from .shapes import (
     Plan, Request, Result, check_cancel, require_input, require_output, require_segment,
 )
+from .video_clicks import clicks_on_frame
 from .volumes import frame_from_vector_node, intensity_for, volume_from_node
 from .writer import RegionWrite, check_masking, colour
 
@@ -67,10 +68,17 @@ def clicks(request: Request, engine: Any, context: Any) -> Plan:
     images, source, rgb = _read_input(input_node)
     intensity = None if rgb else intensity_for(input_node, request.window_preset)
     nk, height, width = images.shape[:3]
-    by_slice = clicks_by_slice(clicks_from_markups(input_node, request.include, request.exclude))
+    clicked = clicks_from_markups(input_node, request.include, request.exclude)
+    video = request.video_browser  # a video frame: only the clicks (and box) of the frame shown
+    shown = max(0, int(video.GetSelectedItemNumber())) if video is not None else 0
+    if video is not None:
+        clicked = clicks_on_frame(clicked, {True: request.include, False: request.exclude},
+                                  video, shown)
+    by_slice = clicks_by_slice(clicked)
     box_of = {}
-    if request.rois:
-        (p,) = box_prompts(request.rois[:1], input_node)
+    boxes = box_prompts(request.rois[:1], input_node, shown)
+    if boxes and (video is None or boxes[0].frame == shown):
+        (p,) = boxes
         if not by_slice:
             by_slice = {0 if rgb else p.key_slice: ([], [])}
         for k in by_slice:
@@ -78,13 +86,14 @@ def clicks(request: Request, engine: Any, context: Any) -> Plan:
             if box is not None:
                 box_of[k] = box
     if not by_slice:
-        raise InvalidInputError("no clicks: place include points (or give a box) first")
+        where = f" on frame {shown}, the frame shown" if video is not None else ""
+        raise InvalidInputError(f"no clicks{where}: place include points (or give a box) first")
     existing = _segment_slices(segmentation_node, segment, input_node, (nk, height, width))
     prompts = {}
     for k, (points, labels) in by_slice.items():
         mask = existing[k] if existing is not None and existing[k].any() else None
         prompts[k] = Prompt(box=box_of.get(k), points=points, labels=labels, mask=mask)
-    check_masking(request.editor_node, rgb)
+    check_masking(request.editor_node, rgb, input_node)
     progress, cancel = context.progress, context.cancel
 
     def compute() -> dict:
@@ -148,7 +157,7 @@ def candidate(request: Request, engine: Any, context: Any) -> Plan:
     require_output(request.segmentation_node)
     images, source, rgb = _read_input(request.input_node)
     height, width = images.shape[1:3]
-    check_masking(request.editor_node, rgb)
+    check_masking(request.editor_node, rgb, request.input_node)
 
     def writes(_: Any) -> list[RegionWrite]:
         return [RegionWrite(result.segment, np.asarray(masks[index])[None],
@@ -223,7 +232,7 @@ def propagate_clicks(request: Request, engine: Any, context: Any,
     key_prompt = Prompt(box=key_box, points=points, labels=labels, mask=key_mask)
     refinements = [FramePrompt(k, 1, points=p, labels=lab)
                    for k, (p, lab) in by_slice.items() if k != key]
-    check_masking(request.editor_node, rgb=False)
+    check_masking(request.editor_node, False, input_node)
     previous = request.previous.propagation if request.previous is not None else None
     progress, cancel = context.progress, context.cancel
 

@@ -33,6 +33,7 @@ from vtk.util import numpy_support
 from ..errors import InvalidInputError
 from .nodes import Extent, matrix_to_numpy, node_to_world
 from .segments import reference_grid, same_lattice, find_segment
+from .volumes import volume_from_node
 
 _S = slicer.vtkMRMLSegmentationNode
 EVERYWHERE = _S.EditAllowedEverywhere
@@ -53,6 +54,7 @@ class EditorMasking:
     mask_segment_id: str = ""
     intensity_range: tuple[float, float] | None = None
     overwrite: int | None = None  # None: other segments are left alone (overlap allowed)
+    source_volume_id: str = ""  # the Segment Editor's source volume: its intensities are masked
 
     @classmethod
     def from_editor_node(cls, editor_node: Any) -> "EditorMasking":
@@ -63,15 +65,18 @@ class EditorMasking:
             raise InvalidInputError(
                 f"masking settings come from a segment editor node, got a {editor_node.GetClassName()}"
             )
-        intensity = None
+        intensity, source_id = None, ""
         if editor_node.GetSourceVolumeIntensityMask():
             lo, hi = editor_node.GetSourceVolumeIntensityMaskRange()
             intensity = (float(lo), float(hi))
+            source = editor_node.GetSourceVolumeNode()
+            source_id = source.GetID() if source is not None else ""
         return cls(
             mask_mode=int(editor_node.GetMaskMode()),
             mask_segment_id=editor_node.GetMaskSegmentID() or "",
             intensity_range=intensity,
             overwrite=int(editor_node.GetOverwriteMode()),
+            source_volume_id=source_id,
         )
 
 
@@ -79,6 +84,28 @@ def check_masking_applies(masking: EditorMasking, rgb: bool) -> None:
     """Refuse an editable intensity range on an RGB frame (it has no scalar intensities)."""
     if rgb and masking.intensity_range is not None:
         raise InvalidInputError("an editable intensity range applies to scalar volumes, not RGB frames")
+
+
+def intensity_source(masking: EditorMasking, reference: Any, source_kji: np.ndarray | None):
+    """The voxels an editable intensity range applies to, on ``reference``'s grid: the Segment
+    Editor's source volume's (Slicer masks the intensities of that volume:
+    ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap``), ``source_kji`` (the reference's
+    own) where it is the reference or unset. A source volume on another grid is refused."""
+    sid = masking.source_volume_id
+    if masking.intensity_range is None or not sid or reference is None or sid == reference.GetID():
+        return source_kji
+    node = reference.GetScene().GetNodeByID(sid) if reference.GetScene() is not None else None
+    if node is None:
+        raise InvalidInputError("the Segment Editor's source volume (its editable intensity range)"
+                                " is no longer in the scene")
+    grid = reference_grid(reference)
+    if reference_grid(node).shape != grid.shape or not np.allclose(
+            reference_grid(node).ijk_to_world, grid.ijk_to_world, atol=1e-4):
+        raise InvalidInputError(
+            f"the Segment Editor's source volume '{node.GetName()}' is not on the grid of"
+            f" PolypSAM's input '{reference.GetName()}': its editable intensity range cannot apply;"
+            " make the input the Segment Editor's source volume, or turn the range off")
+    return volume_from_node(node).array
 
 
 # -- segments read on the reference lattice ------------------------------------------------

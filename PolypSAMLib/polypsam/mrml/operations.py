@@ -37,7 +37,7 @@ def segment(request: Request, engine: Any, context: Any, boxes: list[BoxPrompt] 
     rgb = input_node.IsA("vtkMRMLVectorVolumeNode")
     if boxes is None:
         boxes = box_prompts(require_rois(request.rois), input_node)
-    check_masking(request.editor_node, rgb)
+    check_masking(request.editor_node, rgb, input_node)
     if rgb:
         images, source, intensity = frame_from_vector_node(input_node)[None], None, None
     else:
@@ -97,7 +97,7 @@ def propagate(request: Request, engine: Any, context: Any,
                                 " or Track for a video")
     require_output(request.segmentation_node)
     boxes = box_prompts(require_rois(request.rois), input_node)
-    check_masking(request.editor_node, rgb=False)
+    check_masking(request.editor_node, False, input_node)
     volume = volume_from_node(input_node)
     depth, height, width = volume.shape
     intensity = intensity_for(input_node, request.window_preset)

@@ -1,18 +1,67 @@
-"""Tracked masks → a segmentation sequence synchronised with the sequence browser."""
+"""Tracked masks → a segmentation sequence synchronised with the sequence browser.
+
+:func:`check_sequence_output` refuses, before any model work, an output segmentation that a
+browser's segmentation sequence cannot use: one already synchronised with another browser (two
+browsers would write the same proxy node, each saving its items into the other's sequence), or
+one holding segments of another image (another voxel grid, e.g. the CT's segmentation for a
+video). The advice is a new output segmentation.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import vtk
 
 from ..errors import InvalidInputError
 from ..terminology import slicer_entry
-from .nodes import image_dims, require_node
+from .masking import reference_to_node
+from .nodes import image_dims, matrix_to_numpy, require_node
 from .segments import (
-    KEYS_TAG, TAG_PREFIX, add_segment, find_segment, get_tag, reference_grid, write_mask_to_segment,
+    KEYS_TAG, TAG_PREFIX, add_segment, find_segment, get_tag, reference_grid, same_lattice,
+    write_mask_to_segment,
 )
 from .volumes import master_sequence
+
+
+_NEW_OUTPUT = ("choose a new output segmentation for it (Output: \"Create new Segmentation\")"
+               " or None, and PolypSAM makes one")
+
+
+def check_sequence_output(browser_node: Any, segmentation_node: Any) -> None:
+    """Refuse ``segmentation_node`` as the output of ``browser_node``'s tracking when another
+    browser synchronises it, or when it holds segments on another voxel grid than the frames."""
+    if segmentation_node is None or browser_node is None:
+        return
+    if browser_node.GetSequenceNode(segmentation_node) is not None:
+        return  # this browser's own segmentation sequence: its items are updated
+    scene = segmentation_node.GetScene()
+    browsers = scene.GetNodesByClass("vtkMRMLSequenceBrowserNode") if scene is not None else None
+    for n in range(browsers.GetNumberOfItems() if browsers is not None else 0):
+        other = browsers.GetItemAsObject(n)
+        if other is not browser_node and other.GetSequenceNode(segmentation_node) is not None:
+            raise InvalidInputError(
+                f"the output segmentation '{segmentation_node.GetName()}' is already tracked in the"
+                f" sequence browser '{other.GetName()}'; to track '{browser_node.GetName()}', "
+                + _NEW_OUTPUT)
+    master = master_sequence(browser_node)
+    frame = master.GetNthDataNode(min(max(0, browser_node.GetSelectedItemNumber()),
+                                      master.GetNumberOfDataNodes() - 1))
+    image_to_node = reference_to_node(segmentation_node, frame)
+    segmentation = segmentation_node.GetSegmentation()
+    for n in range(segmentation.GetNumberOfSegments()):
+        labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(
+            segmentation.GetNthSegmentID(n))
+        if labelmap is None or labelmap.IsEmpty():
+            continue
+        matrix = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(matrix)
+        if not same_lattice(matrix_to_numpy(matrix), image_to_node):
+            raise InvalidInputError(
+                f"the output segmentation '{segmentation_node.GetName()}' holds segments of another"
+                f" image (on another voxel grid than the frames of '{browser_node.GetName()}'); "
+                + _NEW_OUTPUT)
 
 
 def write_tracked_masks_to_sequence(
@@ -44,6 +93,7 @@ def write_tracked_masks_to_sequence(
     step keeps the old one, which leaves the scene (nothing is copied for undo).
     """
     require_node(segmentation_node, "vtkMRMLSegmentationNode", "segmentation")
+    check_sequence_output(browser_node, segmentation_node)
     master = master_sequence(browser_node)
     n_frames = master.GetNumberOfDataNodes()
     order: list[str] = list(names or [])

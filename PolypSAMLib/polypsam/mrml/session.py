@@ -7,23 +7,37 @@ starts its model work (on the :class:`~.shapes.RunContext`'s worker, or here) an
 Nothing here calls back into the caller: a GUI polls the run.
 
 A failed or cancelled model run writes nothing; a failed write restores the undo step it saved.
+:func:`check_inputs` refuses a request that lacks an input before anything else happens (no
+install, download, model load or new node).
 
 :class:`Session` keeps what outlives one run: the last click result (its candidates) and the last
 propagation, which the next click continues from. It hands them to the next request on the same
-input, segmentation and segment, and forgets them when one of those changes or the scene closes
-(then PolypSAM's undo history goes too: it holds the closing scene's segments).
+input, segmentation and segment, and forgets them when one of those changes, when the input's
+voxels on the candidates' slice change (another time point, a reloaded image) or the scene closes
+(then PolypSAM's undo history goes too: it holds the closing scene's segments, and a run under way
+is cancelled: it would write into the closed scene's nodes).
 """
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from concurrent.futures import Future, wait
 from typing import Any, Callable, Optional
+
+import numpy as np
+from vtk.util import numpy_support
 
 from ..background import ProgressRelay
 from ..errors import InvalidInputError
 from . import history, interactive, operations, tracking, writer
 from .clicks import click_lists
-from .shapes import CLICK_ACTIONS, Plan, Request, Result, RunContext, check_cancel
+from .nodes import ijk_to_world
+from .sequences import check_sequence_output
+from .shapes import (
+    BOX_ACTIONS, CLICK_ACTIONS, Plan, Request, Result, RunContext, check_cancel, require_input,
+    require_rois,
+)
 
 #: The plan of each action: ``plan(request, engine, context) -> Plan`` (reads the scene).
 PLANS: dict[str, Callable[[Request, Any, RunContext], Plan]] = {
@@ -116,6 +130,31 @@ def start(request: Request, engine: Any = None, context: Optional[RunContext] = 
     return Run(request, PLANS[request.action](request, engine, context), context, on_written, relay)
 
 
+def check_inputs(request: Request) -> None:
+    """Refuse ``request`` with one clear error naming what it lacks, before any install, download,
+    model load or new node (a missing output segmentation is not refused: it is made then; an
+    output that a sequence cannot use is)."""
+    action, browser = request.action, request.browser_node
+    if action == "track" or (action == "propagate-clicks" and request.video_browser is not None):
+        if browser is None:
+            raise InvalidInputError("no sequence browser selected: Track needs a video or a 4-D"
+                                    " sequence")
+        if action == "track":
+            require_rois(request.rois)
+        check_sequence_output(browser, request.segmentation_node)
+        return
+    node = require_input(request.input_node)
+    if action in BOX_ACTIONS:
+        require_rois(request.rois)
+    if action in ("propagate", "propagate-clicks", "start-from-segment") and node.IsA(
+            "vtkMRMLVectorVolumeNode"):
+        raise InvalidInputError(f"{action} needs a scalar volume; '{node.GetName()}' is an RGB"
+                                " frame (one slice)")
+    if action == "start-from-segment" and request.segmentation_node is None:
+        raise InvalidInputError("no output segmentation selected: Start from segment needs its"
+                                " segment")
+
+
 def run(request: Request, engine: Any = None, context: Optional[RunContext] = None) -> Result:
     """Run ``request`` to the end: read, compute (on the context's worker, if any), write."""
     started = start(request, engine, context)
@@ -129,11 +168,14 @@ class Session:
     def __init__(self, scene: Any = None) -> None:
         self._scene = scene
         self._state: dict[str, tuple[tuple, Result]] = {}
+        self._runs: "weakref.WeakSet[Run]" = weakref.WeakSet()  # runs not yet written
         self._observer = None
         if scene is not None:
             self._observer = scene.AddObserver(scene.StartCloseEvent, self._on_close)
 
     def _on_close(self, caller: Any = None, event: Any = None) -> None:
+        for started in list(self._runs):  # its nodes leave with the scene: write nothing
+            started.cancel()
         self.reset()
         history.forget_undo_history()
 
@@ -151,7 +193,8 @@ class Session:
     @staticmethod
     def _key(request: Request, kind: str) -> tuple:
         """What the state of ``kind`` belongs to: input, segmentation, segment (and for
-        candidates on a video, the frame shown: they are masks of that frame)."""
+        candidates on a video, the frame shown: they are masks of that frame; for candidates,
+        the input's voxels on their slice too: :meth:`_voxels_digest`)."""
         def node_id(node: Any) -> Optional[str]:
             return node.GetID() if node is not None else None
 
@@ -161,6 +204,22 @@ class Session:
         if kind == "candidates" and video is not None:
             key += (int(video.GetSelectedItemNumber()),)
         return key
+
+    @staticmethod
+    def _voxels_digest(node: Any, result: Result) -> str:
+        """A digest of ``node``'s geometry and voxels on the slice of ``result``'s candidates: they
+        were computed from that slice and belong to no other image on the same node."""
+        image = node.GetImageData() if node is not None else None
+        scalars = image.GetPointData().GetScalars() if image is not None else None
+        if scalars is None or not result.candidates:
+            return ""
+        i, j, k = image.GetDimensions()
+        flat = numpy_support.vtk_to_numpy(scalars)
+        k_slice = min(max(result.candidates), k - 1)
+        digest = hashlib.blake2b(np.ascontiguousarray(flat[k_slice * i * j:(k_slice + 1) * i * j]))
+        digest.update(np.ascontiguousarray(ijk_to_world(node), dtype=float).tobytes())
+        digest.update(repr((i, j, k, flat.dtype.str)).encode())
+        return digest.hexdigest()
 
     def _kind(self, action: str) -> Optional[str]:
         if action == "candidate":
@@ -175,7 +234,10 @@ class Session:
         stored = self._state.get(kind) if kind else None
         if stored is None:
             return None
-        if stored[0] != self._key(request, kind):
+        key = self._key(request, kind)
+        if kind == "candidates":
+            key += (self._voxels_digest(request.input_node, stored[1]),)
+        if stored[0] != key:
             del self._state[kind]
             return None
         return stored[1]
@@ -191,15 +253,19 @@ class Session:
 
     def _remember(self, request: Request, result: Result) -> None:
         if result.candidates:
-            self._state["candidates"] = (self._key(request, "candidates"), result)
+            key = self._key(request, "candidates") + (
+                self._voxels_digest(request.input_node, result),)
+            self._state["candidates"] = (key, result)
         elif request.action == "clicks":
             self._state.pop("candidates", None)
         if result.propagation is not None or result.tracking is not None:
             self._state["propagation"] = (self._key(request, "propagation"), result)
 
     def start(self, request: Request, engine: Any = None, context: Optional[RunContext] = None) -> Run:
-        """:func:`start`, keeping the result for the next click."""
-        return start(request, engine, context, on_written=self._remember)
+        """:func:`start`, keeping the result for the next click (a scene close cancels it)."""
+        started = start(request, engine, context, on_written=self._remember)
+        self._runs.add(started)
+        return started
 
     def run(self, request: Request, engine: Any = None, context: Optional[RunContext] = None) -> Result:
         """:func:`run`, keeping the result for the next click."""

@@ -23,6 +23,7 @@ from ..geometry import box_of_mask
 from ..preprocess import volume_intensity
 from .clicks import clicks_from_markups
 from .roi import box_prompts
+from .sequences import check_sequence_output
 from .shapes import Plan, Request, Result, check_cancel, require_output, require_rois, require_segment
 from .video_clicks import click_frame, clicks_per_frame
 from .volumes import frames_from_sequence, intensity_for, sequence_holds_volumes, volumes_from_sequence
@@ -31,14 +32,26 @@ from .writer import SequenceWrite
 
 class _FrameMasks(Mapping):
     """``{frame: {name: mask}}`` of tracked labels (label ``n`` is ``names[n - 1]``), made one
-    frame at a time when read."""
+    frame at a time when read. ``groups`` are the runs of boxes drawn on other frames
+    (``(TrackResult, names)``: :func:`track` tracks each frame's boxes from that frame); where
+    objects overlap, the higher-scoring one wins, as within one run."""
 
-    def __init__(self, labels: Any, names: list[str]) -> None:
-        self._labels, self._names = labels, names
+    def __init__(self, labels: Any, names: list[str], groups: tuple = ()) -> None:
+        self._labels, self._names, self._groups = labels, names, groups
 
     def __getitem__(self, frame: int) -> dict[str, np.ndarray]:
         row = self._labels[frame]
-        return {name: row == label for label, name in enumerate(self._names, start=1)}
+        if not self._groups:
+            return {name: row == label for label, name in enumerate(self._names, start=1)}
+        masks, scores, label = {}, {}, 0
+        for out, names in self._groups:
+            group_row, group_scores = out.labels[frame], out.frame_scores.get(frame, {})
+            for n, name in enumerate(names, start=1):
+                label += 1
+                masks[label], scores[label] = group_row == n, group_scores.get(n, 0.0)
+        merged = propagation.merge_masks(masks, scores, row.shape,
+                                         np.uint16 if label > 255 else np.uint8)
+        return {name: merged == label for label, name in enumerate(self._names, start=1)}
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(len(self._labels)))
@@ -59,7 +72,9 @@ def track(request: Request, engine: Any, context: Any, refinement_rois: tuple = 
     """Track the boxes through the whole sequence, both ways from the frame they were drawn on.
 
     A box's frame is the item it was placed on (:func:`~polypsam.mrml.scene.place_box`), else
-    the browser's current item. ``refinement_rois`` are extra boxes for the first box's object
+    the browser's current item; each box prompts its own frame (the boxes of one frame are
+    tracked together, each other frame's boxes in a run of their own, merged per frame as one
+    run merges its objects). ``refinement_rois`` are extra boxes for the first box's object
     on other frames. Writes one segmentation per frame into a segmentation sequence synchronised
     to the browser (the output node becomes its proxy). A sequence of 3-D volumes (4-D CT) is
     tracked through time by :func:`_track_volumes`; the window preset applies there.
@@ -69,6 +84,7 @@ def track(request: Request, engine: Any, context: Any, refinement_rois: tuple = 
         raise InvalidInputError("no sequence browser selected: Track needs a video sequence")
     require_output(request.segmentation_node)
     rois = require_rois(request.rois)
+    check_sequence_output(browser, request.segmentation_node)
     if sequence_holds_volumes(browser):
         return _track_volumes(request, engine, context, rois, refinement_rois)
     source = frames_from_sequence(browser)
@@ -77,28 +93,41 @@ def track(request: Request, engine: Any, context: Any, refinement_rois: tuple = 
     boxes = box_prompts(rois, proxy, current)
     refinements = [FramePrompt(frame=p.frame, obj_id=1, box=p.box(0))
                    for p in box_prompts(refinement_rois, proxy, current)]
-    frame_index, prompts, names = boxes[0].frame, [p.box(0) for p in boxes], [p.name for p in boxes]
+    names, prompts = [p.name for p in boxes], [p.box(0) for p in boxes]
+    by_frame: dict[int, list[int]] = {}  # each box on its own frame; the first box's frame first
+    for index, p in enumerate(boxes):
+        by_frame.setdefault(p.frame, []).append(index)
+    runs = list(by_frame.items())
     total = len(source)
     progress, cancel = context.progress, context.cancel
     progress(0, total, "reading frames")
     frames = source.views()  # main thread: MRML reads end here
+    steps = total * len(runs)
 
-    def frame_progress(done: int, count: int) -> None:
-        progress(done, count or total, f"tracking: frame {done}/{count or total}")
+    def compute() -> list[propagation.TrackResult]:
+        outs = []
+        for n, (frame, indices) in enumerate(runs):
+            def frame_progress(done: int, count: int, _base: int = n * total) -> None:
+                progress(_base + done, steps, f"tracking: frame {_base + done}/{steps}")
 
-    def compute() -> propagation.TrackResult:
-        return propagation.track(engine, frames, frame_index, prompts, refinements=refinements,
-                                 cancel=cancel, progress=frame_progress, packed=True)
+            outs.append(propagation.track(
+                engine, frames, frame, [prompts[i] for i in indices],
+                refinements=refinements if n == 0 else (), cancel=cancel, progress=frame_progress,
+                packed=True))
+        return outs
 
-    def writes(out: propagation.TrackResult) -> list[SequenceWrite]:
-        progress(total, total, "writing the segmentation sequence")
-        return [SequenceWrite(browser, _FrameMasks(out.labels, names), names, {
-            "operation": "refine" if refinements else "track", "start_frame": frame_index,
-            "boxes": prompts, "refinement_frames": tuple(p.frame for p in refinements)}, "polyp")]
+    def writes(outs: list[propagation.TrackResult]) -> list[SequenceWrite]:
+        progress(steps, steps, "writing the segmentation sequence")
+        groups = tuple((out, [names[i] for i in indices]) for out, (_, indices) in zip(outs, runs))
+        masks = _FrameMasks(outs[0].labels, names, groups if len(runs) > 1 else ())
+        return [SequenceWrite(browser, masks, names, {
+            "operation": "refine" if refinements else "track", "start_frame": runs[0][0],
+            "box_frames": tuple(p.frame for p in boxes), "boxes": prompts,
+            "refinement_frames": tuple(p.frame for p in refinements)}, "polyp")]
 
-    def report(out: propagation.TrackResult, written) -> Result:
-        return Result(summary=f"tracked {len(names)} box(es) through {out.labels.shape[0]} frame(s)"
-                              f" into {written.sequence.GetName()}")
+    def report(outs: list[propagation.TrackResult], written) -> Result:
+        return Result(summary=f"tracked {len(names)} box(es) through {outs[0].labels.shape[0]}"
+                              f" frame(s) into {written.sequence.GetName()}")
 
     return Plan(compute, writes, report, proxy, None, engine.info.provenance())
 
@@ -221,6 +250,7 @@ def track_clicks(request: Request, engine: Any, context: Any) -> Plan:
         raise InvalidInputError("no sequence browser selected: tracking clicks needs a video sequence")
     require_output(request.segmentation_node)
     segment = require_segment(request.segment)
+    check_sequence_output(browser, request.segmentation_node)
     if sequence_holds_volumes(browser):
         raise InvalidInputError(
             "clicks through time on a 4-D sequence are not supported: propagate clicks on one time"

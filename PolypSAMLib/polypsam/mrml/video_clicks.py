@@ -9,7 +9,8 @@ shown at that moment; :func:`observe_click_frames` installs the observer, as
 module). A point with no recorded frame (added by a script or the Markups module) belongs to the
 browser's current item when the operation runs, as an ROI without a recorded frame does.
 :func:`clicks_per_frame` groups clicks by frame for "Propagate clicks" on a video
-(:func:`polypsam.mrml.tracking.track_clicks`).
+(:func:`polypsam.mrml.tracking.track_clicks`); :func:`clicks_on_frame` keeps one frame's clicks
+(each click re-segments the frame shown from that frame's clicks only).
 """
 
 from __future__ import annotations
@@ -98,3 +99,9 @@ def clicks_per_frame(clicks: list[Click], lists: dict[bool, Any], browser_node: 
         points.append((c.x, c.y))
         labels.append(c.label)
     return dict(sorted(out.items()))
+
+
+def clicks_on_frame(clicks: list[Click], lists: dict[bool, Any], browser_node: Any,
+                    frame: int) -> list[Click]:
+    """The ``clicks`` placed on ``frame`` (``lists[include]`` is each click's point list)."""
+    return [c for c in clicks if click_frame(lists[c.include], c.point, browser_node) == frame]

@@ -6,6 +6,8 @@ and :func:`write` owns what every write needs:
 
 * the Segment Editor's masking (editable area, intensity range, overwrite mode) for region writes
   (:mod:`.masking`), checked before any model work by :func:`check_masking`;
+* nodes still in the scene: a node removed (or a scene closed) while the model ran is refused
+  with one clear error and nothing is written (:func:`require_in_scene`);
 * one undo step for the whole run (:mod:`.history`), restored if any write fails;
 * provenance: the run's tags (the engine's provenance) plus each write's own, as segment tags;
 * the writes themselves: region writes into segments (:mod:`.segments`), sequence writes into a
@@ -19,8 +21,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from . import history
-from .masking import EditorMasking, apply_masking, check_masking_applies
+from .masking import EditorMasking, apply_masking, check_masking_applies, intensity_source
 from .nodes import Extent
 from .segments import write_mask_to_segment
 from .sequences import write_tracked_masks_to_sequence
@@ -75,12 +78,23 @@ class Written:
     sequence: Any = None
 
 
-def check_masking(editor_node: Any, rgb: bool) -> EditorMasking:
+def check_masking(editor_node: Any, rgb: bool, reference: Any = None) -> EditorMasking:
     """The Segment Editor's masking settings of ``editor_node`` (``None``: none), refused where
-    they cannot apply (an intensity range on an RGB frame): called before any model work."""
+    they cannot apply (an intensity range on an RGB frame, or of a source volume on another grid
+    than ``reference``): called before any model work."""
     masking = EditorMasking.from_editor_node(editor_node)
     check_masking_applies(masking, rgb)
+    if not rgb:
+        intensity_source(masking, reference, None)
     return masking
+
+
+def require_in_scene(node: Any, what: str) -> None:
+    """Refuse a node that left its scene (removed, or its scene closed) since the run read it."""
+    if node is not None and node.GetScene() is None:
+        raise InvalidInputError(
+            f"the {what} '{node.GetName()}' was removed from the scene (or the scene was closed)"
+            " while PolypSAM ran: nothing was written")
 
 
 def write(
@@ -95,11 +109,17 @@ def write(
     """Write ``writes`` as one undo step; on any failure the step is restored (nothing changed).
 
     Region writes are on ``reference``'s grid (a volume node) and follow the Segment Editor's
-    masking of ``editor_node``; ``source`` are the reference's voxels (for an intensity range).
+    masking of ``editor_node``; ``source`` are the reference's voxels (an intensity range applies
+    to the Segment Editor's source volume's voxels, which are the reference's unless it is set
+    to another volume on the same grid).
     ``provenance`` is added to every write's own tags. A run writes regions or one sequence.
     """
     if not writes:  # nothing to write: no undo step either
         return Written()
+    require_in_scene(segmentation_node, "output segmentation")
+    require_in_scene(reference, "input")
+    for w in writes:
+        require_in_scene(getattr(w, "browser", None), "sequence browser")
     base = dict(provenance or {})
     sequences = [w for w in writes if isinstance(w, SequenceWrite)]
     if sequences:
@@ -107,6 +127,7 @@ def write(
             raise ValueError("a run writes one sequence, or regions")
         return _write_sequence(segmentation_node, sequences[0], base)
     masking = check_masking(editor_node, rgb=source is None)
+    source = intensity_source(masking, reference, source)  # the Segment Editor's source volume's
     final: list[RegionWrite] = []
     for w in writes:
         mask, others = apply_masking(segmentation_node, w.segment, w.mask, w.extent, reference,
