@@ -152,3 +152,40 @@ def test_setup_sh_torch_says_the_choice_and_installs_nothing(tmp_path, local_ind
     assert "no NVIDIA GPU found (no nvidia-smi on PATH)" in proc.stdout
     assert not (tmp_path / ".venv").exists()
     assert sorted(os.listdir(tmp_path)) == ["bin", "scripts"]
+
+
+def fake_wheel(folder: Path, version: str) -> None:
+    """A minimal valid wheel ``torch-VERSION`` (metadata only)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"torch-{version}.dist-info"
+    files = {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+
+    def digest(text: str) -> str:
+        raw = hashlib.sha256(text.encode()).digest()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    record = [f"{name},sha256={digest(text)},{len(text)}" for name, text in files.items()]
+    files[f"{dist}/RECORD"] = "\n".join(record + [f"{dist}/RECORD,,"]) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / f"torch-{version}-py3-none-any.whl", "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+
+
+def test_pip_takes_the_cpu_build_of_the_same_pin_when_both_are_offered(tmp_path):
+    """Why ``--extra-index-url`` (PyPI kept) is enough: where PyPI offers ``torch 2.14.1`` and the
+    CPU index ``2.14.1+cpu``, pip's ``torch==2.14.1`` takes ``+cpu`` (a local version sorts after
+    its public one). Local folders stand in for the two indexes; pip runs isolated, offline."""
+    fake_wheel(tmp_path / "pypi", "2.14.1")
+    fake_wheel(tmp_path / "cpu", "2.14.1+cpu")
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--isolated", "--no-deps",
+                           "--no-index", "--find-links", str(tmp_path / "pypi"), "--find-links",
+                           str(tmp_path / "cpu"), "torch==2.14.1", "-d", str(tmp_path / "got")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.listdir(tmp_path / "got") == ["torch-2.14.1+cpu-py3-none-any.whl"]
