@@ -14,7 +14,6 @@ nothing, and only their format, geometry and files are checked. The README's off
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

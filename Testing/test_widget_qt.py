@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SLICER_SOURCE = Path(os.environ.get("POLYPSAM_SLICER_SOURCE", REPO.parent / "shared" / "vendor" / "Slicer"))
 
-from pythonqt.client import ScenarioFailed, Worker, scenario_registry  # noqa: E402
+from pythonqt.client import Worker, scenario_registry  # noqa: E402
 
 SCENARIOS, in_harness = scenario_registry()
 
