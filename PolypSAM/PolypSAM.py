@@ -95,16 +95,10 @@ class PolypSAMParameterNode:
     model: Annotated[str, Choice(MODEL_CHOICES)] = engines.DEFAULT_MODEL
     customCheckpoint: str = ""
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    precision: Annotated[str, Choice(list(engines.PRECISIONS))] = "auto"
     imageSize: Annotated[int, WithinRange(0, 1024)] = 0
     windowPreset: Annotated[str, Choice(WINDOW_CHOICES)] = "display"
     serverUrl: str = ""
-
-    def engineSettings(self, token: str = "") -> engines.EngineSettings:
-        """The engine these settings describe (the server token is never saved with the scene)."""
-        return engines.EngineSettings(
-            kind=self.engine, model=self.model, checkpoint=self.customCheckpoint.strip(),
-            device=self.device, image_size=int(self.imageSize),
-            server_url=self.serverUrl.strip(), token=token.strip())
 
 
 def segmentEditorEditing(segmentationNode):
@@ -206,7 +200,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self.updateRoiList()
-            self._updateButtons()
+        self._updateButtons()
 
     def updateRoiList(self, caller=None, event=None) -> None:
         """Every ROI (checked = in ``rois``), rebuilt when :func:`mrml.box_rows` change; selection kept."""
@@ -269,9 +263,12 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.testConnectionButton):
             widget.enabled = server
         for widget in (self.ui.modelComboBox, self.ui.checkpointPathLineEdit, self.ui.deviceComboBox,
-                       self.ui.imageSizeSpinBox, self.ui.dependenciesButton):
+                       self.ui.precisionComboBox, self.ui.imageSizeSpinBox,
+                       self.ui.dependenciesButton):
             widget.enabled = not server
         self._updateTargetSegments()
+        mrml.remember_engine_choices(p)  # the application settings: a new scene starts from them
+        self.logic.background.follow(p)  # the slice shown, encoded before the click (None: stop)
 
     def run(self, action: str) -> None:
         """Every action button and click tool: its inputs, the engine (installs), one logic call."""
@@ -289,7 +286,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if result is not None:
                 label = self.ui.clickStatusLabel if action in mrml.CLICK_ACTIONS else self.ui.statusLabel
                 label.text = result.summary
-            self._updateTargetSegments()
+            self._updateButtons()  # new segments; a newly loaded engine encodes the slice shown
 
     @contextlib.contextmanager
     def _busyPanel(self):
@@ -309,7 +306,7 @@ class PolypSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The engine (installs, download consent), then a new output if none; ``None`` if declined."""
         p, token = self._parameterNode, self.ui.serverTokenLineEdit.text
         ready = p.engine == "server" or self.logic.ensureDependencies()
-        engine = self.logic.engineFor(p.engineSettings(token=token), confirmDownload=True) if ready else None
+        engine = self.logic.engineFor(mrml.engine_settings(p, token), confirmDownload=True) if ready else None
         if engine is not None and p.outputSegmentation is None:
             p.outputSegmentation = mrml.new_segmentation(slicer.mrmlScene, p.inputVolume)
         return engine
@@ -427,16 +424,18 @@ class PolypSAMLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._engines = engines.EngineCache()
         self.session = mrml.Session(slicer.mrmlScene)  # the click tools' state; resets itself
+        self.background = mrml.BackgroundEncoding(slicer.mrmlScene, lambda: self._engines.engine)
         self.dependencyMessage = ""
 
-    def getParameterNode(self):
-        return PolypSAMParameterNode(super().getParameterNode())
+    def getParameterNode(self):  # a new scene's starts from the engine choices last made
+        return mrml.with_engine_choices(PolypSAMParameterNode, super().getParameterNode())
 
     @property
     def worker(self):  # the engine's persistent worker thread: all model work runs there
         return self._engines.worker
 
     def cleanup(self) -> None:
+        self.background.stop()
         self.releaseEngine()
         self.session.close()  # and PolypSAM's undo history
 

@@ -625,6 +625,132 @@ def test_output_selector_create_new_and_rename(env):
     assert env.entries(ui.outputSegmentationSelector)[:2] == ["None", "Lesions"]
 
 
+# ---- engine choices kept for a new scene; the slice shown encoded before the click ----------
+
+
+@in_harness
+def test_precision_choice_reaches_the_engine(env):
+    """The settings panel offers SAM2's precisions as the CLI does; the engine loaded for Segment
+    runs at the one chosen (bf16: CPU autocast here) and the segment's provenance says so; the
+    server engine's precision is the server's (the combo is disabled)."""
+    ui = env.ui
+    assert env.entries(ui.precisionComboBox) == ["auto", "fp32", "bf16"]
+    assert ui.precisionComboBox.currentText == "auto" and ui.precisionComboBox.enabled
+    env.choose(ui.precisionComboBox, "bf16")
+    p = env.parameters()
+    assert p.precision == "bf16"
+    frame = env.rgb_frame()
+    env.choose(ui.inputSelector, "frame")
+    roi = env.add_box((50, 48, 0), (44, 44, 1), frame)
+    env.press(ui.segmentButton)
+    engine = env.widget.logic._engines.engine
+    assert engine.precision == "bf16" and engine.info.precision == "bf16"
+    assert env.provenance(env.output(), roi.GetName())["precision"] == "bf16"
+    env.choose(ui.precisionComboBox, "fp32")
+    env.press(ui.segmentButton)  # other settings: another engine, in float32
+    assert env.widget.logic._engines.engine.precision == "fp32"
+    env.choose(ui.engineComboBox, "server")
+    assert not ui.precisionComboBox.enabled
+    env.choose(ui.engineComboBox, "in-process")
+    env.choose(ui.precisionComboBox, "auto")
+
+
+@in_harness
+def test_engine_choices_are_kept_for_a_new_scene_but_never_the_token(env):
+    """Issue 18 bug 10: model, device, precision, image size and server URL live in the
+    application settings (PolypSAM/...), so a new scene (File > Close Scene) starts from them; the
+    server token is never written there. Before the fix they reset with every scene."""
+    ui, qt = env.ui, env.qt
+    env.choose(ui.modelComboBox, "sam2.1_hiera_small")
+    env.choose(ui.deviceComboBox, "cuda")
+    env.choose(ui.precisionComboBox, "fp32")
+    ui.imageSizeSpinBox.value = 512
+    env.choose(ui.engineComboBox, "server")
+    ui.serverUrlLineEdit.text = "http://127.0.0.1:8765"
+    ui.serverTokenLineEdit.text = "secret-token-xyz"
+    chosen = ("server", "sam2.1_hiera_small", "cuda", "fp32", 512, "http://127.0.0.1:8765")
+    fields = ("engine", "model", "device", "precision", "imageSize", "serverUrl")
+    env.scene.Clear(0)  # File > Close Scene: a new parameter node
+    p = env.parameters()
+    assert tuple(getattr(p, name) for name in fields) == chosen, [getattr(p, n) for n in fields]
+    assert p.customCheckpoint == env.checkpoint
+    assert (ui.modelComboBox.currentText, ui.deviceComboBox.currentText, ui.precisionComboBox.currentText,
+            ui.imageSizeSpinBox.value, ui.serverUrlLineEdit.text) == (
+        "sam2.1_hiera_small", "cuda", "fp32", 512, "http://127.0.0.1:8765")
+    env.new_widget()  # a module reload, and a new parameter node again: the same
+    env.scene.Clear(0)
+    assert tuple(getattr(env.parameters(), name) for name in fields) == chosen
+    settings = env.slicer.app.userSettings()
+    settings.sync()
+    stored = {key: str(settings.value(key)) for key in settings.allKeys()}
+    assert stored["PolypSAM/precision"] == "fp32" and stored["PolypSAM/serverUrl"].endswith(":8765")
+    assert not any("secret-token" in key + value for key, value in stored.items())
+    with open(settings.fileName()) as f:
+        assert "secret-token" not in f.read(), "the token never reaches the settings file"
+    assert isinstance(settings, qt.QSettings)
+    env.choose(env.ui.precisionComboBox, "auto")
+    env.use_test_engine()
+
+
+@in_harness
+def test_the_slice_shown_is_encoded_while_the_module_is_entered(env):
+    """Answers before the click (issue 19): with an engine loaded, entering the module encodes the
+    slice the Red view shows of the input in the background; moving to another slice replaces
+    it; leaving the module (exit) cancels it and nothing more is encoded; without an engine
+    nothing is encoded."""
+    ui, scene = env.ui, env.scene
+    view = scene.CreateNodeByClass("vtkMRMLSliceNode")  # the Red view Slicer's layout makes
+    view.SetLayoutName("Red")
+    view = scene.AddNode(view)
+    view.SetOrientationToAxial()
+    background = env.widget.logic.background
+    try:
+        from pythonqt.session import synthetic_ct
+        from slicer_fixtures import add_volume, ijk_to_ras_matrix
+
+        noise = np.random.default_rng(19).integers(-20, 20, (8, 48, 56))  # slices no test saw
+        ct = add_volume(scene, (synthetic_ct() + noise).astype(np.int16),
+                        ijk_to_ras_matrix((0.8, 0.8, 2.0), (5.0, -3.0, 10.0)), name="ct")
+        env.choose(ui.inputSelector, "ct")
+        assert background.current is None, "nothing encoded before Segment loads the engine"
+        roi = env.add_box((24, 24, 4), (22, 22, 1), ct)
+        view.SetSliceOffset(10.0 + 2.0 * 4)  # slice 4 (z = 10 + 2 k)
+        env.press(ui.segmentButton)  # loads the engine; the slice shown was encoded by Segment
+        engine = env.widget.logic._engines.engine
+        shown = background.current
+        assert shown is not None and shown.wait(60) and shown.state == "cached"
+        widget_cpp = env.module_cpp.widgetRepresentation()
+        widget_cpp.exit()
+        assert background.current is None and shown.finished
+        runs = engine.encoder_runs
+        view.SetSliceOffset(10.0 + 2.0 * 6)  # moved while the module is not shown: nothing
+        assert background.current is None
+        widget_cpp.enter()  # with an engine and a volume: slice 6 is encoded
+        on_6 = background.current
+        assert on_6 is not None and on_6.wait(60) and on_6.state == "done"
+        assert engine.encoder_runs == runs + 1
+        view.SetSliceOffset(10.0 + 2.0 * 3)  # the user moves on: slice 3 replaces it
+        on_3 = background.current
+        assert on_3 is not on_6 and on_3.wait(60) and on_3.state == "done"
+        roi.SetCenterWorld(*ct_ras(ct, (24, 24, 3)))  # the box drawn on slice 3 now
+        env.press(ui.segmentButton)
+        assert engine.encoder_runs == runs + 2, "the box on the slice shown ran no encoder"
+        assert "slice(s) 3" in ui.statusLabel.text, ui.statusLabel.text
+        env.press(ui.releaseEngineButton)
+        view.SetSliceOffset(10.0 + 2.0 * 5)
+        assert background.current is None, "no engine: nothing encoded"
+    finally:
+        scene.RemoveNode(view)
+
+
+def ct_ras(volume, ijk):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    return m.MultiplyPoint([*ijk, 1])[:3]
+
+
 # ---- what the prototype found --------------------------------------------------------------
 
 

@@ -178,9 +178,9 @@ def main() -> int:
     _expect_refused(lambda: setattr(p, "engine", "nope"), "an unknown engine")
     _expect_refused(lambda: setattr(p, "imageSize", 4096), "image size 4096")
     _expect_refused(lambda: setattr(p, "inputVolume", p.outputSegmentation), "a segmentation as input")
-    print("settings:", p.engineSettings())
+    print("settings:", module.mrml.engine_settings(p))
     p.engine, p.serverUrl = "server", "http://127.0.0.1:8765"
-    remote = p.engineSettings(token="secret-token")
+    remote = module.mrml.engine_settings(p, token="secret-token")
     assert (remote.kind, remote.server_url, remote.token) == ("server", "http://127.0.0.1:8765",
                                                              "secret-token"), remote
     assert "secret-token" not in repr(remote)

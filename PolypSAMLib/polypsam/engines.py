@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InvalidInputError
+from .sam2_adapter.precision import PRECISIONS  # torch-free: the choices of ``precision``
 
 ENGINE_KINDS = {
     "in-process": "SAM2 in this Python process (CPU, CUDA or MPS)",

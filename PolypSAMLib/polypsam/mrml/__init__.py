@@ -19,6 +19,8 @@ Data flows one way through it, one module per step:
 * :mod:`.session` is the one entry point (:func:`check_inputs`, then :func:`start`/:func:`run`)
   for every button and click tool, and :class:`Session` the state the click tools keep between
   runs;
+* :mod:`.shown` keeps the slice a slice view shows encoded in the background (answers before
+  the click), :mod:`.preferences` keeps the engine choices in the application settings;
 * :mod:`.scene` sets the scene up (Add box, click tools' place mode, a new output segmentation);
   :mod:`.exporting` is the Export button, :mod:`.video_files` Load video, :mod:`.dependencies`
   the first-use installs, :mod:`.scenarios` the module's self-test scenarios.
@@ -38,6 +40,7 @@ from .history import (
     save_sequence_state_for_undo, save_state_for_undo, undo, undo_history_count,
 )
 from .masking import EditorMasking
+from .preferences import engine_settings, remember_engine_choices, with_engine_choices
 from .nodes import Extent, ijk_to_world
 from .roi import FRAME_ATTRIBUTE, BoxPrompt, VoxelBox, box_prompts, roi_to_voxel_box
 from .scene import box_rows, new_segmentation, place_box, place_clicks
@@ -46,13 +49,14 @@ from .segments import (
 )
 from .sequences import write_tracked_masks_to_sequence
 from .session import PLANS, Run, Session, check_inputs, run, start
+from .shown import BackgroundEncoding, ShownImage, shown_image, shown_slice_index, view_node
 from .shapes import (
     ACTIONS, BOX_ACTIONS, CLICK_ACTIONS, MODEL_FREE_ACTIONS, Request, Result, RunContext,
     available_actions,
 )
 from .volumes import (
     SequenceFrames, SequenceVolumes, frame_from_vector_node, frames_from_sequence, intensity_for,
-    sequence_holds_volumes, volume_from_node, volumes_from_sequence,
+    sequence_holds_volumes, slice_voxels, volume_from_node, volumes_from_sequence,
 )
 
 __all__ = [
@@ -66,5 +70,8 @@ __all__ = [
     "start", "ACTIONS", "BOX_ACTIONS", "CLICK_ACTIONS", "MODEL_FREE_ACTIONS", "Request", "Result",
     "RunContext", "available_actions", "SequenceFrames", "SequenceVolumes",
     "frame_from_vector_node", "frames_from_sequence", "intensity_for", "sequence_holds_volumes",
-    "volume_from_node", "volumes_from_sequence",
+    "volume_from_node", "volumes_from_sequence", "engine_settings",
+    "remember_engine_choices", "with_engine_choices",
+    "BackgroundEncoding", "ShownImage", "shown_image", "shown_slice_index", "view_node",
+    "slice_voxels",
 ]

@@ -69,6 +69,18 @@ def _voxels(node: Any, what: str) -> np.ndarray:
     return flat.reshape((k, j, i, components) if components > 1 else (k, j, i))
 
 
+def slice_voxels(node: Any, k: int) -> np.ndarray:
+    """Slice ``k`` of a volume's voxels, ``(J, I[, C])``: a read-only view of the node's own
+    memory (nothing copied), on any volume class (streaming volumes included)."""
+    array = _voxels(node, "volume")
+    if not 0 <= k < array.shape[0]:
+        raise InvalidInputError(f"slice {k} is outside volume '{node.GetName()}''s slices"
+                                f" 0..{array.shape[0] - 1}")
+    view = array[k]
+    view.flags.writeable = False
+    return view
+
+
 def frame_from_vector_node(node: Any) -> np.ndarray:
     """One video frame as ``H x W x 3`` uint8 RGB.
 
