@@ -688,6 +688,11 @@ def test_engine_choices_are_kept_for_a_new_scene_but_never_the_token(env):
     with open(settings.fileName()) as f:
         assert "secret-token" not in f.read(), "the token never reaches the settings file"
     assert isinstance(settings, qt.QSettings)
+    settings.setValue("PolypSAM/model", "a-model-no-longer-offered")
+    settings.sync()
+    env.scene.Clear(0)
+    assert (env.parameters().model, env.parameters().device) == ("sam2.1_hiera_tiny", "cuda"), \
+        "a stored value the field refuses is skipped; the others still apply"
     env.choose(env.ui.precisionComboBox, "auto")
     env.use_test_engine()
 
