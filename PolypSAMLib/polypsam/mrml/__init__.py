@@ -56,7 +56,7 @@ from .shapes import (
 )
 from .volumes import (
     SequenceFrames, SequenceVolumes, frame_from_vector_node, frames_from_sequence, intensity_for,
-    sequence_holds_volumes, slice_voxels, volume_from_node, volumes_from_sequence,
+    sequence_holds_volumes, slice_voxels, volume_from_node, volume_voxels, volumes_from_sequence,
 )
 
 __all__ = [
@@ -73,5 +73,5 @@ __all__ = [
     "volume_from_node", "volumes_from_sequence", "engine_settings",
     "remember_engine_choices", "with_engine_choices",
     "BackgroundEncoding", "ShownImage", "shown_image", "shown_slice_index", "view_node",
-    "slice_voxels",
+    "slice_voxels", "volume_voxels",
 ]

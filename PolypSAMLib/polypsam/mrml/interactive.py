@@ -31,17 +31,18 @@ from .shapes import (
     Plan, Request, Result, check_cancel, require_input, require_output, require_segment,
 )
 from .video_clicks import clicks_on_frame
-from .volumes import frame_from_vector_node, intensity_for, volume_from_node
+from .volumes import frame_from_vector_node, intensity_for, volume_from_node, volume_voxels
 from .writer import RegionWrite, check_masking, colour
 
 
 def _read_input(input_node: Any):
-    """``(images K x H x W[ x 3], source voxels or None, is_rgb)``: an RGB frame is one slice."""
+    """``(images K x H x W[ x 3], source voxels or None, is_rgb)``: an RGB frame is one slice; a
+    volume's voxels are a read-only view (a click reads its slice, not a copy of the volume)."""
     input_node = require_input(input_node)
     if input_node.IsA("vtkMRMLVectorVolumeNode"):
         return frame_from_vector_node(input_node)[None], None, True
-    volume = volume_from_node(input_node)
-    return volume.array, volume.array, False
+    voxels = volume_voxels(input_node)
+    return voxels, voxels, False
 
 
 def _segment_slices(segmentation_node: Any, segment: str, reference: Any,

@@ -21,7 +21,7 @@ from .roi import BoxPrompt, box_prompts
 from .shapes import (
     Plan, Request, Result, check_cancel, require_input, require_output, require_rois,
 )
-from .volumes import frame_from_vector_node, intensity_for, volume_from_node
+from .volumes import frame_from_vector_node, intensity_for, volume_from_node, volume_voxels
 from .writer import RegionWrite, check_masking, colour
 
 
@@ -41,7 +41,7 @@ def segment(request: Request, engine: Any, context: Any, boxes: list[BoxPrompt] 
     if rgb:
         images, source, intensity = frame_from_vector_node(input_node)[None], None, None
     else:
-        images = source = volume_from_node(input_node).array
+        images = source = volume_voxels(input_node)  # a view: the slices are read, not copied
         intensity = intensity_for(input_node, request.window_preset)
     height, width = images.shape[1:3]
     terminology = "polyp" if rgb else "lesion"  # endoscopy frames show polyps; CT, lesions

@@ -33,6 +33,15 @@ def volume_from_node(volume_node: Any) -> Volume:
     non-linear one, a label map, a vector (RGB) volume or a missing image raise
     :class:`InvalidInputError`.
     """
+    array = np.array(volume_voxels(volume_node), copy=True)
+    geometry = geometry_from_ijk_to_world(ijk_to_world(volume_node), volume_node.GetName())
+    return Volume(array, geometry)
+
+
+def volume_voxels(volume_node: Any) -> np.ndarray:
+    """A scalar volume's voxels ``[k, j, i]`` as a read-only view of the node's own memory
+    (nothing copied: reading a 300-slice 512 x 512 CT costs no 150 MB copy), after the checks of
+    :func:`volume_from_node`. Operations that segment a few slices read them through it."""
     require_node(volume_node, "vtkMRMLScalarVolumeNode", "input volume")
     if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
         raise InvalidInputError(
@@ -46,9 +55,10 @@ def volume_from_node(volume_node: Any) -> Volume:
             f"volume '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} "
             "components; use frame_from_vector_node for RGB frames"
         )
-    array = np.array(_voxels(volume_node, "volume"), copy=True)
-    geometry = geometry_from_ijk_to_world(ijk_to_world(volume_node), volume_node.GetName())
-    return Volume(array, geometry)
+    geometry_from_ijk_to_world(ijk_to_world(volume_node), volume_node.GetName())  # its checks
+    view = _voxels(volume_node, "volume")
+    view.flags.writeable = False
+    return view
 
 
 def _voxels(node: Any, what: str) -> np.ndarray:

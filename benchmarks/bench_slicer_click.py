@@ -1,0 +1,174 @@
+"""Benchmark: slice shown → box placed → mask written, in Slicer's scene (slicer-core), CPU (issue 19).
+
+The module's path without Qt, on real MRML: a CT volume in the scene, the Red slice view's node,
+and :class:`polypsam.mrml.BackgroundEncoding` following them as the widget does (the slice node's
+``ModifiedEvent`` → the slice shown → ``Prefetcher.show``). Per trial: one encoder time is taken
+(a cold encoding of another slice, timed now: the shared machine's load drifts); the view is moved
+past ``--scroll`` slices 20 ms apart, then stops on slice k (``SetSliceOffset``: the MRML event
+starts its background encoding); after one encoder time a box ROI is placed on slice k, and the
+timer runs from the box placed to the mask written: Segment as the widget runs it
+(``mrml.start`` on the engine's worker thread, polled every 50 ms, then ``run.write()``: the
+scene read, the model, the Segment Editor's masking rule, one undo step, provenance, the segment
+written into the segmentation). The same box on a slice never shown is timed as the cold case.
+
+Printed per scroll setting: median box → mask-written wall (goal: <= 100 ms at image size 512 on
+this CPU once the slice was shown for one encoder time), its maximum, the cold median, their
+ratio, how many boxes still waited for their slice's encoding, the encodings begun/finished per
+trial (the scrolled-past slices' are cancelled). Qt (progress dialog, repaint) is not included.
+Weights are random (same compute).
+
+Example::
+
+    python benchmarks/bench_slicer_click.py --size 512 --trials 10 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "Testing")]
+from bench_propagation import build_engine, make_volume  # noqa: E402
+
+SPACING = (0.7, 0.7, 2.5)
+
+
+def box_mask_written(scene, volume, segmentation, worker, engine, k: int, name: str) -> float:
+    """Place a box ROI on slice ``k``; seconds from the box placed to the mask written."""
+    from slicer_fixtures import add_roi_on_ijk
+
+    from polypsam import mrml
+
+    _, h, w = volume.GetImageData().GetDimensions()[::-1]
+    roi = add_roi_on_ijk(scene, volume, (w * 0.45, h * 0.5, k), (w * 0.3, h * 0.3, 1), name=name)
+    start = time.perf_counter()
+    request = mrml.Request("segment", input_node=volume, rois=[roi], segmentation_node=segmentation,
+                           window_preset="abdomen")
+    run = mrml.start(request, engine, mrml.RunContext(worker=worker))
+    while not run.wait(0.05):  # the widget's poll
+        pass
+    run.check()
+    result = run.write()
+    wall = time.perf_counter() - start
+    assert f"slice(s) {k}" in result.summary, result.summary
+    scene.RemoveNode(roi)
+    return wall
+
+
+def measure(scene, volume, view, background, engine, worker, segmentation, slices, trials: int,
+            scroll: int) -> dict:
+    import torch
+
+    from polypsam import mrml
+
+    z = lambda k: k * SPACING[2]  # noqa: E731 - the volume's origin is 0
+    intensity = mrml.intensity_for(volume, "abdomen")
+    voxels = mrml.volume_from_node(volume).array
+    counts = {"begun": 0, "finished": 0}
+
+    def count(name):
+        return lambda *_: counts.__setitem__(name, counts[name] + 1)
+
+    enc = engine.model.image_encoder
+    hooks = [enc.register_forward_pre_hook(count("begun")),
+             enc.register_forward_hook(count("finished"))]
+    encoder_times, shown, cold, waited = [], [], [], []
+    try:
+        for trial in range(trials + 1):
+            start = time.perf_counter()
+            engine.encode(voxels[next(slices)], intensity=intensity)
+            encoder_s = time.perf_counter() - start
+            for _ in range(scroll):  # scrolling past slices: each starts and is cancelled
+                view.SetSliceOffset(z(next(slices)))
+                time.sleep(0.02)
+            k = next(slices)
+            view.SetSliceOffset(z(k))  # the view stops on slice k: its encoding starts
+            time.sleep(encoder_s)  # shown for one encoder time
+            waited.append(not background.current.finished)
+            wall = box_mask_written(scene, volume, segmentation, worker, engine, k, f"shown{trial}")
+            c = next(slices)  # the same box on a slice never shown
+            cold_wall = box_mask_written(scene, volume, segmentation, worker, engine, c, f"cold{trial}")
+            if trial:  # the first trial warms the allocator
+                encoder_times.append(encoder_s)
+                shown.append(wall)
+                cold.append(cold_wall)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    per_trial = trials + 1
+    return {"scenario": "slicer: slice shown -> box -> mask written", "scrolled_past": scroll,
+            "trials": trials, "encoder_ms": round(statistics.median(encoder_times) * 1e3, 1),
+            "shown_box_ms": round(statistics.median(shown) * 1e3, 2),
+            "shown_box_max_ms": round(max(shown) * 1e3, 2),
+            "cold_box_ms": round(statistics.median(cold) * 1e3, 2),
+            "ratio_shown_over_cold": round(statistics.median(shown) / statistics.median(cold), 3),
+            "box_waited_for_encoding": sum(waited[1:]),
+            "encodings_begun_per_trial": round((counts["begun"] - 2 * per_trial) / per_trial, 2),
+            "encodings_finished_per_trial": round((counts["finished"] - 2 * per_trial) / per_trial,
+                                                  2),
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="model image size")
+    parser.add_argument("--slice-size", type=int, default=512, help="CT slice size (pixels)")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 is steadier on a shared machine")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from slicer_fixtures import add_volume, ijk_to_ras_matrix, init_slicer_core
+
+    from polypsam import mrml
+    from polypsam.background import EngineWorker
+
+    scene = init_slicer_core().scene
+    scrolls = (0, 3)
+    n_slices = sum((args.trials + 1) * (s + 3) for s in scrolls)
+    array = make_volume(n_slices, args.slice_size).array
+    volume = add_volume(scene, array, ijk_to_ras_matrix(SPACING), name="ct")
+    volume.CreateDefaultDisplayNodes()
+    view = scene.CreateNodeByClass("vtkMRMLSliceNode")
+    view.SetLayoutName("Red")
+    view = scene.AddNode(view)
+    view.SetOrientationToAxial()
+    segmentation = mrml.new_segmentation(scene, volume)
+    engine = build_engine(args.size, args.checkpoint, args.precision)
+    worker = EngineWorker()
+    background = mrml.BackgroundEncoding(scene, lambda: engine)
+    parameters = types.SimpleNamespace(
+        inputVolume=volume, inputSequenceBrowser=None, rois=[], outputSegmentation=segmentation,
+        keySlice=-1, sliceRangeStart=-1, sliceRangeEnd=-1, windowPreset="abdomen")
+    background.follow(parameters)  # the module is entered, an engine loaded
+    slices = iter(range(n_slices))
+    try:
+        for scroll in scrolls:
+            out = measure(scene, volume, view, background, engine, worker, segmentation, slices,
+                          args.trials, scroll)
+            out.update(image_size=args.size, volume=list(array.shape),
+                       device=os.environ.get("BENCH_DEVICE", "cpu"))
+            print(json.dumps(out), flush=True)
+    finally:
+        background.stop()
+        worker.close()
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
