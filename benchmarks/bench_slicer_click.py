@@ -1,25 +1,29 @@
-"""Benchmark: slice shown → box placed → mask written, in Slicer's scene (slicer-core), CPU (issue 19).
+"""Benchmark: slice shown → box placed → mask written in Slicer's scene (slicer-core), CPU (issue 19).
 
 The module's path without Qt, on real MRML: a CT volume in the scene, the Red slice view's node,
 and :class:`polypsam.mrml.BackgroundEncoding` following them as the widget does (the slice node's
 ``ModifiedEvent`` → the slice shown → ``Prefetcher.show``). Per trial: one encoder time is taken
 (a cold encoding of another slice, timed now: the shared machine's load drifts); the view is moved
-past ``--scroll`` slices 20 ms apart, then stops on slice k (``SetSliceOffset``: the MRML event
-starts its background encoding); after one encoder time a box ROI is placed on slice k, and the
-timer runs from the box placed to the mask written: Segment as the widget runs it
-(``mrml.start`` on the engine's worker thread, polled every 50 ms, then ``run.write()``: the
-scene read, the model, the Segment Editor's masking rule, one undo step, provenance, the segment
-written into the segmentation). The same box on a slice never shown is timed as the cold case.
+past ``scroll`` slices 20 ms apart (0 or 3; the two settings alternate trial by trial), then stops
+on slice k (``SetSliceOffset``: the MRML event starts its background encoding); after one encoder
+time a box ROI is placed on slice k, and the timer runs from the box placed to the mask written:
+Segment as the widget runs it (``mrml.start`` on the engine's worker thread, polled every 50 ms,
+then ``run.write()``: the scene read, the model, the Segment Editor's masking rule, one undo step,
+provenance, the segment written into the segmentation). The same box on a slice never shown is
+timed as the cold case. Both masks go to segment "Lesion" and are undone after the trial, so
+every trial writes into the same segmentation (the undo snapshot grows with what the
+segmentation holds).
 
 Printed per scroll setting: median box → mask-written wall (goal: <= 100 ms at image size 512 on
 this CPU once the slice was shown for one encoder time), its maximum, the cold median, their
 ratio, how many boxes still waited for their slice's encoding, the encodings begun/finished per
 trial (the scrolled-past slices' are cancelled). Qt (progress dialog, repaint) is not included.
-Weights are random (same compute).
+Weights are random (same compute); set ``POLYPSAM_SHARED_DATA`` for the shared CT's pixels.
 
 Example::
 
-    python benchmarks/bench_slicer_click.py --size 512 --trials 10 --threads 1
+    POLYPSAM_SHARED_DATA=/work/shared/data python benchmarks/bench_slicer_click.py \
+        --size 512 --trials 10 --threads 1
 """
 
 from __future__ import annotations
@@ -64,57 +68,44 @@ def box_mask_written(scene, volume, segmentation, worker, engine, k: int, name: 
     return wall
 
 
-def measure(scene, volume, view, background, engine, worker, segmentation, slices, trials: int,
-            scroll: int) -> dict:
-    import torch
-
+def trial(scene, volume, view, background, engine, worker, segmentation, slices,
+          scroll: int) -> dict:
+    """One trial: one encoder time, ``scroll`` slices passed over, the slice stopped on shown for
+    that encoder time, then a box there and a box on a slice never shown (both to mask written,
+    into segment "Lesion"; both writes are undone after, so every trial writes the same way)."""
     from polypsam import mrml
 
     z = lambda k: k * SPACING[2]  # noqa: E731 - the volume's origin is 0
     intensity = mrml.intensity_for(volume, "abdomen")
-    voxels = mrml.volume_from_node(volume).array
-    counts = {"begun": 0, "finished": 0}
+    start = time.perf_counter()
+    engine.encode(mrml.volume_voxels(volume)[next(slices)], intensity=intensity)
+    encoder_s = time.perf_counter() - start
+    for _ in range(scroll):  # scrolling past slices: each starts and is cancelled
+        view.SetSliceOffset(z(next(slices)))
+        time.sleep(0.02)
+    k = next(slices)
+    view.SetSliceOffset(z(k))  # the view stops on slice k: its encoding starts (MRML event)
+    time.sleep(encoder_s)  # shown for one encoder time
+    waited = not background.current.finished
+    shown = box_mask_written(scene, volume, segmentation, worker, engine, k, "Lesion")
+    cold = box_mask_written(scene, volume, segmentation, worker, engine, next(slices), "Lesion")
+    assert mrml.undo(segmentation) and mrml.undo(segmentation)  # each trial starts from no lesion
+    return {"encoder": encoder_s, "shown": shown, "cold": cold, "waited": waited}
 
-    def count(name):
-        return lambda *_: counts.__setitem__(name, counts[name] + 1)
 
-    enc = engine.model.image_encoder
-    hooks = [enc.register_forward_pre_hook(count("begun")),
-             enc.register_forward_hook(count("finished"))]
-    encoder_times, shown, cold, waited = [], [], [], []
-    try:
-        for trial in range(trials + 1):
-            start = time.perf_counter()
-            engine.encode(voxels[next(slices)], intensity=intensity)
-            encoder_s = time.perf_counter() - start
-            for _ in range(scroll):  # scrolling past slices: each starts and is cancelled
-                view.SetSliceOffset(z(next(slices)))
-                time.sleep(0.02)
-            k = next(slices)
-            view.SetSliceOffset(z(k))  # the view stops on slice k: its encoding starts
-            time.sleep(encoder_s)  # shown for one encoder time
-            waited.append(not background.current.finished)
-            wall = box_mask_written(scene, volume, segmentation, worker, engine, k, f"shown{trial}")
-            c = next(slices)  # the same box on a slice never shown
-            cold_wall = box_mask_written(scene, volume, segmentation, worker, engine, c, f"cold{trial}")
-            if trial:  # the first trial warms the allocator
-                encoder_times.append(encoder_s)
-                shown.append(wall)
-                cold.append(cold_wall)
-    finally:
-        for handle in hooks:
-            handle.remove()
-    per_trial = trials + 1
+def summary(trials: list[dict], scroll: int, begun: int, finished: int) -> dict:
+    import torch
+
+    median = lambda key: statistics.median(t[key] for t in trials)  # noqa: E731
     return {"scenario": "slicer: slice shown -> box -> mask written", "scrolled_past": scroll,
-            "trials": trials, "encoder_ms": round(statistics.median(encoder_times) * 1e3, 1),
-            "shown_box_ms": round(statistics.median(shown) * 1e3, 2),
-            "shown_box_max_ms": round(max(shown) * 1e3, 2),
-            "cold_box_ms": round(statistics.median(cold) * 1e3, 2),
-            "ratio_shown_over_cold": round(statistics.median(shown) / statistics.median(cold), 3),
-            "box_waited_for_encoding": sum(waited[1:]),
-            "encodings_begun_per_trial": round((counts["begun"] - 2 * per_trial) / per_trial, 2),
-            "encodings_finished_per_trial": round((counts["finished"] - 2 * per_trial) / per_trial,
-                                                  2),
+            "trials": len(trials), "encoder_ms": round(median("encoder") * 1e3, 1),
+            "shown_box_ms": round(median("shown") * 1e3, 2),
+            "shown_box_max_ms": round(max(t["shown"] for t in trials) * 1e3, 2),
+            "cold_box_ms": round(median("cold") * 1e3, 2),
+            "ratio_shown_over_cold": round(median("shown") / median("cold"), 3),
+            "box_waited_for_encoding": sum(t["waited"] for t in trials),
+            "encodings_begun_per_trial": round(begun / len(trials), 2),
+            "encodings_finished_per_trial": round(finished / len(trials), 2),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -156,14 +147,35 @@ def main() -> int:
         keySlice=-1, sliceRangeStart=-1, sliceRangeEnd=-1, windowPreset="abdomen")
     background.follow(parameters)  # the module is entered, an engine loaded
     slices = iter(range(n_slices))
+    results: dict[int, list[dict]] = {scroll: [] for scroll in scrolls}
+    counts = {scroll: [0, 0] for scroll in scrolls}  # encodings begun, finished (shown ones)
+    current = [scrolls[0]]
+    enc = engine.model.image_encoder
+    hooks = [enc.register_forward_pre_hook(lambda *_: counts[current[0]].__setitem__(
+                 0, counts[current[0]][0] + 1)),
+             enc.register_forward_hook(lambda *_: counts[current[0]].__setitem__(
+                 1, counts[current[0]][1] + 1))]
     try:
+        for n in range(args.trials + 1):  # the settings alternate: the load drifts alike
+            for scroll in scrolls:
+                current[0] = scroll
+                before = list(counts[scroll])
+                out = trial(scene, volume, view, background, engine, worker, segmentation, slices,
+                            scroll)
+                if n == 0:  # the first trial warms the allocator
+                    counts[scroll] = before
+                else:
+                    results[scroll].append(out)
+                    counts[scroll][0] -= 2  # the timed encoding and the cold box
+                    counts[scroll][1] -= 2
         for scroll in scrolls:
-            out = measure(scene, volume, view, background, engine, worker, segmentation, slices,
-                          args.trials, scroll)
+            out = summary(results[scroll], scroll, *counts[scroll])
             out.update(image_size=args.size, volume=list(array.shape),
                        device=os.environ.get("BENCH_DEVICE", "cpu"))
             print(json.dumps(out), flush=True)
     finally:
+        for handle in hooks:
+            handle.remove()
         background.stop()
         worker.close()
         engine.close()
