@@ -1,4 +1,4 @@
-"""Benchmark: slice shown → box placed → mask written, on real MRML (slicer-core), CPU (issue 19).
+"""Benchmark: slice shown → box placed → mask written, on real MRML (slicer-core), CPU.
 
 The module's path without Qt, on real MRML: a CT volume in the scene, the Red slice view's node,
 and :class:`polypsam.mrml.BackgroundEncoding` following them as the widget does (the slice node's
