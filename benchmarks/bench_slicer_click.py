@@ -37,8 +37,6 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "Testing")]
 from bench_propagation import build_engine, make_volume  # noqa: E402

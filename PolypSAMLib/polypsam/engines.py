@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InvalidInputError
-from .sam2_adapter.precision import PRECISIONS  # torch-free: the choices of ``precision``
+from .sam2_adapter.precision import PRECISIONS  # noqa: F401 - the choices of precision (no torch)
 
 ENGINE_KINDS = {
     "in-process": "SAM2 in this Python process (CPU, CUDA or MPS)",
