@@ -693,6 +693,20 @@ def test_engine_choices_are_kept_for_a_new_scene_but_never_the_token(env):
     env.scene.Clear(0)
     assert (env.parameters().model, env.parameters().device) == ("sam2.1_hiera_tiny", "cuda"), \
         "a stored value the field refuses is skipped; the others still apply"
+    env.choose(env.ui.deviceComboBox, "mps")  # a scene saved with its own choice...
+    saved = env.tmp / f"choices-{os.getpid()}.mrml"
+    env.scene.SetURL(str(saved))
+    assert env.scene.Commit()
+    env.choose(env.ui.deviceComboBox, "cpu")  # ...the user's choice is another now
+    env.scene.Clear(0)
+    assert env.parameters().device == "cpu"
+    env.scene.SetURL(str(saved))
+    env.scene.Import()  # the saved scene loaded: it keeps the choices saved with it
+    assert env.parameters().device == "mps" and ui.deviceComboBox.currentText == "mps"
+    env.module_cpp.widgetRepresentation().exit()
+    settings.setValue("PolypSAM/device", "cpu")  # e.g. chosen in another Slicer meanwhile
+    env.module_cpp.widgetRepresentation().enter()  # the module shown again: still the scene's
+    assert env.parameters().device == "mps" and ui.deviceComboBox.currentText == "mps"
     env.choose(env.ui.precisionComboBox, "auto")
     env.use_test_engine()
 
