@@ -581,8 +581,8 @@ class PolypSAMTest(ScriptedLoadableModuleTest):
         frame = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "frame")
         p.inputVolume = frame
         self.assertEqual(widget.ui.inputSelector.currentNode().GetID(), frame.GetID())
-        p.imageSize = 512
-        self.assertEqual(widget.ui.imageSizeSpinBox.value, 512)
+        p.keySlice = 3  # (not an engine choice: those are kept in the application settings)
+        self.assertEqual(widget.ui.keySliceSpinBox.value, 3)
         widget.ui.windowPresetComboBox.currentIndex = WINDOW_CHOICES.index("lung")
         self.assertEqual(p.windowPreset, "lung")
         self.assertFalse(widget.ui.segmentButton.enabled)  # no box yet
