@@ -9,7 +9,6 @@ block by a hook so "the user moved to another slice while it ran" happens every 
 
 from __future__ import annotations
 
-import threading
 import types
 
 import numpy as np
@@ -22,6 +21,7 @@ from slicer_fixtures import (
 mrml = pytest.importorskip("polypsam.mrml")
 
 from polypsam.prefetch import CANCELLED, DONE, RUNNING  # noqa: E402
+from encoder_probes import EncoderCounter, held_encoding  # noqa: E402,F401 (a fixture)
 
 SHAPE = (8, 40, 48)  # K, J, I
 OBLIQUE = ijk_to_ras_matrix((0.8, 0.9, 2.5), (3.0, -2.0, 11.0), rotation("z", 25) @ rotation("x", 12))
@@ -120,38 +120,6 @@ def test_an_rgb_frame_is_shown_as_the_segment_button_reads_it(slicer_scene):
 
 
 # -- the background encoding on the real engine ----------------------------------------------------
-class EncoderCalls:
-    """Image-encoder calls begun and finished (forward hooks on SAM2's own module)."""
-
-    def __init__(self, model) -> None:
-        self.begun = self.finished = 0
-        enc = model.image_encoder
-        self._handles = [enc.register_forward_pre_hook(lambda *_: self._add("begun")),
-                         enc.register_forward_hook(lambda *_: self._add("finished"))]
-
-    def _add(self, name: str) -> None:
-        setattr(self, name, getattr(self, name) + 1)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-@pytest.fixture
-def held_encoding(engine):
-    """``started``/``release``: the next encoding waits at its first encoder block until released."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold(_module, _args):
-        if not started.is_set():
-            started.set()
-            release.wait(60)
-
-    handle = engine.model.image_encoder.trunk.blocks[0].register_forward_pre_hook(hold)
-    yield started, release
-    release.set()
-    handle.remove()
-
 
 def parameters(volume, preset="abdomen", **fields):
     """The module's parameter-node fields the widget passes (read by name, as the widget's are)."""
@@ -171,7 +139,7 @@ def test_moving_the_slice_cancels_the_encoding_and_the_box_after_hits_the_cache(
     view.SetSliceOffset(10.0 + 2.0 * 3)  # slice 3
     loaded = {"engine": None}
     background = mrml.BackgroundEncoding(slicer_scene, lambda: loaded["engine"])
-    calls = EncoderCalls(engine.model)
+    calls = EncoderCounter(engine.model)
     runs = engine.encoder_runs
     try:
         assert background.follow(parameters(volume)) is None, "no engine loaded: nothing encoded"

@@ -16,6 +16,8 @@ from polypsam.geometry import Box
 from polypsam.prefetch import CACHED, CANCELLED, DONE, RUNNING, Prefetcher
 from polypsam.preprocess import Window
 
+from encoder_probes import EncoderCounter, held_encoding  # noqa: F401 (a fixture)
+
 WINDOW = Window(40.0, 400.0)
 BOX = Box(10, 12, 40, 44)
 
@@ -26,42 +28,8 @@ def ct_slice(seed: int, shape=(64, 80)) -> np.ndarray:
     return (rng.normal(0, 200, shape) + 40).astype(np.int16)
 
 
-class EncoderCounter:
-    """Counts image-encoder calls begun and finished, Hiera blocks begun and their attentions
-    finished, through hooks."""
-
-    def __init__(self, model) -> None:
-        self.begun = self.finished = self.blocks = self.attentions = 0
-        enc = model.image_encoder
-        self._handles = [
-            enc.register_forward_pre_hook(lambda *_: self._add("begun")),
-            enc.register_forward_hook(lambda *_: self._add("finished")),
-        ] + [b.register_forward_pre_hook(lambda *_: self._add("blocks")) for b in enc.trunk.blocks
-             ] + [b.attn.register_forward_hook(lambda *_: self._add("attentions"))
-                  for b in enc.trunk.blocks]
-
-    def _add(self, name: str) -> None:
-        setattr(self, name, getattr(self, name) + 1)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
 
 
-@pytest.fixture
-def held_encoding(engine):
-    """``started``/``release`` events: the next encoding waits at its first block until released."""
-    started, release = threading.Event(), threading.Event()
-
-    def hold(_module, _args):
-        if not started.is_set():
-            started.set()
-            release.wait(60)
-
-    handle = engine.model.image_encoder.trunk.blocks[0].register_forward_pre_hook(hold)
-    yield started, release
-    release.set()
-    handle.remove()
 
 
 def test_prefetch_is_cancelled_and_replaced_when_the_slice_changes(engine, held_encoding):

@@ -170,7 +170,9 @@ def add_segment(segmentation: Any, name: str, color: Any) -> str:
     return segmentation.AddEmptySegment("", name, [float(c) for c in color])
 
 
-def _check_segmentation_lattice(segmentation_node: Any, image_to_node: np.ndarray) -> None:
+def holds_segments_off_lattice(segmentation_node: Any, image_to_node: np.ndarray) -> bool:
+    """Whether a non-empty segment of ``segmentation_node`` lies on another voxel grid than
+    ``image_to_node`` (IJK → the segmentation node's coordinates)."""
     segmentation = segmentation_node.GetSegmentation()
     for n in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(n)
@@ -180,10 +182,16 @@ def _check_segmentation_lattice(segmentation_node: Any, image_to_node: np.ndarra
         existing = vtk.vtkMatrix4x4()
         labelmap.GetImageToWorldMatrix(existing)
         if not same_lattice(matrix_to_numpy(existing), image_to_node):
-            raise InvalidInputError(
-                f"segmentation '{segmentation_node.GetName()}' holds segments on another voxel "
-                "grid than the reference volume; choose the volume it was made on"
-            )
+            return True
+    return False
+
+
+def _check_segmentation_lattice(segmentation_node: Any, image_to_node: np.ndarray) -> None:
+    if holds_segments_off_lattice(segmentation_node, image_to_node):
+        raise InvalidInputError(
+            f"segmentation '{segmentation_node.GetName()}' holds segments on another voxel "
+            "grid than the reference volume; choose the volume it was made on"
+        )
         return  # all segments of one node share the master representation's grid
 
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import vtk
 
 from ..errors import InvalidInputError
 from ..terminology import slicer_entry
 from .masking import reference_to_node
-from .nodes import image_dims, matrix_to_numpy, require_node
+from .nodes import image_dims, require_node
 from .segments import (
-    KEYS_TAG, TAG_PREFIX, add_segment, find_segment, get_tag, reference_grid, same_lattice,
-    write_mask_to_segment,
+    KEYS_TAG, TAG_PREFIX, add_segment, find_segment, get_tag, holds_segments_off_lattice,
+    reference_grid, write_mask_to_segment,
 )
 from .volumes import master_sequence
 
@@ -48,20 +47,11 @@ def check_sequence_output(browser_node: Any, segmentation_node: Any) -> None:
     master = master_sequence(browser_node)
     frame = master.GetNthDataNode(min(max(0, browser_node.GetSelectedItemNumber()),
                                       master.GetNumberOfDataNodes() - 1))
-    image_to_node = reference_to_node(segmentation_node, frame)
-    segmentation = segmentation_node.GetSegmentation()
-    for n in range(segmentation.GetNumberOfSegments()):
-        labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(
-            segmentation.GetNthSegmentID(n))
-        if labelmap is None or labelmap.IsEmpty():
-            continue
-        matrix = vtk.vtkMatrix4x4()
-        labelmap.GetImageToWorldMatrix(matrix)
-        if not same_lattice(matrix_to_numpy(matrix), image_to_node):
-            raise InvalidInputError(
-                f"the output segmentation '{segmentation_node.GetName()}' holds segments of another"
-                f" image (on another voxel grid than the frames of '{browser_node.GetName()}'); "
-                + _NEW_OUTPUT)
+    if holds_segments_off_lattice(segmentation_node, reference_to_node(segmentation_node, frame)):
+        raise InvalidInputError(
+            f"the output segmentation '{segmentation_node.GetName()}' holds segments of another"
+            f" image (on another voxel grid than the frames of '{browser_node.GetName()}'); "
+            + _NEW_OUTPUT)
 
 
 def write_tracked_masks_to_sequence(
