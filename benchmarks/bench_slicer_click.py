@@ -22,7 +22,7 @@ Weights are random (same compute); set ``POLYPSAM_SHARED_DATA`` for the shared C
 
 Example::
 
-    POLYPSAM_SHARED_DATA=/work/shared/data python benchmarks/bench_slicer_click.py \
+    POLYPSAM_SHARED_DATA=../shared/data python benchmarks/bench_slicer_click.py \
         --size 512 --trials 10 --threads 1
 """
 
