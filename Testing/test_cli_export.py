@@ -222,9 +222,13 @@ def test_track_labels_polyps_and_takes_the_export_segment_options(shared_data, m
     for name in ("030.png", "031.png"):
         shutil.copy(shared_data / info["dir"] / "frames" / name, frames / name)
     box = [str(v) for v in info["bbox_xyxy_per_frame"][5]]
-    plain = tmp_path / "plain"
+    plain, pictures = tmp_path / "plain", tmp_path / "pictures"
     assert cli.main(["track", str(frames), "--frame", "0", "--box", *box, "-o", str(plain),
-                     "--export", "coco"]) == 0
+                     "--export", "coco", "--overlay", str(pictures)]) == 0
+    # an overlay folder outside -o carries its own provenance
+    seen = json.loads((pictures / "provenance.json").read_text())
+    assert seen["provenance"]["command"] == "track" and "picture" in seen
+    assert sorted(p.name for p in pictures.iterdir()) == ["030.png", "031.png", "provenance.json"]
     cat, = COCO(str(plain / "labels.coco.json")).dataset["categories"]
     assert cat["name"] == "polyp_1"
     assert cat["terminology"]["type"] == ["SCT", "68496003", "Polyp of colon"]

@@ -237,6 +237,9 @@ def run_track(args: argparse.Namespace) -> int:
     if overlay_dir is not None:
         overlays = (f"{overlay_dir.name}/" if overlay_dir.parent == args.output
                     else str(overlay_dir))
+        if args.output not in overlay_dir.parents:  # a folder of its own: its own provenance
+            write_run_sidecar(args, stage.path(overlay_dir), prov, present, frames=True,
+                              picture="mask contours and prompts drawn on each frame, for viewing")
     write_run_sidecar(args, staged, prov, present, frames=True,
                       files=[f"{name}.png" for name in names], overlays=overlays)
     if kept:
